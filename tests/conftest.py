@@ -1,0 +1,40 @@
+"""Test tiers for soft_sampler.
+
+default  unit tests and notebook cells on tiny models and synthetic tensors (seconds each)
+slow     tests and notebook cells on the real embedded model (run by `make test` and CI)
+heavy    long experiments that regenerate committed result files (never in CI: `make heavy`)
+
+`--tier default` runs the default tier only, `--tier slow` (the default) adds the slow tier,
+`--tier heavy` runs everything. Tests are marked with `@pytest.mark.slow` / `@pytest.mark.heavy`;
+notebook cells with nbdev's `#| slow` / `#| heavy` flags (see `tst_flags` in settings.ini).
+"""
+import os
+import pytest
+
+TIERS = {"default": set(), "slow": {"slow"}, "heavy": {"slow", "heavy"}}
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+def pytest_addoption(parser):
+    parser.addoption("--tier", choices=sorted(TIERS), default=os.environ.get("SOFT_SAMPLER_TIER", "slow"),
+                     help="highest test tier to run: default < slow < heavy (default: slow)")
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "slow: uses the real embedded model (run by make test and CI)")
+    config.addinivalue_line("markers", "heavy: long experiment that regenerates committed results (make heavy)")
+
+
+def enabled_flags(config) -> set:
+    "The nbdev cell flags / pytest markers enabled by `--tier`."
+    return TIERS[config.getoption("--tier")]
+
+
+def pytest_collection_modifyitems(config, items):
+    on = enabled_flags(config)
+    for item in items:
+        for flag in ("slow", "heavy"):
+            if flag in item.keywords and flag not in on:
+                item.add_marker(pytest.mark.skip(reason=f"{flag} tier (run with --tier {flag})"))
