@@ -24,6 +24,8 @@ COMMANDS: dict[str, Command] = {
     "tour": Command("soft_sampler.cli:tour_cli", "Run every sub-command's demo on the embedded model (make demo)."),
     "sample": Command("soft_sampler.sampling:sample_cli", "Sample from a model: text and a per-token table.",
                       demo=["--prompt", "Write one sentence about the sea.", "--max-new-tokens", "24", "--seed", "0"]),
+    "qalign": Command("soft_sampler.qalign:qalign_cli", "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
+                      demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16", "--no-progress"]),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8
