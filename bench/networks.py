@@ -9,7 +9,7 @@ DistributionAware <= 3 %, SamplingNetwork <= 10 % of a decode step. With CUDA, a
 (goal < 1 ms each); skipped cleanly otherwise. Timings on a shared machine are noisy: compare ratios.
 """
 from __future__ import annotations
-import argparse, statistics, time
+import argparse, os, statistics, time
 import torch
 from soft_sampler.core import load_model
 from soft_sampler.networks import LocalProbabilityTransform, SimpleDistributionAwareTransform, SamplingNetwork
@@ -73,6 +73,11 @@ def cpu_table(rounds: int) -> None:
               f"{cpu * 1e3:>7.3f} {r_cpu:>9.2f}% {'<=' + str(goal) if goal else '-':>6}"
               f"{'  (over goal)' if goal and max(r_wall, r_cpu) > goal else ''}")
     print("wall: median per call; CPU: process CPU time per call (robust to other processes pre-empting this one).")
+    load, cores = os.getloadavg()[0], os.cpu_count() or 1
+    if load > cores:
+        print(f"NOTE: load average {load:.1f} on {cores} cores: the machine is busy and the figures are noisy; "
+              "with more than one thread, OpenMP spin-waiting inflates CPU times too. --threads 1 CPU-time "
+              "ratios are the most robust figures on a shared machine.")
 
 
 @torch.no_grad()
