@@ -204,6 +204,18 @@ def test_resume_identical_and_nothing_lost_or_repeated(setup, tmp_path, after):
     assert again[1].states == full[1].states
 
 
+@pytest.mark.parametrize("frac", [0.01, 0.2, 0.45, 0.7, 0.93, 0.999])
+def test_resume_after_truncation_anywhere(setup, tmp_path, frac):
+    "A crash can cut the file at any byte (even inside the header): resume repairs it and gives the same chains."
+    path, reward = tmp_path / "ck.jsonl", count_a(setup)
+    full = QAlign(setup["model"], reward, beta=1.0).run(setup["prompt"], checkpoint=path, **run_kw(setup))
+    raw = path.read_bytes()
+    path.write_bytes(raw[: int(len(raw) * frac)])
+    resumed = QAlign(setup["model"], reward, beta=1.0).run(setup["prompt"], checkpoint=path, **run_kw(setup))
+    assert (resumed.states, resumed.accepted, resumed.rewards) == (full.states, full.accepted, full.rewards)
+    assert path.read_bytes() == raw  # the repaired file is byte-identical to an uninterrupted one
+
+
 def test_resume_extends_steps(setup, tmp_path):
     path, reward = tmp_path / "ck.jsonl", count_a(setup)
     QAlign(setup["model"], reward, beta=1.0).run(setup["prompt"], checkpoint=path, **run_kw(setup, steps=2))
