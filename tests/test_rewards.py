@@ -297,8 +297,9 @@ class _Server:
 
     @staticmethod
     def answer(api, body):
-        if api == "json":  # length of the completion in tokens plus a tenth of the prompt's, read from the ids sent
-            return {"scores": [len(c) + len(p) / 10 for p, c in zip(body["prompt_ids"], body["completion_ids"])]}
+        if api == "json":  # length of the completion plus a tenth of the prompt's, in ids when sent, else in characters
+            ps, cs = (body["prompt_ids"], body["completion_ids"]) if body["prompt_ids"] is not None else (body["prompts"], body["completions"])
+            return {"scores": [len(c) + len(p) / 10 for p, c in zip(ps, cs)]}
         texts = body["input"]
         if api == "classify":  # two classes: softmax of (number of '!', 1)
             rows = [torch.tensor([t.count("!"), 1.0]).softmax(0).tolist() for t in texts]
@@ -408,3 +409,33 @@ def test_embedded_judges_are_batch_invariant_and_consistent(smol):
     pj = LMPairwiseJudge(model, tok)
     ab = pj(p[:2], r[:2], [r[1], r[0]])
     torch.testing.assert_close(ab[0] + ab[1], torch.tensor(1.0), atol=1e-4, rtol=0)
+
+
+# ---------------------------------------------------------------- the command line
+def _cli(capsys, *argv):
+    from soft_sampler.rewards import score_cli
+    assert score_cli(list(argv)) == 0
+    return capsys.readouterr().out.splitlines()
+
+
+def test_score_cli_ranks_responses(capsys, server):
+    out = _cli(capsys, "--reward", "vader", "--prompt", "Film?", "--response", "It was dull.", "--response", "I loved it!")
+    assert out[0].startswith("reward: vader") and out[1].endswith("'I loved it!'") and out[2].endswith("'It was dull.'")
+    out = _cli(capsys, "--reward", "number", "--answer", "19", "--response", "It is 21", "--response", "12+7 = 19.")
+    assert out[1].split() == ["1.000", "'12+7", "=", "19.'"]
+    out = _cli(capsys, "--reward", "remote", "--url", server.url, "--response", "a", "--response", "abc")
+    assert [float(l.split()[0]) for l in out[1:]] == [3.0, 1.0]  # scores computed by the server from completion ids
+
+
+def test_score_cli_missing_option(capsys):
+    from soft_sampler.rewards import score_cli
+    with pytest.raises(SystemExit) as e: score_cli(["--reward", "minilm", "--response", "x"])
+    assert e.value.code == 2 and "--reward minilm needs --reference" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_score_cli_length_and_judge(capsys):
+    out = _cli(capsys, "--reward", "length", "--max-tokens", "3", "--response", "Hi", "--response", "A much longer answer than that")
+    assert out[1].split()[0] == "1.000" and out[2].split()[0] == "0.000"
+    out = _cli(capsys, "--reward", "judge", "--prompt", "What is 2+2?", "--response", "4", "--response", "")
+    assert len(out) == 3 and all(math.isfinite(float(l.split()[0])) for l in out[1:])
