@@ -48,6 +48,7 @@ def test_xtc_coin_keep_tokens_min_keep_and_ties():
     assert kept(xtc(l, .19, 1.0, u=0.5, keep_tokens=[3])) == [2, 3]  # keep_tokens not affected: acts
     assert torch.equal(xtc(l, .09, 1.0, u=0.5, min_keep=2), l)
     assert kept(xtc(logp(.35, .35, .2, .1), .3, 1.0, u=0.)) == [0, 1, 2, 3]  # tied top choices: both kept
+    assert kept(xtc(torch.tensor([[2., 1, 0, NEG]]), 0.0, 1.0, u=0.)) == [2]  # t = 0: every candidate is a top choice
 
 
 def test_dynamic_temperature_by_hand():
@@ -501,3 +502,15 @@ def test_mirostat_converges_to_tau_on_the_embedded_model():
     assert abs(s[32:].mean() - tau) < 0.5 and abs(s.mean() - tau) < 0.5
     # the controller's bookkeeping: mean surprise − τ = (μ0 − μT) / (η·T) exactly
     np.testing.assert_allclose(s.mean(0) - tau, (2 * tau - ms.mu.numpy()) / (0.3 * 64), rtol=1e-6)
+
+
+@pytest.mark.parametrize("proc", [RepetitionPenalty(1.2), PresencePenalty(0.5), FrequencyPenalty(0.5), NoRepeatNGram(3),
+                                  DRY(0.8), XTC(0.1, 0.5), Mirostat(3.0)], ids=lambda p: type(p).__name__)
+def test_processor_signatures_serve_both_loops(proc):
+    "Our loop passes `ctx` when `inspect.signature(proc)` shows it; transformers insists on a 2-argument `__call__`."
+    import inspect
+    params = inspect.signature(proc).parameters
+    assert "ctx" in params and params["ctx"].default is None
+    assert list(inspect.signature(proc.__call__).parameters) == ["input_ids", "scores"]
+    out = proc(torch.tensor([[1, 2, 1]]), torch.zeros(1, 4), ctx=StepContext(torch.tensor([1]), torch.tensor([0])))
+    assert out.shape == (1, 4)
