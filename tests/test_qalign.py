@@ -8,8 +8,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from soft_sampler.core import tiny_model
+from soft_sampler.rewards import last_number
 from soft_sampler.qalign import (QAlign, KeepTokens, aligned_distribution, choose_cuts, effective_sample_size,
-                                 enumerate_responses, last_number, log_acceptance, majority_vote, mbr_index,
+                                 enumerate_responses, log_acceptance, majority_vote, mbr_index,
                                  reference_suffix, sample_suffixes, softmax_weights, state_histogram,
                                  token_logprobs, total_variation, transition_matrix, tv_noise_quantile, unigram_f1)
 
@@ -278,7 +279,7 @@ def test_selectors_by_hand():
     assert majority_vote(["1", "2", "2"], softmax_weights([3.0, 0.0, 0.0], 100.0)) == "2"
     assert mbr_index([[1, 2], [7, 8, 9], [1, 2, 3], [1, 2, 3]]) in (2, 3)
     assert mbr_index(["a", "b", "b"], similarity=lambda x, y: float(x == y)) == 1
-    assert last_number("x = -3.5; y = 1,024.") == "1024"
+    assert last_number("x = -3.5; y = 1,024.") == 1024.0
 
 
 @settings(max_examples=50, deadline=None)
