@@ -38,7 +38,7 @@ def make_rows(n: int, v: int, seed: int) -> torch.Tensor:
     return torch.cat(kinds)
 
 
-ROWS = {"small": make_rows(12 * 250, 256, 0), "vocab": make_rows(12 * 2, 49152, 1)}
+ROWS = {"small": make_rows(12 * 200, 256, 0), "vocab": make_rows(12 * 2, 49152, 1)}
 
 
 # ---------------------------------------------------------------- float64 positions of each token
@@ -150,18 +150,14 @@ def test_matches_transformers(name, rows):
             bad = diff[r] & ~border(x[r])
             r = r[bad.any(-1)][:3].tolist()
             assert not bad.any(), f"{name} case {i}: {int(bad.sum())} tokens off the threshold differ, rows {r}"
+        if rows == "small" and name != "top_k":  # the tolerance is an exception: rows without ties agree exactly
+            kinds = [0, 1, 2, 3, 4, 6, 8, 9, 10] if name == "min_p" else [0, 1, 2, 3, 4, 5, 6, 8, 9, 10]
+            # (min_p on one-hot rows, kind 5: transformers keeps arbitrary zero-probability tokens for m > 1)
+            plain = diff.view(12, -1, x.shape[1])[kinds].any(-1)
+            assert plain.float().mean() < 0.01, f"{name} case {i}: {float(plain.float().mean()):.3f} of rows differ"
         both = ka & kb
         torch.testing.assert_close(a[both], b[both], rtol=TOL, atol=0)
         assert (ka.any(-1) | ~x.isfinite().any(-1)).all(), "a row with a finite logit kept nothing"
-
-
-def test_most_rows_agree_exactly():
-    "The tolerance is an exception: on rows without ties almost every kept set is identical."
-    x = ROWS["small"].view(12, -1, 256)[[0, 1, 2, 3, 4, 5, 6, 8, 9, 10]].reshape(-1, 256)  # kinds 7, 11: ties
-    for name in ("top_p", "typical", "eta", "min_p", "epsilon", "top_h"):
-        for i, (ours, theirs, _) in list(enumerate(CASES[name]))[::2]:
-            same = ((ours(x) != NEG) == (theirs(x) != NEG)).all(-1).float().mean()
-            assert same > 0.99, (name, i, float(same))
 
 
 # ---------------------------------------------------------------- rows with -inf
