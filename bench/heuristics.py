@@ -3,16 +3,16 @@
 Run: `.venv/bin/python bench/heuristics.py [--min-time 0.5] [--shapes 64x49152,8x128256]`
 Rows: next-token logits of the embedded model (SmolLM2-135M) at 64 positions of a real text; for the
 128256 vocabulary (Llama 3's) 8 of those rows widened with two shuffled copies shifted down by 2 and 4
-nats. Without the model, synthetic Zipf-like rows. All timings side by side in one process, median of
-`torch.utils.benchmark` blocked runs; ratios < 1 mean we are faster. The CPU may be shared: noisy.
+nats. Without the model, synthetic Zipf-like rows. Timings side by side in one process: ours, transformers'
+and one softmax in interleaved rounds (so all three see the same machine load), medians; ratios < 1 mean
+we are faster. The CPU may be shared: figures are noisy.
 
 CASES is a table of (name, our transform, transformers' counterpart or None); other transform families
 add their rows to it.
 """
 from __future__ import annotations
-import argparse, sys
+import argparse, statistics, sys, time
 import torch
-from torch.utils import benchmark
 from transformers.generation import logits_process as hf
 from soft_sampler.heuristics_hf import temperature, top_k, top_p, min_p, typical, epsilon, eta, top_h
 
@@ -70,8 +70,18 @@ def rows_for(b: int, v: int, real: torch.Tensor | None) -> torch.Tensor:
     return x[:, :v].contiguous()
 
 
-def median_ms(fn, x, min_time: float) -> float:
-    return benchmark.Timer("fn(x)", globals=dict(fn=fn, x=x)).blocked_autorange(min_run_time=min_time).median * 1e3
+def median_ms(fns: list, x: torch.Tensor, min_time: float, min_rounds: int = 9) -> list[float]:
+    "Median ms per call of each fn, measured in interleaved rounds so that all see the same machine load."
+    for f in fns: f(x)  # warm-up
+    times, start, r = [[] for _ in fns], time.perf_counter(), 0
+    while r < min_rounds or (time.perf_counter() - start < min_time * len(fns) and r < 500):
+        for f, ts in zip(fns, times):
+            n = max(1, int(1e-3 / max(min(ts, default=1e-3), 1e-6)))  # ~1 ms blocks for fast ops
+            t0 = time.perf_counter()
+            for _ in range(n): f(x)
+            ts.append((time.perf_counter() - t0) / n)
+        r += 1
+    return [statistics.median(ts) * 1e3 for ts in times]
 
 
 def main(argv=None) -> int:
@@ -87,11 +97,11 @@ def main(argv=None) -> int:
     for shape in args.shapes.split(","):
         b, v = map(int, shape.split("x"))
         x = rows_for(b, v, real)
-        soft = median_ms(lambda y: y.softmax(-1), x, args.min_time)
         for name, ours, theirs in CASES:
             if args.only and not any(name.startswith(o) for o in args.only.split(",")): continue
-            t_ours = median_ms(ours, x, args.min_time)
-            t_hf = median_ms(theirs, x, args.min_time) if theirs is not None else float("nan")
+            fns = [lambda y: y.softmax(-1), ours] + ([theirs] if theirs is not None else [])
+            soft, t_ours, *t_hf = median_ms(fns, x, args.min_time)
+            t_hf = t_hf[0] if t_hf else float("nan")
             flag = " *" if name in SORT_FREE else ""
             print(f"{shape:>10} {name:<16} {t_ours:9.3f} {t_hf:9.3f} {soft:10.3f} {t_ours / t_hf:8.2f} {t_ours / soft:12.2f}{flag}")
     print("* sort-free transform (goal: <= 3x one softmax); goal for all: ours/hf <= 1 (top-k, top-p, typical <= 0.5)")
