@@ -4,14 +4,14 @@ Run: `.venv/bin/python bench/heuristics.py [--min-time 0.5] [--shapes 64x49152,8
 Rows: next-token logits of the embedded model (SmolLM2-135M) at 64 positions of a real text; for the
 128256 vocabulary (Llama 3's) 8 of those rows widened with two shuffled copies shifted down by 2 and 4
 nats. Without the model, synthetic Zipf-like rows. Timings side by side in one process: ours, transformers'
-and one softmax in interleaved rounds (so all three see the same machine load), medians; ratios < 1 mean
+and one softmax in interleaved rounds (so all three see the same machine load), best of the rounds; ratios < 1 mean
 we are faster. The CPU may be shared: figures are noisy.
 
 CASES is a table of (name, our transform, transformers' counterpart or None); other transform families
 add their rows to it.
 """
 from __future__ import annotations
-import argparse, statistics, sys, time
+import argparse, sys, time
 import torch
 from transformers.generation import logits_process as hf
 from soft_sampler.heuristics_hf import temperature, top_k, top_p, min_p, typical, epsilon, eta, top_h
@@ -71,7 +71,7 @@ def rows_for(b: int, v: int, real: torch.Tensor | None) -> torch.Tensor:
 
 
 def median_ms(fns: list, x: torch.Tensor, min_time: float, min_rounds: int = 9) -> list[float]:
-    "Median ms per call of each fn, measured in interleaved rounds so that all see the same machine load."
+    "Best ms per call of each fn over interleaved rounds (all see the same load; the minimum is the least disturbed)."
     for f in fns: f(x)  # warm-up
     times, start, r = [[] for _ in fns], time.perf_counter(), 0
     while r < min_rounds or (time.perf_counter() - start < min_time * len(fns) and r < 500):
@@ -81,7 +81,7 @@ def median_ms(fns: list, x: torch.Tensor, min_time: float, min_rounds: int = 9) 
             for _ in range(n): f(x)
             ts.append((time.perf_counter() - t0) / n)
         r += 1
-    return [statistics.median(ts) * 1e3 for ts in times]
+    return [min(ts) * 1e3 for ts in times]  # best of the rounds: the least disturbed by other load
 
 
 def main(argv=None) -> int:
