@@ -234,6 +234,8 @@ def test_max_new_tokens_zero(tiny):
     model, tok = tiny
     res = generate(model, ["Hello"], tok, max_new_tokens=0, prefixes=[[40, 41]])
     assert res.token_ids == [[40, 41]] and res.finish_reasons == ["length"]
+    kept = generate(model, ["Hello"], tok, max_new_tokens=0, keep_logits="topk", keep_topk=5).raw_logits
+    assert len(kept) == 1 and kept[0].values.shape == (0, 5)
 
 
 # ---------------------------------------------------------------- the sampled distribution
