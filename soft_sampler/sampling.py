@@ -17,7 +17,8 @@ from tqdm.auto import trange
 # %% auto #0
 __all__ = ['TOKEN_STREAM', 'keyed_hash', 'keyed_uniform', 'keyed_generator', 'StepContext', 'BadLogitsError',
            'check_logits_finite', 'token_uniform', 'sample_from_logits', 'choose_tokens', 'as_processors',
-           'apply_processors', 'encode_prompts', 'KeptLogits', 'GenerationResult', 'generate', 'sample_cli']
+           'apply_processors', 'encode_prompts', 'KeptLogits', 'GenerationResult', 'generate', 'sample_parser',
+           'check_sample_args', 'run_sample', 'sample_cli']
 
 # %% ../nbs/02_sampling.ipynb #82e8f284
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -142,7 +143,8 @@ def choose_tokens(
 
 # %% ../nbs/02_sampling.ipynb #82c5118b
 def _wants_ctx(fn) -> bool:
-    "Does `fn` accept a keyword `ctx` (or `**kwargs`)?"
+    "Does `fn` take the step context: a `with_ctx` method, or a keyword `ctx` (or `**kwargs`)?"
+    if callable(getattr(fn, "with_ctx", None)): return True
     try: params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError): return False
     return any(p.name == "ctx" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in params)
@@ -162,9 +164,11 @@ def apply_processors(
     scores: Float[Tensor, "batch vocab"],  # raw logits of this step
     ctx: StepContext,  # passed to the processors that accept it
 ) -> Float[Tensor, "batch vocab"]:
-    "Apply the processors in order, passing `ctx=` to those that accept it."
+    "Apply the processors in order, handing `ctx` to those that take it."
     for p, wants in procs:
-        out = p(input_ids, scores, ctx=ctx) if wants else p(input_ids, scores)
+        if not wants: out = p(input_ids, scores)
+        elif hasattr(p, "with_ctx"): out = p.with_ctx(input_ids, scores, ctx)
+        else: out = p(input_ids, scores, ctx=ctx)
         if not isinstance(out, Tensor) or out.shape != scores.shape:
             raise TypeError(f"logits processor {p!r} must return a tensor of shape {tuple(scores.shape)}, "
                             f"got {type(out).__name__}{tuple(out.shape) if isinstance(out, Tensor) else ''}")
@@ -463,24 +467,36 @@ def generate(
 ) -> GenerationResult:
     "Batched, KV-cached sampling with keyed randomness: row r's token at response position t depends only on (seed, r, t, attempt)."
     plan = _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, prefixes, row_ids, attempt, keep_logits, keep_topk)
-    out = _run(model, plan, n, max_new_tokens, as_processors(logits_processor), bool(do_sample), keep_logits, keep_topk, progress)
+    procs = as_processors(logits_processor)
+    for p, _ in procs:
+        if callable(getattr(p, "reset", None)): p.reset()  # stateful processors start fresh
+    out = _run(model, plan, n, max_new_tokens, procs, bool(do_sample), keep_logits, keep_topk, progress)
     return _assemble(plan, n, keep_topk, tokenizer, *out)
 
 # %% ../nbs/02_sampling.ipynb #28d49b3e
-def _parse_sample_args(argv):
+def sample_parser(with_temperature: bool = True) -> argparse.ArgumentParser:
+    "The arguments of `soft-sampler sample`; later lessons add theirs (pipelines, learned samplers, bans)."
     p = argparse.ArgumentParser(prog="soft-sampler sample", description="Sample from a model and show each token's probability and entropy.")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--raw", action="store_true", help="use the prompt as raw text (default: chat template when the model has one)")
     p.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--max-new-tokens", type=int, default=48, help="most tokens per sample (default 48)")
     p.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
-    p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (> 0; default 1)")
+    if with_temperature: p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (> 0; default 1)")
     p.add_argument("-n", type=int, default=1, help="samples (default 1)")
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
-    ns = p.parse_args(argv)
-    if not ns.temperature > 0 or not math.isfinite(ns.temperature): p.error(f"--temperature must be a finite number > 0, got {ns.temperature}")
+    return p
+
+def check_sample_args(p: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.Namespace:
+    "Reject bad values of the common sampling arguments with argparse's error (exit code 2)."
     if ns.n < 1: p.error(f"-n must be >= 1, got {ns.n}")
     if ns.max_new_tokens < 1: p.error(f"--max-new-tokens must be >= 1, got {ns.max_new_tokens}")
+    return ns
+
+def _parse_sample_args(argv):
+    p = sample_parser()
+    ns = check_sample_args(p, p.parse_args(argv))
+    if not ns.temperature > 0 or not math.isfinite(ns.temperature): p.error(f"--temperature must be a finite number > 0, got {ns.temperature}")
     return ns
 
 # %% ../nbs/02_sampling.ipynb #963e7ae9
@@ -490,17 +506,21 @@ def _token_table(tokenizer, ids, logprobs, entropies) -> str:
         lines.append(f"{i:>3}  {repr(tokenizer.decode([t]))[:16]:<16} {math.exp(lp):>7.3f} {h:>8.3f}")
     return "\n".join(lines)
 
-def sample_cli(argv: list[str]) -> int:
-    "`soft-sampler sample`: sample from a model, print the text and a per-token table (token, p, entropy in nats)."
-    ns = _parse_sample_args(argv)
+def run_sample(ns: argparse.Namespace, processor=None) -> int:
+    "Run `soft-sampler sample` with parsed arguments and an optional logits processor."
     from soft_sampler.core import load_model
     model, tok = load_model(ns.model)
     chat = not ns.raw and getattr(tok, "chat_template", None) is not None
     prompt = [{"role": "user", "content": ns.prompt}] if chat else ns.prompt
-    temp = None if ns.temperature == 1 else (lambda ids, s: s / ns.temperature)
-    res = generate(model, prompt, tok, max_new_tokens=ns.max_new_tokens, n=ns.n, seed=ns.seed, do_sample=not ns.greedy, logits_processor=temp)
+    res = generate(model, prompt, tok, max_new_tokens=ns.max_new_tokens, n=ns.n, seed=ns.seed, do_sample=not ns.greedy, logits_processor=processor)
     for r in range(len(res)):
         print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]}, {'chat template' if chat else 'raw prompt'})")
         print(res.texts[r])
         print(_token_table(tok, res.token_ids[r], res.logprobs[r], res.entropies[r]))
     return 0
+
+def sample_cli(argv: list[str]) -> int:
+    "Sample from a model with an optional temperature; print the text and a per-token table (token, p, entropy in nats)."
+    ns = _parse_sample_args(argv)
+    temp = None if ns.temperature == 1 else (lambda ids, s: s / ns.temperature)
+    return run_sample(ns, temp)
