@@ -17,7 +17,7 @@ from jaxtyping import Float, Int
 from fastcore.basics import patch, store_attr
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from .sampling import keyed_uniform, StepContext
+from .sampling import keyed_uniform, StepContext, sample_from_logits
 from .rewards import NumericAnswer, FormatReward, last_number
 
 # %% auto #0
@@ -83,10 +83,8 @@ def _apply(proc, input_ids, scores, ctx_fn):
 
 # %% ../nbs/10_qalign.ipynb #8ff3c3a6
 def _choose_tokens(scores: Float[Tensor, "batch vocab"], u: Float[Tensor, "batch"]) -> Int[Tensor, "batch"]:
-    "Inverse-CDF sampling of softmax(scores) with one uniform per row (−inf scores are never chosen)."
-    cdf = scores.double().softmax(-1).cumsum(-1)
-    target = (u.to(cdf.device).double() * cdf[:, -1]).unsqueeze(1)
-    return (cdf <= target).sum(-1).clamp(max=scores.shape[-1] - 1)
+    "The sampling loop's own choice (`sample_from_logits`): inverse-CDF with one keyed uniform per row."
+    return sample_from_logits(scores, u)
 
 # %% ../nbs/10_qalign.ipynb #dce0e412
 def _processor_view(prompt_ids: list[int], prefixes: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:

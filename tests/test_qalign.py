@@ -341,3 +341,14 @@ def test_embedded_model_run_resume_and_cli(tmp_path):
     with contextlib.redirect_stdout(out):
         assert qalign_cli(["--reward", "brevity", "--chains", "2", "--steps", "2", "--max-new-tokens", "8", "--no-progress"]) == 0
     assert "acceptance rate" in out.getvalue() and "best_of_n" in out.getvalue()
+
+
+def test_initial_states_are_the_sampling_loops_samples():
+    "Chains start from exactly what `sampling.generate` draws for the same (seed, row): one randomness policy."
+    from soft_sampler.sampling import generate
+    from soft_sampler.core import tiny_model as _tiny
+    model, tok = _tiny(seed=4)
+    q = QAlign(model, lambda p, r: [float(len(x)) for x in r], beta=1.0, tokenizer=tok)
+    res = q.run("hello", chains=3, steps=1, max_new_tokens=6, seed=7)
+    loop = generate(model, ["hello"], tok, max_new_tokens=6, seed=7, n=3)
+    assert [res.states[c][0] for c in range(3)] == loop.token_ids
