@@ -205,28 +205,28 @@ def test_antislop_sampler_builder(tiny):
 
 @pytest.mark.slow
 def test_antislop_on_the_embedded_model_many_seeds(real):
-    "Phrases SmolLM2 writes in nearly every cat story ('cat', 'fur', 'the'): never in the output, rows equal from-scratch runs."
+    """Phrases SmolLM2 writes in nearly every cat story ('cat', 'fur', ' the '): 8 independently keyed rows never
+    contain them; rows equal their from-scratch runs."""
     model, tok = real
     chat = tok.apply_chat_template([{"role": "user", "content": "Write a short story about a cat."}], add_generation_prompt=True, tokenize=False)
     ids = tok([chat], return_tensors="pt", add_special_tokens=False)["input_ids"]
-    ban = ["cat", "fur", "the "]
-    total = 0
-    for seed in range(2):
-        res = antislop_sampler(ban, tok, seed=seed).run(model, ids, 16, 4)
-        total += len(res.backtracks)
-        assert not any(p in t.lower() for t in res.texts for p in ban)
-        assert all(r in ("length", "eos") for r in res.finish_reasons)
-        if seed == 0: assert_equals_from_scratch(model, res, seed)
-    plain = generate(model, ids, tok, max_new_tokens=16, n=4, seed=0)
-    assert any(p in t.lower() for t in plain.texts for p in ban)  # without the ban the model does write them
-    assert total >= 4
+    ban = ["cat", "fur", " the "]
+    res = antislop_sampler(ban, tok, seed=0).run(model, ids, 16, 8)
+    assert not any(p in t.lower() for t in res.texts for p in ban)
+    assert all(r in ("length", "eos") for r in res.finish_reasons) and len(res.backtracks) >= 4
+    first = type(res)(res.sequences[:2], *(x[:2] for x in (res.prompt_ids, res.token_ids, res.attempts, res.forbidden, res.finish_reasons)),
+                      res.backtracks, res.texts[:2], res.seed)
+    assert_equals_from_scratch(model, first, 0)
+    plain = generate(model, ids, tok, max_new_tokens=16, n=8, seed=0)
+    assert sum(any(p in t.lower() for p in ban) for t in plain.texts) >= 4  # without the ban the model does write them
 
 
 # ---------------------------------------------------------------- beam search
 
 def hf_beams(model, enc, new, nb, lp, es, n, eos):
+    kw = {} if eos is None else dict(eos_token_id=eos)  # an explicit None would mean "no EOS" to transformers
     out = model.generate(**enc, num_beams=nb, do_sample=False, max_new_tokens=new, length_penalty=lp, early_stopping=es,
-                         num_return_sequences=n, output_scores=True, return_dict_in_generate=True, eos_token_id=eos)
+                         num_return_sequences=n, output_scores=True, return_dict_in_generate=True, **kw)
     return out.sequences, out.sequences_scores
 
 
