@@ -22,7 +22,7 @@ COMMANDS: dict[str, Command] = {
     "info": Command("soft_sampler.cli:info_cli", "Versions, cache folder and the embedded model's status.", demo=[]),
     "prepare": Command("soft_sampler.cli:prepare_cli", "Convert the embedded model into the cache (make setup runs it)."),
     "tour": Command("soft_sampler.cli:tour_cli", "Run every sub-command's demo on the embedded model (make demo)."),
-    "sample": Command("soft_sampler.heuristics:sample_cli", "Sample through a pipeline (YAML, or flags in order): text and a per-token table.",
+    "sample": Command("soft_sampler.samplers:sample_cli", "Sample through a pipeline (YAML, or flags in order), optionally banning phrases; per-token table.",
                       demo=["--prompt", "Write one sentence about the sea.", "--max-new-tokens", "24", "--seed", "0"]),
     "score": Command("soft_sampler.rewards:score_cli", "Score responses with a reward: vader, minilm, number, format, length, judge, remote.",
                      demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response", "I loved it!"]),

@@ -14,7 +14,8 @@ from .sampling import BadLogitsError, GenerationResult, StepContext, choose_toke
 
 # %% auto #0
 __all__ = ['new_token_budget', 'Sampler', 'SamplerOutput', 'ProcessorSampler', 'phrase_pattern', 'start_token', 'Backtrack',
-           'AntiSlopResult', 'AntiSlopSampler', 'antislop_sampler', 'BeamSearchOutput', 'BeamSearchSampler']
+           'AntiSlopResult', 'AntiSlopSampler', 'antislop_sampler', 'BeamSearchOutput', 'BeamSearchSampler',
+           'sample_cli']
 
 # %% ../nbs/15_samplers.ipynb #cac8dfab
 def _as_input_ids(input_ids) -> Int[Tensor, "batch seq"]:
@@ -423,3 +424,30 @@ def _best(st: _Beams, n: int, w: int) -> BeamSearchOutput:
     lens = st.finished_lengths[:, :n].reshape(-1)
     seqs = st.finished[:, :n].reshape(-1, st.finished.shape[-1])[:, :w + int(lens.max())]
     return BeamSearchOutput(seqs, st.finished_scores[:, :n].reshape(-1), lens.tolist())
+
+# %% ../nbs/15_samplers.ipynb #1fa82173
+def _print_antislop(res: AntiSlopResult) -> None:
+    for r, text in enumerate(res.texts):
+        print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]})")
+        print(text)
+    for b in res.backtracks:
+        print(f"  rewind row {b.row}: {b.match!r} completed in {b.text[-40:]!r}; token {b.token} forbidden at position {b.position}")
+
+def sample_cli(argv: list[str]) -> int:
+    "`soft-sampler sample`: a pipeline (YAML or flags in order), and `--ban PHRASE` for anti-slop with backtracking."
+    from soft_sampler.heuristics import add_pipeline_args, pipeline_from_args, SpecError
+    from soft_sampler.sampling import sample_parser, check_sample_args, run_sample, encode_prompts
+    p = add_pipeline_args(sample_parser(with_temperature=False))
+    p.add_argument("--ban", action="append", default=[], metavar="PHRASE", help="never write PHRASE (anti-slop with backtracking); repeatable")
+    p.add_argument("--case-sensitive", action="store_true", help="match banned phrases case-sensitively")
+    ns = check_sample_args(p, p.parse_args(argv))
+    try: pipe = pipeline_from_args(ns)
+    except (SpecError, OSError) as e: p.error(str(e))
+    if not ns.ban: return run_sample(ns, pipe)
+    from soft_sampler.core import load_model
+    model, tok = load_model(ns.model)
+    chat = not ns.raw and getattr(tok, "chat_template", None) is not None
+    ids = encode_prompts([[{"role": "user", "content": ns.prompt}]] if chat else [ns.prompt], tok)
+    sampler = antislop_sampler(ns.ban, tok, ignore_case=not ns.case_sensitive, seed=ns.seed, logits_processor=pipe, do_sample=not ns.greedy)
+    _print_antislop(sampler.run(model, torch.tensor(ids), ns.max_new_tokens, ns.n))
+    return 0

@@ -275,3 +275,15 @@ def test_beam_search_equals_transformers_embedded(real, nb, lp, es, n):
     enc = tok(texts, return_tensors="pt", padding=True, padding_side="left", add_special_tokens=False)
     ours = BeamSearchSampler(nb, lp, es).run(model, enc["input_ids"], 10, n, attention_mask=enc["attention_mask"], tokenizer=tok)
     assert_same_beams(ours, *hf_beams(model, enc, 10, nb, lp, es, n, None), enc["input_ids"].shape[1])
+
+
+def test_sample_cli_ban_on_a_local_model(tmp_path, capsys):
+    "`soft-sampler sample --ban` runs anti-slop on top of the flag pipeline; no output contains a banned phrase."
+    from soft_sampler.samplers import sample_cli
+    from soft_sampler.core import tiny_model as _tiny
+    m, t = _tiny(seed=2); m.save_pretrained(tmp_path); t.save_pretrained(tmp_path)
+    assert sample_cli(["--prompt", "hello", "--model", str(tmp_path), "--raw", "--ban", "e", "--ban", "a",
+                       "--temperature", "0.9", "--max-new-tokens", "12", "--seed", "3", "-n", "3"]) == 0
+    out = capsys.readouterr().out
+    texts = [blk.split("\n", 1)[1].split("\n  rewind")[0] for blk in out.split("--- sample")[1:]]
+    assert len(texts) == 3 and all("e" not in x.lower() and "a" not in x.lower() for x in texts)
