@@ -24,6 +24,8 @@ COMMANDS: dict[str, Command] = {
     "tour": Command("soft_sampler.cli:tour_cli", "Run every sub-command's demo on the embedded model (make demo)."),
     "sample": Command("soft_sampler.sampling:sample_cli", "Sample from a model: text and a per-token table.",
                       demo=["--prompt", "Write one sentence about the sea.", "--max-new-tokens", "24", "--seed", "0"]),
+    "soft": Command("soft_sampler.soft:soft_cli", "Soft decoding: feed back mixtures of token embeddings; per-step table.",
+                    demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k", "50"]),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8
