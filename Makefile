@@ -14,7 +14,7 @@ PYTEST_ARGS ?=
 .PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme
 
 setup: $(STAMP)
-	@$(PY) -m soft_sampler.core --prepare
+	@$(VENV)/bin/soft-sampler prepare
 
 $(STAMP): settings.ini setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
