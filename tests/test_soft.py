@@ -428,3 +428,17 @@ def test_real_model_trainer_few_steps(real, tmp_path):
     logs = [h for h in tr.state.log_history if "guidance_alpha" in h]
     assert [h["guidance_alpha"] for h in logs] == pytest.approx([1.0, 0.75])
     assert all(math.isfinite(h["loss"]) and h["loss"] < 12 for h in logs)
+
+
+def test_pipeline_with_ctx_gets_the_step_context(tiny):
+    model, tok = tiny
+    seen = []
+
+    class Recorder:
+        def __call__(self, input_ids, scores): raise AssertionError("with_ctx must be preferred")
+        def with_ctx(self, input_ids, scores, ctx):
+            seen.append((ctx.positions(input_ids).tolist(), ctx.row_ids.tolist(), ctx.seed))
+            return scores
+
+    soft_generate(model, ["ab", "c"], tok, max_new_tokens=3, n=2, seed=11, pipeline=Recorder(), stop_token_ids=[])
+    assert seen == [([t] * 4, [0, 1, 2, 3], 11) for t in range(3)]
