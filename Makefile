@@ -11,7 +11,7 @@ STAMP := $(VENV)/.soft_sampler-installed
 PIPC := $(PIP) install -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme
+.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme docs
 
 setup: $(STAMP)
 	@$(VENV)/bin/soft-sampler prepare
@@ -47,3 +47,6 @@ clean-venv:
 
 readme: $(STAMP)
 	$(PY) tools/make_readme.py
+
+docs: setup
+	$(PY) tools/build_docs.py
