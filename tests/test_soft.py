@@ -442,3 +442,20 @@ def test_pipeline_with_ctx_gets_the_step_context(tiny):
 
     soft_generate(model, ["ab", "c"], tok, max_new_tokens=3, n=2, seed=11, pipeline=Recorder(), stop_token_ids=[])
     assert seen == [([t] * 4, [0, 1, 2, 3], 11) for t in range(3)]
+
+
+def test_trainer_loss_is_a_mean_under_gradient_accumulation(tmp_path):
+    "With 2 accumulation steps of one sequence each (lr 0), the logged loss is the mean of the two losses, not twice it."
+    model, tok = tiny_model(seed=2)
+    texts = ["abcdef", "uvwxyz"]
+    with torch.no_grad():
+        want = sum(model(torch.tensor([tok(t)["input_ids"]]), labels=torch.tensor([tok(t)["input_ids"]])).loss for t in texts) / 2
+    args = TrainingArguments(str(tmp_path), max_steps=1, per_device_train_batch_size=1, gradient_accumulation_steps=2,
+                             learning_rate=0.0, logging_steps=1, report_to="none", save_strategy="no", use_cpu=True,
+                             remove_unused_columns=False, disable_tqdm=True)
+    tr = SoftDecodingTrainer(model=model, args=args, train_dataset=[tok(t) for t in texts],
+                             data_collator=DataCollatorForLanguageModeling(tok, mlm=False),
+                             alpha_scheduler=GuidanceAlphaScheduler(1.0, 0.0, 1.0))  # alpha = 1: teacher forcing
+    tr.train()
+    logged = [h["loss"] for h in tr.state.log_history if "guidance_alpha" in h]
+    assert logged == pytest.approx([float(want)], rel=1e-4)
