@@ -191,6 +191,8 @@ def test_stop_tokens_end_rows(tiny):
     first = r.sequences[0, 0].item()
     r2 = soft_generate(model, ["ab", "cd"], tok, max_new_tokens=20, mode="hard", seed=0, stop_token_ids=[first])
     assert r2.lengths[0] == 1 and (r2.sequences[0, 1:] == tok.pad_token_id).all() and r2.entropy[0, 1:].isnan().all()
+    assert r2.finished[0]
+    assert r.finished.tolist() == [tok.eos_token_id in row.tolist() for row in r.sequences]
 
 
 @pytest.mark.parametrize("kw, msg", [
