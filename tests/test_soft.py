@@ -88,7 +88,7 @@ def test_choose_token_is_the_inverse_cdf(raw, u):
     p = torch.tensor(raw)
     if p.sum() == 0: p[0] = 1.0
     probs = (p / p.sum()).unsqueeze(0)
-    got = int(_choose_token(probs, torch.tensor([u], dtype=torch.float64)))
+    got = int(_choose_token(probs.log(), torch.tensor([u], dtype=torch.float64)))
     assert probs[0, got] > 0
     cdf = probs[0].cumsum(0)
     below = cdf[got - 1] if got > 0 else 0.0
