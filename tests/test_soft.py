@@ -461,3 +461,16 @@ def test_trainer_loss_is_a_mean_under_gradient_accumulation(tmp_path):
     tr.train()
     logged = [h["loss"] for h in tr.state.log_history if "guidance_alpha" in h]
     assert logged == pytest.approx([float(want)], rel=1e-4)
+
+
+def test_prompts_as_ids_tensor_or_tokenizer_output(tiny):
+    model, tok = tiny
+    kw = dict(max_new_tokens=4, mode="mixture", seed=3)
+    texts = soft_generate(model, ["ab", "hello"], tok, **kw)
+    ids = soft_generate(model, [tok("ab")["input_ids"], tok("hello")["input_ids"]], tok, **kw)
+    enc = soft_generate(model, tok(["ab", "hello"], return_tensors="pt", padding=True), tok, **kw)
+    assert torch.equal(texts.sequences, ids.sequences) and torch.equal(texts.sequences, enc.sequences)
+    one = soft_generate(model, torch.tensor([tok("hello")["input_ids"]]), tok, **kw)
+    assert one.sequences.shape == (1, 4)
+    with pytest.raises(ValueError, match="must be \\[batch, seq\\]"):
+        soft_generate(model, torch.tensor([1, 2, 3]), tok)
