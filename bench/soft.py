@@ -5,7 +5,8 @@
 2. Training step time (forward + backward) of `soft_sampling_forward`, anchor: the sequential (exact) mode;
    plain teacher forcing (`model(input_ids, labels=...)`) is shown for scale.
 
-Run: `.venv/bin/python bench/soft.py` (about a minute on 2 cores; figures are noisy on a shared machine).
+Run: `.venv/bin/python bench/soft.py` (a few minutes on 2 cores). Modes are timed round-robin and the median
+is reported, so a changing load on a shared machine hits all of them alike; the figures are still noisy.
 """
 import argparse, statistics, time
 import torch
@@ -14,12 +15,14 @@ from soft_sampler.core import load_model
 from soft_sampler.soft import soft_generate, soft_sampling_forward
 
 
-def _time(fn, repeats):
-    fn()  # warm-up
-    times = []
+def _time_interleaved(fns: dict, repeats: int) -> dict:
+    "Median seconds of each function, run round-robin (one of each per round) so a changing load hits all alike."
+    for fn in fns.values(): fn()  # warm-up
+    times = {k: [] for k in fns}
     for _ in range(repeats):
-        t0 = time.perf_counter(); fn(); times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            t0 = time.perf_counter(); fn(); times[k].append(time.perf_counter() - t0)
+    return {k: statistics.median(v) for k, v in times.items()}
 
 
 def bench_generation(model, tok, batch, steps, repeats):
@@ -28,15 +31,14 @@ def bench_generation(model, tok, batch, steps, repeats):
     prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
     pipe = LogitsProcessorList([TopKLogitsWarper(50)])
     kw = dict(max_new_tokens=steps, pipeline=pipe, stop_token_ids=[], n=batch, seed=0)
-    rows = {}
-    for mode in ("hard", "soft", "mixture", "gumbel"):
-        rows[mode] = _time(lambda: soft_generate(model, [prompt], tok, mode=mode, **kw), repeats)
+    fns = {mode: (lambda mode=mode: soft_generate(model, [prompt], tok, mode=mode, **kw)) for mode in ("hard", "soft", "mixture", "gumbel")}
     try:
         from soft_sampler.sampling import generate
-        rows["sampling.generate"] = _time(lambda: generate(model, [prompt], tokenizer=tok, max_new_tokens=steps, n=batch,
-                                                           logits_processor=pipe, seed=0, stop_token_ids=[]), repeats)
-    except (ImportError, TypeError):
+        fns["sampling.generate"] = lambda: generate(model, [prompt], tokenizer=tok, max_new_tokens=steps, n=batch,
+                                                    logits_processor=pipe, seed=0, stop_token_ids=[])
+    except ImportError:
         pass
+    rows = _time_interleaved(fns, repeats)
     anchor = rows["hard"]
     print(f"\nGeneration, batch {batch}, {steps} new tokens, top-k 50 (anchor: hard mode)")
     print(f"{'mode':<18} {'s/run':>7} {'tok/s':>8} {'x hard':>7}")
@@ -55,11 +57,11 @@ def bench_training(model, tok, batch, length, repeats):
             model.zero_grad(set_to_none=True)
             fn().backward()
         return run
-    rows = {
-        "sequential": _time(step(lambda: soft_sampling_forward(model, ids, 0.5, mode="sequential").loss), repeats),
-        "two_pass": _time(step(lambda: soft_sampling_forward(model, ids, 0.5, mode="two_pass").loss), repeats),
-        "teacher forcing": _time(step(lambda: model(input_ids=ids, labels=ids).loss), repeats),
-    }
+    rows = _time_interleaved({
+        "sequential": step(lambda: soft_sampling_forward(model, ids, 0.5, mode="sequential").loss),
+        "two_pass": step(lambda: soft_sampling_forward(model, ids, 0.5, mode="two_pass").loss),
+        "teacher forcing": step(lambda: model(input_ids=ids, labels=ids).loss),
+    }, repeats)
     with torch.no_grad():
         gap = {a: abs(float(soft_sampling_forward(model, ids, a).loss - soft_sampling_forward(model, ids, a, mode="two_pass").loss))
                for a in (0.5, 0.0)}
@@ -76,7 +78,7 @@ def main():
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--steps", type=int, default=32, help="new tokens per generation run")
     p.add_argument("--length", type=int, default=32, help="training sequence length")
-    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=5)
     a = p.parse_args()
     model, tok = load_model()
     print(f"torch threads: {torch.get_num_threads()}")

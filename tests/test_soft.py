@@ -140,16 +140,18 @@ def test_soft_mixtures_respect_the_pipeline(tiny):
     assert torch.equal(r.sequences[0], r.top_ids[0, :, 0])  # soft trace = argmax of the mixture
 
 
-def test_soft_input_is_p_times_E(tiny):
-    "The second step's logits equal a forward on [prompt, p.E] built by hand."
+@pytest.mark.parametrize("k", [None, 5])  # dense product, and the gather over a small support
+def test_soft_input_is_p_times_E(tiny, k):
+    "The second step's distribution equals a forward on [prompt, p.E] built by hand."
     model, tok = tiny
     prompt = torch.tensor([tok("xy")["input_ids"]])
     E = model.get_input_embeddings().weight
+    proc = (lambda i, s: s) if k is None else _topk(k)
     with torch.no_grad():
-        p = model(prompt).logits[0, -1].softmax(-1)
+        p = proc(prompt, model(prompt).logits[:, -1])[0].softmax(-1)
         x = torch.cat([E[prompt[0]], (p @ E)[None]])
-        want = model(inputs_embeds=x[None]).logits[0, -1].softmax(-1)
-    r = soft_generate(model, prompt, tok, max_new_tokens=2, mode="soft", stop_token_ids=[])
+        want = proc(prompt, model(inputs_embeds=x[None]).logits[:, -1])[0].softmax(-1)
+    r = soft_generate(model, prompt, tok, max_new_tokens=2, mode="soft", stop_token_ids=[], pipeline=None if k is None else _topk(k))
     torch.testing.assert_close(r.entropy[0, 1], entropy(want), atol=1e-5, rtol=1e-5)
 
 
