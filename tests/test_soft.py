@@ -476,3 +476,37 @@ def test_prompts_as_ids_tensor_or_tokenizer_output(tiny):
     assert one.sequences.shape == (1, 4)
     with pytest.raises(ValueError, match="must be \\[batch, seq\\]"):
         soft_generate(model, torch.tensor([1, 2, 3]), tok)
+
+
+def _sampling_generate():
+    from soft_sampler import sampling
+    if not hasattr(sampling, "generate"): pytest.skip("soft_sampler.sampling.generate is not on this branch yet")
+    return sampling.generate
+
+
+@pytest.mark.parametrize("stop", ["none", "first"])
+def test_hard_mode_equals_the_sampling_loop(tiny, stop):
+    "Same seed, same pipeline: `hard` mode gives `sampling.generate`'s tokens and entropies, row by row."
+    generate = _sampling_generate()
+    model, tok = tiny
+    prompts = [tok("ab")["input_ids"], tok("hello there")["input_ids"]]
+    kw = dict(max_new_tokens=10, n=2, seed=5)
+    stop_ids = [] if stop == "none" else [soft_generate(model, prompts, tok, mode="hard", pipeline=_topk(8), **kw).sequences[1, 2].item()]
+    g = generate(model, prompts, tokenizer=tok, logits_processor=_topk(8), stop_token_ids=stop_ids, **kw)
+    r = soft_generate(model, prompts, tok, mode="hard", pipeline=_topk(8), stop_token_ids=stop_ids, **kw)
+    for i in range(4):
+        L = int(r.lengths[i])
+        assert g.token_ids[i] == r.sequences[i, :L].tolist(), i
+        torch.testing.assert_close(g.entropies[i].float(), r.entropy[i, :L], atol=1e-4, rtol=1e-4)
+    if stop == "first": assert r.finished[1] and g.finish_reasons[1] == "stop"
+
+
+@pytest.mark.slow
+def test_real_model_hard_mode_equals_the_sampling_loop(real):
+    generate = _sampling_generate()
+    model, tok = real
+    prompts = [tok("Once upon a time")["input_ids"], tok("The sea")["input_ids"]]
+    kw = dict(max_new_tokens=8, seed=7, stop_token_ids=[])
+    g = generate(model, prompts, tokenizer=tok, logits_processor=_topk(40), **kw)
+    r = soft_generate(model, prompts, tok, mode="hard", pipeline=_topk(40), **kw)
+    assert [g.token_ids[i] for i in range(2)] == r.sequences.tolist()
