@@ -24,6 +24,10 @@ COMMANDS: dict[str, Command] = {
     "tour": Command("soft_sampler.cli:tour_cli", "Run every sub-command's demo on the embedded model (make demo)."),
     "sample": Command("soft_sampler.sampling:sample_cli", "Sample from a model: text and a per-token table.",
                       demo=["--prompt", "Write one sentence about the sea.", "--max-new-tokens", "24", "--seed", "0"]),
+    "score": Command("soft_sampler.rewards:score_cli", "Score responses with a reward: vader, minilm, number, format, length, judge, remote.",
+                     demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response", "I loved it!"]),
+    "qalign": Command("soft_sampler.qalign:qalign_cli", "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
+                      demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16", "--no-progress"]),
     "soft": Command("soft_sampler.soft:soft_cli", "Soft decoding: feed back mixtures of token embeddings; per-step table.",
                     demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k", "50"]),
 }
