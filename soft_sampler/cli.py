@@ -23,7 +23,7 @@ COMMANDS: dict[str, Command] = {
     "prepare": Command("soft_sampler.cli:prepare_cli", "Convert the embedded model into the cache (make setup runs it)."),
     "tour": Command("soft_sampler.cli:tour_cli", "Run every sub-command's demo on the embedded model (make demo)."),
     "sample": Command("soft_sampler.samplers:sample_cli", "Sample through a pipeline (YAML, or flags in order), optionally banning phrases; per-token table.",
-                      demo=["--prompt", "Write one sentence about the sea.", "--max-new-tokens", "24", "--seed", "0"]),
+                      demo=["--prompt", "Write one sentence about the sea.", "--temperature", "0.7", "--min-p", "0.1", "--max-new-tokens", "24", "--seed", "0"]),
     "score": Command("soft_sampler.rewards:score_cli", "Score responses with a reward: vader, minilm, number, format, length, judge, remote.",
                      demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response", "I loved it!"]),
     "qalign": Command("soft_sampler.qalign:qalign_cli", "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
