@@ -189,9 +189,9 @@ Pipeline.to_yaml, Pipeline.from_yaml = _pipe_to_yaml, classmethod(_pipe_from_yam
 NEUTRAL_WARPERS = dict(temperature=1.0, top_k=0, top_p=1.0, min_p=None, typical_p=1.0, epsilon_cutoff=0.0,
                        eta_cutoff=0.0, top_h=None, repetition_penalty=1.0, no_repeat_ngram_size=0)
 
-def generate_with_pipeline(model, pipeline: Pipeline, **kwargs):
+def generate_with_pipeline(model, pipeline: Pipeline | Callable, **kwargs):
     "`model.generate(do_sample=True, ...)` where `pipeline` is the only logits processing."
-    pipeline.reset()
+    if callable(getattr(pipeline, "reset", None)): pipeline.reset()  # stateful steps start fresh
     procs = LogitsProcessorList([pipeline, *kwargs.pop("logits_processor", [])])
     return model.generate(**{**NEUTRAL_WARPERS, **kwargs}, do_sample=True, logits_processor=procs)
 

@@ -17,7 +17,8 @@ from jaxtyping import Float, Int
 from fastcore.basics import patch, store_attr
 from tqdm.auto import tqdm
 from transformers import DynamicCache
-from .sampling import keyed_uniform, StepContext, sample_from_logits
+from . import sampling
+from .sampling import keyed_uniform, StepContext, sample_from_logits, _is_chat, _is_ids
 from .rewards import NumericAnswer, FormatReward, last_number
 
 # %% auto #0
@@ -235,22 +236,13 @@ def _stop_ids(model, tokenizer, stop_token_ids) -> list[int]:
 
 # %% ../nbs/10_qalign.ipynb #270bc97a
 def encode_prompts(prompts, tokenizer=None) -> tuple[list[list[int]], bool]:
-    "Token ids of each prompt (text, chat messages, or ids; one or a list), and whether a single prompt was given."
-    if isinstance(prompts, Tensor): prompts = prompts.tolist()
-    if isinstance(prompts, str) or (isinstance(prompts, list) and prompts and isinstance(prompts[0], (dict, int))):
-        return encode_prompts([prompts], tokenizer)[0][:1], True
-    if not isinstance(prompts, (list, tuple)) or not prompts:
-        raise TypeError(f"prompts must be text, chat messages, token ids, or a non-empty list of them; got {prompts!r:.80}")
-    return [_encode_one(p, tokenizer) for p in prompts], False
-
-def _encode_one(p, tokenizer) -> list[int]:
-    if isinstance(p, (list, tuple)) and p and all(isinstance(t, int) for t in p): return [int(t) for t in p]
-    if tokenizer is None: raise ValueError("prompts: text and chat prompts need a tokenizer (QAlign(..., tokenizer=tok)); or pass token ids")
-    if isinstance(p, str): return list(tokenizer(p)["input_ids"])
-    if isinstance(p, (list, tuple)) and p and all(isinstance(m, dict) for m in p):
-        text = tokenizer.apply_chat_template(list(p), add_generation_prompt=True, tokenize=False)
-        return list(tokenizer(text, add_special_tokens=False)["input_ids"])
-    raise TypeError(f"prompts: cannot read {p!r:.80} as text, chat messages or token ids")
+    "Token ids of each prompt (the sampling loop's `encode_prompts`), and whether a single prompt was given."
+    single = isinstance(prompts, str) or _is_chat(prompts) or _is_ids(prompts) or (isinstance(prompts, Tensor) and prompts.dim() == 1)
+    try: return sampling.encode_prompts(prompts, tokenizer), single
+    except ValueError as e:
+        if tokenizer is None: raise ValueError("prompts: text and chat prompts need a tokenizer (QAlign(..., tokenizer=tok)); or pass token ids") from e
+        raise
+    except TypeError as e: raise TypeError(f"prompts must be text, chat messages, token ids, or a non-empty list of them ({e})") from e
 
 # %% ../nbs/10_qalign.ipynb #9ff36dd7
 @dataclass(repr=False)

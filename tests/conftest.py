@@ -38,3 +38,17 @@ def pytest_collection_modifyitems(config, items):
         for flag in ("slow", "heavy"):
             if flag in item.keywords and flag not in on:
                 item.add_marker(pytest.mark.skip(reason=f"{flag} tier (run with --tier {flag})"))
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    "A tiny random Llama and its character tokenizer (seed 0), shared by a test module."
+    from soft_sampler.core import tiny_model
+    return tiny_model(seed=0)
+
+
+@pytest.fixture(scope="module")
+def real():
+    "The embedded SmolLM2-135M-Instruct and its tokenizer (slow tier), loaded once per test module."
+    from soft_sampler.core import load_model
+    return load_model()

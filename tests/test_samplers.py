@@ -12,16 +12,6 @@ from soft_sampler.samplers import (ProcessorSampler, AntiSlopSampler, BeamSearch
 INF = float("inf")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def real():
-    return load_model()
-
-
 def _enc(tok, texts):
     return tok(texts, return_tensors="pt", padding=True)
 

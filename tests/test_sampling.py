@@ -15,11 +15,6 @@ BIN = Path(sys.executable).parent
 INF = float("inf")
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model(seed=0)
-
-
 def hf_greedy(model, tok, texts, max_new_tokens, **kw):
     enc = tok(texts, padding=True, return_tensors="pt")
     out = model.generate(**enc, do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=tok.pad_token_id, **kw)

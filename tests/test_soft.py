@@ -16,16 +16,6 @@ BIN = Path(sys.executable).parent
 MODES = ["soft", "hard", "mixture", "gumbel"]
 
 
-@pytest.fixture(scope="module")
-def tiny():
-    return tiny_model(seed=0)
-
-
-@pytest.fixture(scope="module")
-def real():
-    return load_model()
-
-
 def _topk(k):
     return LogitsProcessorList([TopKLogitsWarper(k)])
 
