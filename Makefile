@@ -15,6 +15,7 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 	@$(VENV)/bin/soft-sampler prepare
+	@bash tools/ensure_chromium.sh
 
 $(STAMP): settings.ini setup.py constraints.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)

@@ -52,3 +52,35 @@ def real():
     "The embedded SmolLM2-135M-Instruct and its tokenizer (slow tier), loaded once per test module."
     from soft_sampler.core import load_model
     return load_model()
+
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium_path() -> str:
+    "The Chromium the browser tests drive: `$SOFT_SAMPLER_CHROMIUM`, else `chromium` on PATH."
+    import shutil
+    for name in (os.environ.get("SOFT_SAMPLER_CHROMIUM"), "chromium", "chromium-browser"):
+        if name and shutil.which(name): return shutil.which(name)
+    pytest.fail("no chromium for the browser tests: run tools/ensure_chromium.sh (make setup does) "
+                "or set SOFT_SAMPLER_CHROMIUM=/path/to/chrome", pytrace=False)
+
+
+@pytest.fixture(scope="session")
+def browser():
+    "A headless Chromium driven by Playwright (system chromium; Playwright's own download is not used)."
+    from playwright.sync_api import sync_playwright
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=chromium_path(), args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+@pytest.fixture(scope="session")
+def screenshots():
+    "Where browser tests save screenshots for people to look at (`$SOFT_SAMPLER_SCREENSHOTS` or `screenshots/`)."
+    from pathlib import Path
+    d = Path(os.environ.get("SOFT_SAMPLER_SCREENSHOTS", Path(__file__).parent.parent/"screenshots"))
+    d.mkdir(parents=True, exist_ok=True)
+    return d
