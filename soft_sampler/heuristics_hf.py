@@ -268,16 +268,33 @@ def typical(
                    full=lambda r: _typical_solve(x[r], s[r], probs[r], pc[r], m[r], v))
 
 # %% ../nbs/03_heuristics_hf.ipynb #433ef52f
+def _keep_from(x: Tensor, t: Tensor) -> Tensor:
+    "`x` with every entry below its row's threshold `t` `[b, 1]` set to `-inf` (entries equal to `t` kept)."
+    if x.is_cuda or x.shape[1] < 8192 or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
+    # CPU, long rows: one fused pass per row (`threshold` keeps x > below, i.e. x >= t), no mask tensor
+    out, below = torch.empty_like(x), torch.nextafter(t, torch.full_like(t, _NEG))
+    for i, b in enumerate(below.squeeze(1).tolist()): torch.threshold(x[i], b, _NEG, out=out[i])
+    return out
+
 def _cutoff(logits: Tensor, probs: Tensor, cut: Tensor, m: Tensor) -> Tensor:
     "Remove tokens with `probs < cut` unless among the top-`m` logits (ties with the m-th kept)."
     mmax = int(m.max())
-    if mmax == 1: vm, pm = logits.amax(-1, keepdim=True), probs.amax(-1, keepdim=True)
+    if mmax == 1:
+        vm = top = logits.amax(-1, keepdim=True)
+        pm = ptop = probs.amax(-1, keepdim=True)
     else:
         vals, cols = _topk(logits, mmax)
         vm, pm = vals.gather(1, m - 1), probs.gather(1, cols.gather(1, m - 1))
-    out = logits.masked_fill(probs < cut, _NEG)
+        top, ptop = vals[:, :1], probs.gather(1, cols[:, :1])
+    # p_i = exp(l_i - top) * p_top, so p_i >= cut <=> l_i >= top + log(cut / p_top): compare logits, no mask pass
+    t = torch.minimum(top.double() + torch.log(cut.double() / ptop.double()), vm.double()).to(logits.dtype)
+    fast = torch.isfinite(t) & (t.abs() * torch.finfo(logits.dtype).eps <= 4e-6)  # t's rounding << 1e-5 nats
+    if bool(fast.all()): return _keep_from(logits, t)
+    out = logits.masked_fill(probs < cut, _NEG)  # probability space: huge logits, NaN/inf rows
     guard = (pm < cut).squeeze(1)  # rows where the m-th token itself fails the cut-off
     if guard.any(): out[guard] = logits[guard].masked_fill(logits[guard] < vm[guard], _NEG)
+    rows = fast.squeeze(1)
+    if rows.any(): out[rows] = _keep_from(logits[rows], t[rows])
     return out
 
 def epsilon(

@@ -280,3 +280,14 @@ def test_bad_shapes_and_types():
     with pytest.raises(TypeError, match="`logits` must be floating point"): top_k(torch.zeros(2, 5, dtype=torch.long), 1)
     with pytest.raises(ValueError, match=r"`logits` must have shape \[batch, vocab\]"): top_k(torch.zeros(5), 1)
     with pytest.raises(ValueError, match="`top_n` must be a positive integer or None"): top_h(x, 0.5, top_n=0)
+
+
+@pytest.mark.parametrize("e", [3e-4, 0.01])
+def test_cutoff_paths_agree(e):
+    "ε compares logits against a logit-space threshold where that is exact, else probabilities: both match transformers."
+    x = ROWS["vocab"][::2]
+    mixed = torch.cat([x[:4], x[4:] + 1e4])  # huge rows take the probability-space path
+    ours, theirs = epsilon(mixed, e).isfinite(), hf.EpsilonLogitsWarper(e)(None, mixed).isfinite()
+    border = border_ratio(mixed, lambda x64, p64: torch.full_like(p64[:, :1], e), 1)
+    assert not ((ours ^ theirs) & ~border).any()
+    assert torch.equal(epsilon(mixed[:4], e), epsilon(x[:4], e))  # a row's path never depends on the others
