@@ -126,3 +126,21 @@ def test_analyze_report_renders_offline(browser, tmp_path, screenshots):
     assert page.evaluate("() => document.querySelectorAll('script[src]').length") == 0
     page.screenshot(path=str(screenshots/"analyze_report.png"))
     page.close()
+
+
+def test_static_inspector_switches_positions_without_a_kernel(browser, tmp_path, tiny, screenshots):
+    from soft_sampler.plots import TokenInspector
+    model, tok = tiny
+    ins = TokenInspector(model, tok, prompt="Hello", pipeline="top_k(k=5)", compare="top_p(p=0.8)", max_new_tokens=6, top=8)
+    path = ins.static().save(tmp_path/"static.html")
+    page = browser.new_page(viewport={"width": 1100, "height": 900})
+    page.goto(path.as_uri())
+    page.wait_for_selector("div[data-pos='0'] svg.main-svg", timeout=30_000)
+    visible = "() => [...document.querySelectorAll('div[data-pos]')].filter(d => d.style.display !== 'none').map(d => d.dataset.pos)"
+    assert page.evaluate(visible) == ["0"]
+    page.locator("input[type=range]").fill(str(len(ins.rec) - 1))
+    assert page.evaluate(visible) == [str(len(ins.rec) - 1)]
+    title = page.locator(f"div[data-pos='{len(ins.rec) - 1}'] .gtitle").first.text_content()
+    assert f"position {len(ins.rec) - 1}" in title
+    page.screenshot(path=str(screenshots/"inspector_static.png"))
+    page.close()
