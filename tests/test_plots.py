@@ -236,12 +236,4 @@ def test_analyze_cli_rejects_bad_arguments(capsys):
         assert e.value.code == 2
 
 
-@pytest.mark.slow
-def test_analyze_cli_on_the_embedded_model(tmp_path, capsys):
-    from soft_sampler.cli import main
-    out = tmp_path/"report.html"
-    assert main(["analyze", "--prompt", "Name a fruit.", "--temperature", "0.8", "--min-p", "0.1", "--max-new-tokens", "8",
-                 "--fit-steps", "20", "--out", str(out)]) == 0
-    page = out.read_text()
-    assert "<script src" not in page and page.count("plotly-graph-div") >= 8 + 2
-    assert "mean kl=" in capsys.readouterr().out
+# `soft-sampler analyze` on the embedded model, opened in a browser: tests/test_plots_browser.py

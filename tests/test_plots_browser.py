@@ -111,11 +111,12 @@ def test_inspector_in_jupyterlab(browser, lab, screenshots):
     page.close()
 
 
-def test_analyze_report_renders_offline(browser, tmp_path, screenshots):
+def test_analyze_report_renders_offline(browser, tmp_path, screenshots, capsys):
     from soft_sampler.cli import main
     out = tmp_path/"report.html"
     assert main(["analyze", "--prompt", "Name a colour.", "--temperature", "0.7", "--top-k", "20", "--max-new-tokens", "6",
                  "--fit-steps", "20", "--out", str(out)]) == 0
+    assert "mean kl=" in capsys.readouterr().out and "<script src" not in out.read_text()
     page = browser.new_page(viewport={"width": 1280, "height": 1400})
     external = []
     page.on("request", lambda r: external.append(r.url) if not r.url.startswith(("file:", "data:", "about:")) else None)
