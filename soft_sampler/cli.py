@@ -31,6 +31,9 @@ COMMANDS: dict[str, Command] = {
     "soft": Command("soft_sampler.soft:soft_cli", "Soft decoding: feed back mixtures of token embeddings; per-step table.",
                     demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k", "50"]),
     "analyze": Command("soft_sampler.plots:analyze_cli", "Compare a learned sampler with a pipeline token by token; self-contained HTML report."),
+    "train": Command("soft_sampler.train:train_cli", "Train a sampler network (--net) to imitate a pipeline (--target spec.yaml or step flags); checkpoints in --out.",
+                     demo=["--min-p", "0.1", "--net", "SimpleDistributionAwareTransform", "--steps", "40", "--vocab", "512", "--batch-size", "8", "--no-progress"]),
+    "fidelity": Command("soft_sampler.train:fidelity_cli", "Regenerate the fidelity table: networks x heuristics, trained on synthetic, measured on real logits."),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8

@@ -434,15 +434,21 @@ def _print_antislop(res: AntiSlopResult) -> None:
         print(f"  rewind row {b.row}: {b.match!r} completed in {b.text[-40:]!r}; token {b.token} forbidden at position {b.position}")
 
 def sample_cli(argv: list[str]) -> int:
-    "`soft-sampler sample`: a pipeline (YAML or flags in order), and `--ban PHRASE` for anti-slop with backtracking."
+    "`soft-sampler sample`: a pipeline (YAML or flags in order), a trained `--sampler`, and `--ban PHRASE` for anti-slop with backtracking."
     from soft_sampler.heuristics import add_pipeline_args, pipeline_from_args, SpecError
     from soft_sampler.sampling import sample_parser, check_sample_args, run_sample, encode_prompts
     p = add_pipeline_args(sample_parser(with_temperature=False))
     p.add_argument("--ban", action="append", default=[], metavar="PHRASE", help="never write PHRASE (anti-slop with backtracking); repeatable")
     p.add_argument("--case-sensitive", action="store_true", help="match banned phrases case-sensitively")
+    p.add_argument("--sampler", default=None, metavar="CKPT", help="a trained sampler network (`soft-sampler train --out CKPT`), applied after the pipeline")
     ns = check_sample_args(p, p.parse_args(argv))
     try: pipe = pipeline_from_args(ns)
     except (SpecError, OSError) as e: p.error(str(e))
+    if ns.sampler:
+        from soft_sampler.train import load_sampler
+        try: net = load_sampler(ns.sampler)
+        except (OSError, ValueError) as e: p.error(f"--sampler: {e}")
+        pipe = [q for q in (pipe, net.as_processor()) if q is not None]
     if not ns.ban: return run_sample(ns, pipe)
     from soft_sampler.core import load_model
     model, tok = load_model(ns.model)
