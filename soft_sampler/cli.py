@@ -30,6 +30,7 @@ COMMANDS: dict[str, Command] = {
                       demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16", "--no-progress"]),
     "soft": Command("soft_sampler.soft:soft_cli", "Soft decoding: feed back mixtures of token embeddings; per-step table.",
                     demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k", "50"]),
+    "curate": Command("soft_sampler.curation:curate_cli", "Data curation: prompts, candidates, verify, labels, score, train (resumable JSONL stages)."),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8

@@ -181,6 +181,23 @@ def test_candidates_resume_after_kill(tmp_path):
     assert canon(killed) == canon(lines(tmp_path / "clean" / "candidates.jsonl"))
 
 
+def test_remote_candidates_on_two_servers_match_one_server(setup, tiny, tmp_path):
+    from soft_sampler.remote import ToyServer
+    d, grid, _ = setup
+    ps, tok = C.read_jsonl(d / "prompts.jsonl"), tiny[1]
+    with ToyServer(tiny[0], [tok.eos_token_id]) as a, ToyServer(tiny[0], [tok.eos_token_id]) as b:
+        a.fail_next(2)  # transient 503s are retried
+        C.make_candidates(ps, tmp_path / "two.jsonl", grid, [0, 1], C.RemoteCandidates([a.url, b.url], tok, 8), tok, progress=False)
+        C.make_candidates(ps, tmp_path / "one.jsonl", grid, [0, 1], C.RemoteCandidates([b.url], tok, 8), tok, batch_size=1, progress=False)
+        assert len(a.requests) > 0 and len(b.requests) > 0
+    two = lines(tmp_path / "two.jsonl")
+    assert canon(two) == canon(lines(tmp_path / "one.jsonl")) and len(two) == 12
+    assert C.verify_candidates(tmp_path / "two.jsonl", tok, [p["id"] for p in ps], list(grid), [0, 1])["ok"]
+    with pytest.raises(ValueError, match="urls"): C.RemoteCandidates([], tok)
+    for bad, msg in [({"urls": ["ftp://x"]}, "engine.urls"), ({"urls": "http://x"}, "engine.urls"), ({"server": "tgi"}, "engine.server")]:
+        with pytest.raises(C.ConfigError, match=msg): C.load_config({"engine": bad})
+
+
 # ---------- stage 3: verify ----------
 def test_verify_ok_and_each_kind_of_damage(setup, tiny, tmp_path):
     d, grid, _ = setup
