@@ -163,9 +163,9 @@ def _cli(args, **kw):
 
 
 def test_candidates_resume_after_kill(tmp_path):
-    cfg = {**TINY_CFG, "max_new_tokens": 48, "batch_size": 1}
+    cfg = {**TINY_CFG, "prompts": {"kinds": ["arithmetic", "constraint", "creative"], "per_kind": 1}, "max_new_tokens": 16, "batch_size": 1}
     (tmp_path / "c.yaml").write_text(json.dumps(cfg))  # JSON is YAML
-    for d in ("killed", "clean"): assert _cli(["prompts", "--config", str(tmp_path / "c.yaml"), "--dir", str(tmp_path / d)]).wait() == 0
+    for d in ("killed", "clean"): C.run_stage("prompts", C.Workspace(tmp_path / d, C.load_config(cfg), progress=False))
     proc = _cli(["candidates", "--config", str(tmp_path / "c.yaml"), "--dir", str(tmp_path / "killed"), "--no-progress"])
     out = tmp_path / "killed" / "candidates.jsonl"
     deadline = time.time() + 120
@@ -173,11 +173,11 @@ def test_candidates_resume_after_kill(tmp_path):
     assert proc.poll() is None, "the run finished before it could be killed"
     proc.send_signal(signal.SIGKILL); proc.wait()
     n_killed = out.read_text().count("\n")
-    assert 3 <= n_killed < 48
-    assert _cli(["candidates", "--config", str(tmp_path / "c.yaml"), "--dir", str(tmp_path / "killed"), "--no-progress"]).wait() == 0
-    assert _cli(["candidates", "--config", str(tmp_path / "c.yaml"), "--dir", str(tmp_path / "clean"), "--no-progress"]).wait() == 0
+    assert 3 <= n_killed < 24
+    assert C.curate_cli(["candidates", "--config", str(tmp_path / "c.yaml"), "--dir", str(tmp_path / "killed"), "--no-progress"]) == 0
+    assert C.curate_cli(["candidates", "--config", str(tmp_path / "c.yaml"), "--dir", str(tmp_path / "clean"), "--no-progress"]) == 0
     killed = lines(out)
-    assert len(killed) == 48 and len({C.candidate_key(r) for r in killed}) == 48  # 6 prompts x 4 pipelines x 2 seeds
+    assert len(killed) == 24 and len({C.candidate_key(r) for r in killed}) == 24  # 3 prompts x 4 pipelines x 2 seeds
     assert canon(killed) == canon(lines(tmp_path / "clean" / "candidates.jsonl"))
 
 
