@@ -11,7 +11,7 @@ STAMP := $(VENV)/.soft_sampler-installed
 PIPC := $(PIP) install -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme docs
+.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme docs llama-server
 
 setup: $(STAMP)
 	@$(VENV)/bin/soft-sampler prepare
@@ -51,3 +51,7 @@ readme: $(STAMP)
 
 docs: setup
 	$(PY) tools/build_docs.py
+
+# llama.cpp's llama-server built from the llama-cpp-python sdist, cached in ~/.cache/soft_sampler (issue 11)
+llama-server: setup
+	$(PY) tools/build_llama_server.py

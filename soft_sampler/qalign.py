@@ -210,7 +210,7 @@ class QAlign:
     "Metropolis–Hastings over responses targeting π(y|x) ∝ p(y|x)·exp(r(x,y)/β), p = the LM (after `pipeline`)."
     def __init__(
         self,
-        model,  # a causal LM (transformers)
+        model,  # a causal LM (transformers), or a generation backend: any object with `sample_suffixes` (e.g. `soft_sampler.remote.RemoteEngine`)
         reward: Callable,  # fn(prompt_ids: list[list[int]], response_ids: list[list[int]]) -> floats
         beta: float = 1.0,  # temperature of π ∝ p·exp(r/β): larger stays closer to p
         tokenizer=None,  # needed for text/chat prompts and text answers; not for token-id prompts
@@ -233,6 +233,22 @@ def _stop_ids(model, tokenizer, stop_token_ids) -> list[int]:
     ids = [int(t) for t in stop_token_ids]
     if not ids: raise ValueError("stop_token_ids: no EOS known; pass stop_token_ids=[...] (a non-empty list of token ids)")
     return ids
+
+# %% ../nbs/10_qalign.ipynb #0a8be020
+def _is_backend(model) -> bool: return callable(getattr(model, "sample_suffixes", None))
+
+@patch
+def _cache(self: QAlign, prompt_ids: list[int]):
+    "The prompt's KV cache for a local model (None for a generation backend, which keeps its own)."
+    return None if _is_backend(self.model) else prompt_cache(self.model, prompt_ids)
+
+@patch
+def _suffixes(self: QAlign, prompt_ids, prefixes, max_new_tokens, rows, seed, attempt, pipeline, cache) -> list[list[int]]:
+    "One suffix per prefix from p(· | prompt + prefix): the local `sample_suffixes`, or the backend's."
+    if _is_backend(self.model):
+        return self.model.sample_suffixes(prompt_ids, prefixes, max_new_tokens, self.stop_token_ids, rows, seed, attempt, pipeline)
+    return sample_suffixes(self.model, prompt_ids, prefixes, max_new_tokens, self.stop_token_ids, rows, seed, attempt,
+                           pipeline, cache, self.pad_token_id)
 
 # %% ../nbs/10_qalign.ipynb #270bc97a
 def encode_prompts(prompts, tokenizer=None) -> tuple[list[list[int]], bool]:
@@ -331,8 +347,7 @@ def _step(self: QAlign, prompt_ids, states, rewards, t, rows, seed, max_new_toke
     lens = torch.tensor([len(s) for s in states])
     cuts = self.cut_points(lens, len(prompt_ids), keyed_uniform(seed, rows, 0, t, CUT_STREAM)).tolist()
     prefixes = [s[:i] for s, i in zip(states, cuts)]
-    suffixes = sample_suffixes(self.model, prompt_ids, prefixes, max_new_tokens, self.stop_token_ids, rows,
-                               seed, t, pipeline, cache, self.pad_token_id)
+    suffixes = self._suffixes(prompt_ids, prefixes, max_new_tokens, rows, seed, t, pipeline, cache)
     props = [p + s for p, s in zip(prefixes, suffixes)]
     prop_r = self._score(prompt_ids, props)
     la = self.log_accept(rewards, prop_r, lens, torch.tensor([len(p) for p in props]))
@@ -438,11 +453,11 @@ def run(
 # %% ../nbs/10_qalign.ipynb #37e00ab1
 @patch
 def _run_prompt(self: QAlign, k, prompt_ids, chains, steps, max_new_tokens, pipeline, seed, warm, ck, bar) -> QAlignResult:
-    rows, cache, recs = k * 2**32 + torch.arange(chains), None, []
+    rows, cache, recs = k * 2**32 + torch.arange(chains), False, []
     for t in range(steps + 1):
         rec = ck.records.get((k, t)) if ck else None
         if rec is None:
-            if cache is None: cache = prompt_cache(self.model, prompt_ids)
+            if cache is False: cache = self._cache(prompt_ids)
             rec = self._initial(prompt_ids, rows, seed, max_new_tokens, pipeline, cache, warm) if t == 0 else \
                 self._step(prompt_ids, recs[-1]["states"], recs[-1]["rewards"], t, rows, seed, max_new_tokens, pipeline, cache)
             rec["prompt"] = k
@@ -452,8 +467,7 @@ def _run_prompt(self: QAlign, k, prompt_ids, chains, steps, max_new_tokens, pipe
 
 @patch
 def _initial(self: QAlign, prompt_ids, rows, seed, max_new_tokens, pipeline, cache, warm) -> dict:
-    states = warm if warm is not None else sample_suffixes(self.model, prompt_ids, [[] for _ in rows], max_new_tokens,
-                                                           self.stop_token_ids, rows, seed, 0, pipeline, cache, self.pad_token_id)
+    states = warm if warm is not None else self._suffixes(prompt_ids, [[] for _ in rows], max_new_tokens, rows, seed, 0, pipeline, cache)
     return dict(t=0, states=states, rewards=self._score(prompt_ids, states),
                 new_tokens=0 if warm is not None else sum(map(len, states)))
 
@@ -619,12 +633,11 @@ def baseline(
 
 @patch
 def _baseline_one(self: QAlign, k, prompt_ids, budget, max_new_tokens, pipeline, seed, batch, progress) -> IndependentSamples:
-    cache, responses = prompt_cache(self.model, prompt_ids), []
+    cache, responses = self._cache(prompt_ids), []
     with tqdm(total=budget, desc="baseline", disable=not progress, unit="tok") as bar:
         while sum(map(len, responses)) < budget:
             rows = k * 2**32 + len(responses) + torch.arange(batch)
-            for r in sample_suffixes(self.model, prompt_ids, [[] for _ in rows], max_new_tokens, self.stop_token_ids,
-                                     rows, seed, 0, pipeline, cache, self.pad_token_id):
+            for r in self._suffixes(prompt_ids, [[] for _ in rows], max_new_tokens, rows, seed, 0, pipeline, cache):
                 if sum(map(len, responses)) < budget: responses.append(r); bar.update(len(r))
     return IndependentSamples(list(prompt_ids), responses, self._score(prompt_ids, responses), self.beta,
                               sum(map(len, responses)), self.tokenizer)
