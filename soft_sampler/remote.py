@@ -4,7 +4,7 @@
 
 # %% ../nbs/11_remote.ipynb #9395aad4
 from __future__ import annotations
-import json, math, os, random, shutil, socket, subprocess, sys, tarfile, tempfile, threading, time
+import atexit, json, math, os, random, shutil, socket, subprocess, sys, tarfile, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -333,6 +333,7 @@ def start(self: LlamaServer) -> LlamaServer:
            "--parallel", self.parallel, "--no-webui", *self.extra]
     self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
     self.proc = subprocess.Popen(list(map(str, cmd)), stdout=self.log, stderr=subprocess.STDOUT)
+    atexit.register(self.stop)  # never leave an orphaned server behind
     end = time.monotonic() + self.ready_timeout
     while time.monotonic() < end:
         if self.proc.poll() is not None: break
@@ -367,7 +368,7 @@ def _write_json(path: Path, obj) -> None:
 ARITH_INSTRUCTION = " Answer with just the number."
 
 # %% ../nbs/11_remote.ipynb #cce661ee
-def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 48, chains: int = 4, steps: int = 10, max_new_tokens: int = 24, beta: float = 0.5, seed: int = 0) -> dict:
+def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 18, chains: int = 4, steps: int = 8, max_new_tokens: int = 24, beta: float = 0.5, seed: int = 0) -> dict:
     "QAlign chains and, with the same token budget, independent samples on the first `problems` problems; raw records to `out`."
     from soft_sampler.qalign import QAlign
     from soft_sampler.rewards import NumericAnswer, last_number
@@ -399,7 +400,7 @@ SENTIMENT_PROMPTS = ["Write a short review of the restaurant you visited yesterd
                      "Describe your commute to work this morning in two sentences."]
 
 def sentiment_demo(engine, model, tokenizer, out: Path, prompts: Sequence[str] = SENTIMENT_PROMPTS, chains: int = 4,
-                   steps: int = 24, max_new_tokens: int = 40, beta: float = 0.2, seed: int = 0) -> dict:
+                   steps: int = 20, max_new_tokens: int = 40, beta: float = 0.2, seed: int = 0) -> dict:
     "QAlign towards positive VADER sentiment; per prompt, chain and step: reward, fluency (mean log p per token), acceptance."
     from soft_sampler.qalign import QAlign, token_logprobs
     from soft_sampler.rewards import VaderSentiment
