@@ -363,7 +363,7 @@ def _write_json(path: Path, obj) -> None:
     path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "w") as f: json.dump(obj, f)
-    os.replace(tmp, path)
+    os.chmod(tmp, 0o644); os.replace(tmp, path)
 
 ARITH_INSTRUCTION = " Answer with just the number."
 
