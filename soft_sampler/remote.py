@@ -4,12 +4,13 @@
 
 # %% ../nbs/11_remote.ipynb #9395aad4
 from __future__ import annotations
-import json, math, os, random, shutil, socket, subprocess, sys, tarfile, tempfile, threading, time
+import atexit, json, math, os, random, shutil, socket, subprocess, sys, tarfile, tempfile, threading, time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Callable, Sequence
+import numpy as np
 import torch
 from torch import Tensor
 from jaxtyping import Int
@@ -19,9 +20,10 @@ from .sampling import GenerationResult, keyed_hash, encode_prompts
 from .heuristics import Pipeline, to_request
 
 # %% auto #0
-__all__ = ['ENGINES', 'REQUEST_STREAM', 'LLAMA_CPP_PYTHON_VERSION', 'CMAKE_FLAGS', 'sampling_params', 'RemoteServerError',
-           'RemoteEngine', 'Completion', 'parse_choice', 'ToyServer', 'llama_server_path', 'build_llama_server',
-           'free_port', 'LlamaServer']
+__all__ = ['ENGINES', 'REQUEST_STREAM', 'LLAMA_CPP_PYTHON_VERSION', 'CMAKE_FLAGS', 'ARITH_INSTRUCTION', 'SENTIMENT_PROMPTS',
+           'sampling_params', 'RemoteServerError', 'RemoteEngine', 'Completion', 'parse_choice', 'ToyServer',
+           'llama_server_path', 'build_llama_server', 'free_port', 'LlamaServer', 'load_arithmetic', 'arithmetic_demo',
+           'sentiment_demo', 'arithmetic_curves']
 
 # %% ../nbs/11_remote.ipynb #e22f5b28
 ENGINES = ("llama.cpp", "vllm", "openai")
@@ -309,7 +311,7 @@ class LlamaServer:
     "A `llama-server` process serving a GGUF on a loopback port; a context manager."
     def __init__(self, gguf: str | Path | None = None,  # None: the embedded SmolLM2 GGUF
                  binary: str | Path | None = None,  # None: the cached build (`build_llama_server`)
-                 port: int | None = None, threads: int = 2, parallel: int = 2, ctx: int = 4096,
+                 port: int | None = None, threads: int = 1, parallel: int = 2, ctx: int = 4096,
                  extra: Sequence[str] = (), ready_timeout: float = 60.0):
         self.binary = Path(binary) if binary else llama_server_path()
         if not self.binary.is_file():
@@ -331,6 +333,7 @@ def start(self: LlamaServer) -> LlamaServer:
            "--parallel", self.parallel, "--no-webui", *self.extra]
     self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
     self.proc = subprocess.Popen(list(map(str, cmd)), stdout=self.log, stderr=subprocess.STDOUT)
+    atexit.register(self.stop)  # never leave an orphaned server behind
     end = time.monotonic() + self.ready_timeout
     while time.monotonic() < end:
         if self.proc.poll() is not None: break
@@ -348,3 +351,88 @@ def stop(self: LlamaServer) -> None:
     self.proc.terminate()
     try: self.proc.wait(10)
     except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+
+# %% ../nbs/11_remote.ipynb #a36098ef
+def load_arithmetic() -> list[dict]:
+    "The shipped arithmetic word problems: dicts with id, question, answer (int) and operation."
+    path = Path(__file__).parent/"data"/"arithmetic.jsonl"
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+def _write_json(path: Path, obj) -> None:
+    "Write JSON atomically (temp file + rename)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
+    with os.fdopen(fd, "w") as f: json.dump(obj, f)
+    os.chmod(tmp, 0o644); os.replace(tmp, path)
+
+ARITH_INSTRUCTION = " Answer with just the number."
+
+# %% ../nbs/11_remote.ipynb #cce661ee
+def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 18, chains: int = 4, steps: int = 8, max_new_tokens: int = 24, beta: float = 0.5, seed: int = 0) -> dict:
+    "QAlign chains and, with the same token budget, independent samples on the first `problems` problems; raw records to `out`."
+    from soft_sampler.qalign import QAlign
+    from soft_sampler.rewards import NumericAnswer, last_number
+    from tqdm.auto import tqdm
+    recs = []
+    for pb in tqdm(load_arithmetic()[:problems], desc="arithmetic"):
+        qa = QAlign(engine, NumericAnswer(float(pb["answer"]), tokenizer=tokenizer), beta=beta, tokenizer=tokenizer)
+        chat = [{"role": "user", "content": pb["question"] + ARITH_INSTRUCTION}]
+        res = qa.run(chat, chains=chains, steps=steps, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+        base = qa.baseline(chat, res.generated_tokens, max_new_tokens=max_new_tokens, seed=seed + 1, batch=8)  # same token budget
+        ans = lambda ids: last_number(tokenizer.decode(ids, skip_special_tokens=True))
+        recs.append(dict(id=pb["id"], answer=pb["answer"], operation=pb["operation"],
+                         qalign_answers=[[ans(s) for s in ch] for ch in res.states], qalign_rewards=res.rewards,
+                         qalign_step_tokens=_step_tokens(res), accepted=res.accepted,
+                         base_answers=[ans(r) for r in base.responses], base_rewards=base.rewards,
+                         base_tokens=[len(r) for r in base.responses]))
+    obj = dict(settings=dict(problems=problems, chains=chains, steps=steps, max_new_tokens=max_new_tokens,
+                             beta=beta, seed=seed, engine=repr(engine), instruction=ARITH_INSTRUCTION), records=recs)
+    _write_json(out, obj)
+    return obj
+
+def _step_tokens(res) -> list[int]:
+    "Generated tokens of each step of a QAlign result (t = 0: the initial samples; then the proposals' suffixes)."
+    init = sum(len(ch[0]) for ch in res.states)
+    return [init] + [sum(len(ch_p[t]) - c[t] for ch_p, c in zip(res.proposals, res.cuts)) for t in range(res.steps)]
+
+# %% ../nbs/11_remote.ipynb #f646a39a
+SENTIMENT_PROMPTS = ["Write a short review of the restaurant you visited yesterday.",
+                     "Describe your commute to work this morning in two sentences."]
+
+def sentiment_demo(engine, model, tokenizer, out: Path, prompts: Sequence[str] = SENTIMENT_PROMPTS, chains: int = 4,
+                   steps: int = 20, max_new_tokens: int = 40, beta: float = 0.2, seed: int = 0) -> dict:
+    "QAlign towards positive VADER sentiment; per prompt, chain and step: reward, fluency (mean log p per token), acceptance."
+    from soft_sampler.qalign import QAlign, token_logprobs
+    from soft_sampler.rewards import VaderSentiment
+    from tqdm.auto import tqdm
+    qa, recs, memo = QAlign(engine, VaderSentiment(tokenizer=tokenizer), beta=beta, tokenizer=tokenizer), [], {}
+    def fluency(p, s):
+        if (key := (tuple(p), tuple(s))) not in memo: memo[key] = float(np.mean(token_logprobs(model, p, [s])[0]))
+        return memo[key]
+    for text in tqdm(prompts, desc="sentiment"):
+        res = qa.run([{"role": "user", "content": text}], chains=chains, steps=steps, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+        recs.append(dict(prompt=text, rewards=res.rewards, accepted=res.accepted, step_tokens=_step_tokens(res),
+                         fluency=[[fluency(res.prompt_ids, s) for s in ch] for ch in res.states],
+                         final_texts=[tokenizer.decode(ch[-1], skip_special_tokens=True) for ch in res.states],
+                         initial_texts=[tokenizer.decode(ch[0], skip_special_tokens=True) for ch in res.states]))
+    obj = dict(settings=dict(chains=chains, steps=steps, max_new_tokens=max_new_tokens, beta=beta, seed=seed, engine=repr(engine)), records=recs)
+    _write_json(out, obj)
+    return obj
+
+# %% ../nbs/11_remote.ipynb #8b3bad50
+def arithmetic_curves(obj: dict) -> dict[str, tuple[list[float], list[float]]]:
+    "method -> (mean generated tokens per problem, accuracy) from `arithmetic_demo`'s records."
+    from soft_sampler.qalign import majority_vote, softmax_weights
+    recs, beta = obj["records"], obj["settings"]["beta"]
+    hit = lambda a, r: a is not None and abs(a - r["answer"]) < 1e-6
+    out, T = {}, len(recs[0]["qalign_step_tokens"])
+    out["QAlign (majority vote over chains)"] = (
+        [float(np.mean([sum(r["qalign_step_tokens"][:t + 1]) for r in recs])) for t in range(T)],
+        [float(np.mean([hit(majority_vote([a for ch in r["qalign_answers"] for a in ch[:t + 1]]), r) for r in recs])) for t in range(T)])
+    ns = [n for n in (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64) if n <= min(len(r["base_answers"]) for r in recs)]
+    pick = dict(best_of_n=lambda a, w: a[int(np.argmax(w))], majority_vote=lambda a, w: majority_vote(a),
+                weighted_majority_vote=lambda a, w: majority_vote(a, softmax_weights(w, beta)))
+    for name, f in pick.items():
+        out[name] = ([float(np.mean([sum(r["base_tokens"][:n]) for r in recs])) for n in ns],
+                     [float(np.mean([hit(f(r["base_answers"][:n], r["base_rewards"][:n]), r) for r in recs])) for n in ns])
+    return out

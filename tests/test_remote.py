@@ -184,3 +184,106 @@ def test_remote_chain_follows_the_exact_kernel(toy_setup):
                 toy_setup["prompt"], chains=N, steps=T, max_new_tokens=4, seed=5, progress=False)
         tvs[name] = total_variation(state_histogram([c[T] for c in r.states], space), target)
     assert tvs["plain"] < threshold and tvs["cold"] > 1.5 * threshold, (tvs, threshold)
+
+
+# ---- slow: a real llama-server serving the embedded model -------------------------------------------------
+
+CHAT = [{"role": "user", "content": "Write one sentence about the sea."}]
+
+
+@pytest.mark.slow
+def test_real_server_logprobs_match_the_local_model(real, llama):
+    "Q4_1 weights x 8-bit activations on the server vs de-quantised fp32 locally: ~0.04 nats (FACTS.md)."
+    model, tok = real
+    g = RemoteEngine(llama.url, tokenizer=tok).generate(CHAT, max_new_tokens=24, n=4, seed=1)
+    ref = [torch.tensor(token_logprobs(model, p, [t])[0], dtype=torch.float64) for p, t in zip(g.prompt_ids, g.token_ids)]
+    d, lp = torch.cat([(a - b).abs() for a, b in zip(g.logprobs, ref)]), torch.cat(ref)
+    assert len(d) >= 40 and d.median() < 0.08 and d.max() < 0.6, (d.median(), d.max())
+    assert d[lp > -1].mean() < 0.05  # probable tokens agree best
+    assert all(t[-1] == tok.eos_token_id or len(t) == 24 for t in g.token_ids)
+
+
+@pytest.mark.slow
+def test_real_server_samples_plainly_and_reproducibly(real, llama):
+    """With llama-server's defaults (min_p 0.05, top_k 40, top_p 0.95) a first token below 0.05·p_max is impossible.
+    Plain sampling draws one with probability m per sample (m from the local model): enough samples must hit one."""
+    model, tok = real
+    e = RemoteEngine(llama.url, tokenizer=tok)
+    ids = tok.apply_chat_template(CHAT, add_generation_prompt=True, return_dict=True)["input_ids"]
+    with torch.no_grad(): p = model(torch.tensor([ids])).logits[0, -1].double().softmax(-1)
+    rare = p < 0.05 * p.max()
+    m = float(p[rare].sum())
+    n = min(400, math.ceil(math.log(1e-6) / math.log(1 - m)))
+    firsts = [s[0] for s in e.sample_suffixes(ids, [[]] * n, 1, [tok.eos_token_id], torch.arange(n), seed=2)]
+    assert m > 0.05 and any(rare[t] for t in firsts), (m, n)
+    again = e.sample_suffixes(ids, [[]] * 4, 8, [tok.eos_token_id], torch.arange(4), seed=7)
+    assert again == e.sample_suffixes(ids, [[]] * 4, 8, [tok.eos_token_id], torch.arange(4), seed=7)
+
+
+@pytest.mark.slow
+def test_real_server_greedy_matches_until_a_near_tie(real, llama):
+    from soft_sampler.sampling import generate
+    model, tok = real
+    remote = RemoteEngine(llama.url, tokenizer=tok).generate(CHAT, max_new_tokens=24, pipeline=Pipeline([{"name": "top_k", "k": 1}])).token_ids[0]
+    local = generate(model, CHAT, tok, max_new_tokens=24, do_sample=False)
+    k = next((i for i, (x, y) in enumerate(zip(remote, local.token_ids[0])) if x != y), None)
+    if k is None: assert remote == local.token_ids[0]; return
+    assert k >= 5
+    with torch.no_grad(): top = model(torch.tensor([local.prompt_ids[0] + remote[:k]])).logits[0, -1].log_softmax(-1).topk(2).values
+    assert float(top[0] - top[1]) < 0.2, (k, top)  # the two models only part ways where the top two nearly tie
+
+
+@pytest.mark.slow
+def test_real_server_killed_mid_run_resumes_from_checkpoint(real, tmp_path):
+    from soft_sampler.remote import LlamaServer, llama_server_path, build_llama_server
+    from soft_sampler.rewards import VaderSentiment
+    model, tok = real
+    if not llama_server_path().is_file(): build_llama_server()
+    vader, calls, ck = VaderSentiment(tokenizer=tok), [], tmp_path / "chains.jsonl"
+    kw = dict(chains=2, steps=4, max_new_tokens=16, seed=0, checkpoint=ck, progress=False)
+    srv = LlamaServer().start()
+    def dying(p, r):
+        calls.append(1)
+        if len(calls) == 3: srv.stop()
+        return vader(p, r)
+    try:
+        with pytest.raises(RemoteServerError, match=f"{srv.url}/v1/completions is unreachable.*is it running"):
+            QAlign(RemoteEngine(srv.url, tokenizer=tok, retries=1, backoff=0.05), dying, beta=0.2, tokenizer=tok).run(CHAT, **kw)
+    finally: srv.stop()
+    before = [json.loads(l) for l in ck.read_text().splitlines()[1:]]
+    assert [r["t"] for r in before] == [0, 1, 2]
+    with LlamaServer() as srv2:
+        res = QAlign(RemoteEngine(srv2.url, tokenizer=tok), vader, beta=0.2, tokenizer=tok).run(CHAT, **kw)
+    assert res.steps == 4 and [res.states[c][:3] for c in range(2)] == [[r["states"][c] for r in before] for c in range(2)]
+
+
+# ---- heavy: the demonstrations (regenerate results/remote_*.json) -----------------------------------------
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+
+
+@pytest.fixture(scope="module")
+def llama():
+    "A llama-server serving the embedded model on a free loopback port; built once if missing (~5 min on 2 cores)."
+    from soft_sampler.remote import LlamaServer, build_llama_server, llama_server_path
+    if not llama_server_path().is_file(): build_llama_server()
+    with LlamaServer() as srv: yield srv
+
+
+@pytest.mark.heavy
+def test_heavy_arithmetic_demo(real, llama):
+    "~9 min on a shared 2-core machine: 18 problems (3 per operation), QAlign 4 chains x 8 steps vs the same token budget of samples."
+    from soft_sampler.remote import arithmetic_demo
+    model, tok = real
+    obj = arithmetic_demo(RemoteEngine(llama.url, tokenizer=tok), tok, RESULTS / "remote_arithmetic.json")
+    assert len(obj["records"]) == 18 and (RESULTS / "remote_arithmetic.json").is_file()
+
+
+@pytest.mark.heavy
+def test_heavy_sentiment_demo(real, llama):
+    "~5 min: 2 prompts, 4 chains x 20 steps towards positive VADER sentiment; fluency from the local model."
+    from soft_sampler.remote import sentiment_demo
+    model, tok = real
+    torch.set_num_threads(1)
+    obj = sentiment_demo(RemoteEngine(llama.url, tokenizer=tok), model, tok, RESULTS / "remote_sentiment.json")
+    assert len(obj["records"]) == 2
