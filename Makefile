@@ -28,7 +28,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 demo: setup
 	$(VENV)/bin/soft-sampler tour
 
-test: setup
+test: setup llama-server
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: setup
