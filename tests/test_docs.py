@@ -224,9 +224,11 @@ def test_navigation_in_lesson_order(page, server):
 @pytest.mark.slow
 def test_search_finds_a_heuristic(page, server):
     _open(page, f"{server}/index.html")
-    page.click("label.md-search__icon, .md-search__input", timeout=10_000) if page.locator(".md-search__input").is_hidden() else None
-    page.fill(".md-search__input", "nucleus")
-    page.wait_for_selector(".md-search-result__item", timeout=30_000)
+    for _ in range(12):  # the search index loads in a web worker: retype until it answers (60 s at most)
+        page.fill(".md-search__input", "")
+        page.type(".md-search__input", "nucleus")
+        try: page.wait_for_selector(".md-search-result__item", timeout=5_000); break
+        except Exception: pass
     hits = page.eval_on_selector_all(".md-search-result__item a", "els => els.map(a => a.getAttribute('href'))")
     assert any("heuristics_hf.html" in h for h in hits), hits
     assert not page.outside
@@ -244,12 +246,14 @@ def test_api_reference_index_resolves(page, server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["index", "heuristics_hf", "api"])
+@pytest.mark.parametrize("name", ["index", "heuristics_hf", "tutorial_sampling", "api"])
 def test_screenshot(page, server, screenshots, name):
     _open(page, f"{server}/{name}.html")
     page.wait_for_timeout(1500)  # MathJax and plotly finish drawing
     if name == "heuristics_hf":  # the first figure of the lesson, below the fold
         page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
+    if name == "tutorial_sampling":  # its interactive plotly chart
+        page.locator(".plotly .main-svg").first.scroll_into_view_if_needed()
     shot = screenshots/f"docs_{name}.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 20_000
