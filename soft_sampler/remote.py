@@ -223,12 +223,18 @@ def generate(self: RemoteEngine,
                             ["eos" if t and t[-1] in stops else "length" for t in toks], seed, rows, [0] * len(rows), stops[0], texts)
 
 # %% ../nbs/11_remote.ipynb #1da17ede
+class _LoopbackServer(ThreadingHTTPServer):
+    "A threading HTTP server for tests and demos: a client that hangs up early (a timeout test) is not an error."
+    daemon_threads = True
+    def handle_error(self, request, client_address):
+        if not isinstance(sys.exc_info()[1], (BrokenPipeError, ConnectionResetError)): super().handle_error(request, client_address)
+
 class ToyServer:
     "An in-process OpenAI-compatible `/v1/completions` server (llama-server's response format) on a loopback thread."
     def __init__(self, model, stop_token_ids: Sequence[int], logits_processor=None, delay: float = 0.0, seed: int = 0):
         store_attr("model,stop_token_ids,logits_processor,delay")
         self.requests, self.failures, self.lock, self.rng = [], [], threading.Lock(), random.Random(seed)  # rng: seeds of unseeded requests
-        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), _toy_handler(self))
+        self.httpd = _LoopbackServer(("127.0.0.1", 0), _toy_handler(self))
         self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}"
         threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
     def fail_next(self, k: int, status: int = 503): self.failures = [status] * k  # the next k requests get `status`
