@@ -308,18 +308,24 @@ def epsilon(
     return _cutoff(logits, logits.softmax(-1), e, _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
 
 # %% ../nbs/03_heuristics_hf.ipynb #ed0d5050
+def _vecdot(a: Tensor, b: Tensor) -> Tensor:
+    "Row-wise dot products `[b, 1]`, summed in the same order whatever the batch size (one row is padded to two)."
+    if a.shape[0] == 1: return torch.linalg.vecdot(a.expand(2, -1), b.expand(2, -1))[:1, None]
+    return torch.linalg.vecdot(a, b).unsqueeze(1)
+
 def _entropy(logits: Tensor, probs: Tensor) -> Tensor:
-    "Entropy per row `[b, 1]`, as `Categorical(logits=...).entropy()` computes it."
+    "Entropy per row `[b, 1]`: `lse - p·logits` for finite, moderate rows, else as `Categorical(logits=...).entropy()`."
     lse = logits.amax(-1, keepdim=True) - probs.amax(-1, keepdim=True).log()  # logsumexp, from the softmax
-    if bool((lse.abs() <= 32).all()) and bool(logits.amin() > _NEG):
-        # moderate, finite logits: H = lse - sum(p * logit), one dot product and no vocab-sized temporary
-        # (rounding ~ 32 * 1e-7, far below the 1e-5 tolerance of the cut-off)
-        two = logits.shape[0] == 1  # vecdot's reduction order differs for one row: pad to two, as below
-        dot = torch.linalg.vecdot(logits.expand(2, -1), probs.expand(2, -1))[:1] if two else torch.linalg.vecdot(logits, probs)
-        return lse - dot.unsqueeze(1)
-    norm = (logits - lse).clamp_min_(torch.finfo(logits.dtype).min)
-    if logits.shape[0] == 1: return -torch.linalg.vecdot(norm.expand(2, -1), probs.expand(2, -1))[:1, None]
-    return -torch.linalg.vecdot(norm, probs).unsqueeze(1)
+    # finite, moderate rows: one dot product, no vocabulary-sized temporary (rounding ~ 32 * 1e-7 << 1e-5);
+    # decided row by row, so a row's entropy never depends on the other rows of the batch
+    dot = ((lse.abs() <= 32) & (logits.amin(-1, keepdim=True) > _NEG)).squeeze(1)
+    if bool(dot.all()): return lse - _vecdot(logits, probs)
+    def categorical(x, p, l): return -_vecdot((x - l).clamp_min_(torch.finfo(x.dtype).min), p)
+    if not bool(dot.any()): return categorical(logits, probs, lse)
+    out = torch.empty_like(lse)
+    out[dot] = lse[dot] - _vecdot(logits[dot], probs[dot])
+    out[~dot] = categorical(logits[~dot], probs[~dot], lse[~dot])
+    return out
 
 def eta(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)

@@ -291,3 +291,14 @@ def test_cutoff_paths_agree(e):
     border = border_ratio(mixed, lambda x64, p64: torch.full_like(p64[:, :1], e), 1)
     assert not ((ours ^ theirs) & ~border).any()
     assert torch.equal(epsilon(mixed[:4], e), epsilon(x[:4], e))  # a row's path never depends on the others
+
+
+def test_eta_rows_independent_of_batch():
+    "η's entropy form is chosen row by row: a row's result is bit-identical alone and beside -inf / huge rows."
+    x = ROWS["vocab"][:6].clone()
+    x[1, ::2] = NEG  # a row with -inf logits
+    x[2] += 1e4       # a row with huge logits
+    for e in (3e-4, 0.01):
+        whole = eta(x, e)
+        for i in range(x.shape[0]):
+            assert torch.equal(whole[i:i + 1], eta(x[i:i + 1], e)), i
