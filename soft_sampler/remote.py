@@ -41,15 +41,7 @@ def sampling_params(pipeline=None, engine: str = "llama.cpp") -> dict:
 class RemoteServerError(RuntimeError):
     "An inference server could not be reached or answered badly; the message names the URL."
 
-def _session(retries: int, backoff: float, pool: int):
-    import requests
-    from requests.adapters import HTTPAdapter
-    from urllib3.util import Retry
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, raise_on_status=True)
-    s, a = requests.Session(), HTTPAdapter(max_retries=retry, pool_connections=pool, pool_maxsize=pool)
-    s.mount("http://", a); s.mount("https://", a)
-    return s
+from .rewards import _session  # the retrying HTTP session reward servers use too
 
 # %% ../nbs/11_remote.ipynb #d7f1c2ed
 class RemoteEngine:

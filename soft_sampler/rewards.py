@@ -406,14 +406,15 @@ def score_texts(self: YesNoJudge, prompts, completions, **kw) -> Float[Tensor, "
 class RewardServerError(RuntimeError):
     "A remote reward server could not be reached or answered badly; the message names the URL."
 
-def _session(retries: int, backoff: float):
+def _session(retries: int, backoff: float, pool: int = 10):
+    "A requests session retrying connection errors and 429/5xx with exponential backoff; `pool` connections per host."
     import requests
     from requests.adapters import HTTPAdapter
     from urllib3.util import Retry
     retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
                   status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, raise_on_status=True)
-    s = requests.Session()
-    s.mount("http://", HTTPAdapter(max_retries=retry)); s.mount("https://", HTTPAdapter(max_retries=retry))
+    s, a = requests.Session(), HTTPAdapter(max_retries=retry, pool_connections=pool, pool_maxsize=pool)
+    s.mount("http://", a); s.mount("https://", a)
     return s
 
 # %% ../nbs/06_rewards.ipynb #b000cbaa
