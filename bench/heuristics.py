@@ -7,6 +7,14 @@ nats. Without the model, synthetic Zipf-like rows. Timings side by side in one p
 and one softmax in interleaved rounds (so all three see the same machine load), best of the rounds; ratios < 1 mean
 we are faster. The CPU may be shared: figures are noisy.
 
+Each round times each function over a block of back-to-back calls (`--block-ms`, default 10 ms), so each is
+measured in its own steady state. With single calls (`--block-ms 0`) a function runs right after another one
+that allocated and freed tens of MB (transformers' warpers make several vocabulary-sized temporaries): glibc
+hands that memory back to the system, the next large allocations fault their pages in again, and small ops
+meet cold caches. That penalises whichever function comes next, by up to ~0.8 ms at [64, 49152] (with
+MALLOC_TRIM_THRESHOLD_ / MALLOC_MMAP_THRESHOLD_ raised the single-call figures fall back to the block ones, and
+transformers' η warper runs twice as fast).
+
 CASES is a table of (name, our transform, transformers' counterpart or None); other transform families
 add their rows to it.
 """
@@ -70,13 +78,13 @@ def rows_for(b: int, v: int, real: torch.Tensor | None) -> torch.Tensor:
     return x[:, :v].contiguous()
 
 
-def median_ms(fns: list, x: torch.Tensor, min_time: float, min_rounds: int = 9) -> list[float]:
-    "Best ms per call of each fn over interleaved rounds (all see the same load; the minimum is the least disturbed)."
+def median_ms(fns: list, x: torch.Tensor, min_time: float, min_rounds: int = 9, block: float = 0.01) -> list[float]:
+    "Best ms per call of each fn over interleaved rounds of `block`-second blocks (the minimum is the least disturbed)."
     for f in fns: f(x)  # warm-up
     times, start, r = [[] for _ in fns], time.perf_counter(), 0
     while r < min_rounds or (time.perf_counter() - start < min_time * len(fns) and r < 500):
         for f, ts in zip(fns, times):
-            n = max(1, int(1e-3 / max(min(ts, default=1e-3), 1e-6)))  # ~1 ms blocks for fast ops
+            n = max(1, int(block / max(min(ts, default=1e-3), 1e-6)))  # back-to-back calls filling ~`block` s
             t0 = time.perf_counter()
             for _ in range(n): f(x)
             ts.append((time.perf_counter() - t0) / n)
@@ -88,11 +96,13 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
     ap.add_argument("--shapes", default="64x49152,8x128256")
+    ap.add_argument("--block-ms", type=float, default=10.0, help="back-to-back calls per timed block (0: single calls)")
     ap.add_argument("--only", default="", help="comma-separated case names (prefix match)")
     args = ap.parse_args(argv)
     torch.manual_seed(0)
     real = model_rows()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; anchors: transformers' warper and one softmax")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; anchors: transformers' warper and one softmax; "
+          f"blocks of {args.block_ms:g} ms")
     print(f"{'shape':>10} {'transform':<16} {'ours ms':>9} {'hf ms':>9} {'softmax ms':>10} {'ours/hf':>8} {'ours/softmax':>12}")
     for shape in args.shapes.split(","):
         b, v = map(int, shape.split("x"))
@@ -100,7 +110,7 @@ def main(argv=None) -> int:
         for name, ours, theirs in CASES:
             if args.only and not any(name.startswith(o) for o in args.only.split(",")): continue
             fns = [lambda y: y.softmax(-1), ours] + ([theirs] if theirs is not None else [])
-            soft, t_ours, *t_hf = median_ms(fns, x, args.min_time)
+            soft, t_ours, *t_hf = median_ms(fns, x, args.min_time, block=args.block_ms / 1e3)
             t_hf = t_hf[0] if t_hf else float("nan")
             flag = " *" if name in SORT_FREE else ""
             print(f"{shape:>10} {name:<16} {t_ours:9.3f} {t_hf:9.3f} {soft:10.3f} {t_ours / t_hf:8.2f} {t_ours / soft:12.2f}{flag}")

@@ -32,6 +32,13 @@ def per_row(
     "Validate a scalar or per-row parameter and return it as a `[batch, 1]` column on `logits.device`."
     b = logits.shape[0]
     dtype = dtype or (torch.long if integer else torch.float32)
+    what = lambda: f"{'an integer' if integer else 'a number'} in {_fmt_range(low, high, low_open, high_open)}"
+    if type(value) in (int, float):  # a Python number: checked in Python, one tensor op (validation stays O(1))
+        bad = (value != value or (integer and not (type(value) is int or value.is_integer()))
+               or (low is not None and (value <= low if low_open else value < low))
+               or (high is not None and (value >= high if high_open else value > high)))
+        if bad: raise ValueError(f"`{name}` must be {what()}, got {value}")
+        return torch.full((b, 1), int(value) if integer else value, dtype=dtype, device=logits.device)
     v = torch.as_tensor(value, device=logits.device)
     if v.dim() == 2 and v.shape[1] == 1: v = v[:, 0]
     if v.dim() > 1 or (v.dim() == 1 and v.shape[0] != b):
@@ -43,9 +50,8 @@ def per_row(
     if low is not None: bad = bad | ((v <= low) if low_open else (v < low))
     if high is not None: bad = bad | ((v >= high) if high_open else (v > high))
     if bad.any():
-        what = f"{'an integer' if integer else 'a number'} in {_fmt_range(low, high, low_open, high_open)}"
         got = v.item() if v.dim() == 0 else f"{v[bad].tolist()} at rows {bad.nonzero().flatten().tolist()}"
-        raise ValueError(f"`{name}` must be {what}, got {got}")
+        raise ValueError(f"`{name}` must be {what()}, got {got}")
     return v.to(dtype).expand(b).reshape(b, 1) if v.dim() == 0 else v.to(dtype).reshape(b, 1)
 
 # %% ../nbs/03_heuristics_hf.ipynb #1f019d9d
@@ -61,6 +67,8 @@ _BLOCK = 64  # tokens per block in the block-maxima preselection
 
 def _ints(value, name: str, logits: Tensor) -> Tensor:
     "A positive integer parameter as a `[batch, 1]` int64 column, capped at the vocabulary size."
+    if type(value) is int and value >= 1:  # the usual case, in one op
+        return torch.full((logits.shape[0], 1), min(value, logits.shape[1]), dtype=torch.long, device=logits.device)
     return per_row(value, name, logits, low=1, integer=True).clamp_max(logits.shape[1])
 
 def _floats(value, name: str, logits: Tensor, **kw) -> Tensor:
@@ -217,6 +225,19 @@ def top_p(
                    full=lambda r: _top_p_solve(x[r], probs[r], pc[r], m[r], v))
 
 # %% ../nbs/03_heuristics_hf.ipynb #2ba268fd
+def _keep_from(
+    x: Float[Tensor, "b v"],  # logits (not modified)
+    t: Float[Tensor, "b 1"],  # per-row threshold, in `x`'s dtype
+    out: Float[Tensor, "b v"] | None = None,  # where to write the result on the per-row path (default: a new tensor)
+) -> Float[Tensor, "b v"]:
+    "`x` with every entry below its row's threshold set to `-inf` (entries equal to `t` kept). `t` must not be NaN."
+    if x.is_cuda or x.shape[1] < 8192 or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
+    # CPU, long rows: one fused pass per row (`threshold` keeps x > below, i.e. x >= t), no mask tensor
+    out = torch.empty_like(x) if out is None else out
+    below = torch.nextafter(t, torch.full_like(t, _NEG)).squeeze(1).tolist()
+    for a, o, b in zip(x.unbind(0), out.unbind(0), below): torch.threshold(a, b, _NEG, out=o)
+    return out
+
 def min_p(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     p: float | Tensor,  # fraction of the top probability, in [0, 1] (number or per-row `[batch]`)
@@ -226,6 +247,8 @@ def min_p(
     check_logits(logits)
     pc, m = _floats(p, "p", logits, low=0, high=1), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     cut = logits.amax(-1, keepdim=True) + pc.log().to(logits.dtype)  # p_i < p max_j p_j  <=>  l_i < max_j l_j + log p
+    # the top logit always passes, so with m = 1 the rank guard is void; a NaN row (NaN max) keeps everything, as in transformers
+    if int(m.max()) == 1 and not bool(cut.isnan().any()): return _keep_from(logits, cut)
     return logits.masked_fill(_keep_first(logits < cut, logits, m), _NEG)
 
 # %% ../nbs/03_heuristics_hf.ipynb #fa5abae2
@@ -268,34 +291,51 @@ def typical(
                    full=lambda r: _typical_solve(x[r], s[r], probs[r], pc[r], m[r], v))
 
 # %% ../nbs/03_heuristics_hf.ipynb #433ef52f
-def _keep_from(x: Tensor, t: Tensor) -> Tensor:
-    "`x` with every entry below its row's threshold `t` `[b, 1]` set to `-inf` (entries equal to `t` kept)."
-    if x.is_cuda or x.shape[1] < 8192 or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
-    # CPU, long rows: one fused pass per row (`threshold` keeps x > below, i.e. x >= t), no mask tensor
-    out, below = torch.empty_like(x), torch.nextafter(t, torch.full_like(t, _NEG))
-    for i, b in enumerate(below.squeeze(1).tolist()): torch.threshold(x[i], b, _NEG, out=out[i])
-    return out
+def _mth(x: Float[Tensor, "b v"], min_tokens_to_keep: int | Tensor) -> tuple[Tensor, Tensor]:
+    "Validate `min_tokens_to_keep`; each row's m-th largest logit and its largest, `[b, 1]` each (one max when m is 1)."
+    if type(min_tokens_to_keep) is int and min_tokens_to_keep == 1: return (top := x.amax(-1, keepdim=True)), top
+    m = _ints(min_tokens_to_keep, "min_tokens_to_keep", x)
+    vals = _topk(x, int(m.max()))[0]
+    return vals.gather(1, m - 1), vals[:, :1]
 
-def _cutoff(logits: Tensor, probs: Tensor, cut: Tensor, m: Tensor) -> Tensor:
-    "Remove tokens with `probs < cut` unless among the top-`m` logits (ties with the m-th kept)."
-    mmax = int(m.max())
-    if mmax == 1:
-        vm = top = logits.amax(-1, keepdim=True)
-        pm = ptop = probs.amax(-1, keepdim=True)
-    else:
-        vals, cols = _topk(logits, mmax)
-        vm, pm = vals.gather(1, m - 1), probs.gather(1, cols.gather(1, m - 1))
-        top, ptop = vals[:, :1], probs.gather(1, cols[:, :1])
-    # p_i = exp(l_i - top) * p_top, so p_i >= cut <=> l_i >= top + log(cut / p_top): compare logits, no mask pass
-    t = torch.minimum(top.double() + torch.log(cut.double() / ptop.double()), vm.double()).to(logits.dtype)
-    fast = torch.isfinite(t) & (t.abs() * torch.finfo(logits.dtype).eps <= 4e-6)  # t's rounding << 1e-5 nats
-    if bool(fast.all()): return _keep_from(logits, t)
-    out = logits.masked_fill(probs < cut, _NEG)  # probability space: huge logits, NaN/inf rows
-    guard = (pm < cut).squeeze(1)  # rows where the m-th token itself fails the cut-off
-    if guard.any(): out[guard] = logits[guard].masked_fill(logits[guard] < vm[guard], _NEG)
-    rows = fast.squeeze(1)
-    if rows.any(): out[rows] = _keep_from(logits[rows], t[rows])
-    return out
+def _lse(
+    logits: Float[Tensor, "b v"],  # the logits
+    probs: Float[Tensor, "b v"],  # their softmax
+    top: Float[Tensor, "b 1"] | None = None,  # the largest logit per row, if known
+) -> Float[Tensor, "b 1"]:
+    "Row logsumexp in float64, read off the softmax: `l_0 - log p_0` (no pass), or `l_max - log p_max` where p_0 is not a normal float."
+    p0 = probs[:, :1]
+    lse = logits[:, :1].double() - p0.double().log()  # p_0 carries ~1e-7 relative rounding: lse to ~1e-7 nats
+    normal = p0 >= torch.finfo(probs.dtype).tiny  # else 0, subnormal or NaN: too few digits, use the top token
+    if not bool(normal.all()):
+        odd = ~normal.squeeze(1)
+        big = logits[odd].amax(-1, keepdim=True) if top is None else top[odd]
+        lse[odd] = big.double() - probs[odd].amax(-1, keepdim=True).double().log()
+    return lse
+
+def _below(x: Float[Tensor, "r v"], cut: Tensor, vm: Tensor) -> Float[Tensor, "r v"]:
+    "transformers' rule, in probability space: remove `p < cut` unless the logit is at least `vm` (the m-th largest)."
+    return x.masked_fill((x.softmax(-1) < cut) & (x < vm), _NEG)
+
+def _cutoff(
+    logits: Float[Tensor, "b v"],  # the logits (not modified)
+    lse: Float[Tensor, "b 1"],  # row logsumexp, float64
+    logcut: Float[Tensor, "b 1"],  # log of the probability cut-off, float64
+    vm: Float[Tensor, "b 1"] | None,  # the m-th largest logit per row (the rank guard; None: provably void)
+    ok: Tensor | None,  # `[b, 1]` rows where lse and logcut are exact enough (None: all)
+    slow,  # slow(rows) -> the result for those rows, by the probability-space rule
+    out: Tensor | None = None,  # a spare `[b, v]` buffer for the result (default: a new tensor)
+) -> Float[Tensor, "b v"]:
+    "Keep tokens with `l >= min(lse + logcut, vm)`, one fused pass per row; `slow` does the rows where that is not exact."
+    # log p_i = l_i - lse, so p_i >= cut <=> l_i >= lse + log(cut): one threshold per row, compare logits, no mask pass
+    t = (lse + logcut if vm is None else torch.minimum(lse + logcut, vm.double())).to(logits.dtype)
+    fast = t.abs() <= 4e-6 / torch.finfo(logits.dtype).eps  # t's rounding << 1e-5 nats (and t finite, not NaN)
+    fast = (fast if ok is None else fast & ok).squeeze(1)
+    if bool(fast.all()): return _keep_from(logits, t, out)
+    res, rows = torch.empty_like(logits), ~fast  # huge logits, NaN/inf rows: probability space, as transformers
+    res[rows] = slow(rows)
+    if fast.any(): res[fast] = _keep_from(logits[fast], t[fast])
+    return res
 
 def epsilon(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -304,28 +344,21 @@ def epsilon(
 ) -> Float[Tensor, "batch vocab"]:
     "Remove tokens with probability below `eps`."
     check_logits(logits)
-    e = _floats(eps, "eps", logits, low=0, high=1, low_open=True, high_open=True)
-    return _cutoff(logits, logits.softmax(-1), e, _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
+    e = per_row(eps, "eps", logits, low=0, high=1, low_open=True, high_open=True, dtype=torch.float64)
+    vm, top = _mth(logits, min_tokens_to_keep)
+    buf = logits.softmax(-1)  # its storage takes the result
+    return _cutoff(logits, _lse(logits, buf, top), e.log(), vm, None,
+                   lambda r: _below(logits[r], e[r].to(logits.dtype), vm[r]), out=buf)
 
 # %% ../nbs/03_heuristics_hf.ipynb #ed0d5050
-def _vecdot(a: Tensor, b: Tensor) -> Tensor:
-    "Row-wise dot products `[b, 1]`, summed in the same order whatever the batch size (one row is padded to two)."
-    if a.shape[0] == 1: return torch.linalg.vecdot(a.expand(2, -1), b.expand(2, -1))[:1, None]
-    return torch.linalg.vecdot(a, b).unsqueeze(1)
+def _categorical_entropy(x: Float[Tensor, "r v"]) -> Float[Tensor, "r 1"]:
+    "Entropy exactly as `torch.distributions.Categorical(logits=x).entropy()` computes it (summed batch-independently)."
+    norm = x - x.logsumexp(-1, keepdim=True)
+    return -_rowsum(norm.clamp_min(torch.finfo(x.dtype).min) * norm.softmax(-1))
 
-def _entropy(logits: Tensor, probs: Tensor) -> Tensor:
-    "Entropy per row `[b, 1]`: `lse - p·logits` for finite, moderate rows, else as `Categorical(logits=...).entropy()`."
-    lse = logits.amax(-1, keepdim=True) - probs.amax(-1, keepdim=True).log()  # logsumexp, from the softmax
-    # finite, moderate rows: one dot product, no vocabulary-sized temporary (rounding ~ 32 * 1e-7 << 1e-5);
-    # decided row by row, so a row's entropy never depends on the other rows of the batch
-    dot = ((lse.abs() <= 32) & (logits.amin(-1, keepdim=True) > _NEG)).squeeze(1)
-    if bool(dot.all()): return lse - _vecdot(logits, probs)
-    def categorical(x, p, l): return -_vecdot((x - l).clamp_min_(torch.finfo(x.dtype).min), p)
-    if not bool(dot.any()): return categorical(logits, probs, lse)
-    out = torch.empty_like(lse)
-    out[dot] = lse[dot] - _vecdot(logits[dot], probs[dot])
-    out[~dot] = categorical(logits[~dot], probs[~dot], lse[~dot])
-    return out
+def _eta_cut(x: Float[Tensor, "r v"], e: Tensor) -> Float[Tensor, "r 1"]:
+    "transformers' η cut-off `min(eps, sqrt(eps) exp(-H))`, in the logits' dtype."
+    return torch.minimum(e, e.sqrt() * torch.exp(-_categorical_entropy(x)))
 
 def eta(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -334,10 +367,26 @@ def eta(
 ) -> Float[Tensor, "batch vocab"]:
     "Remove tokens with probability below min(eps, sqrt(eps) * exp(-entropy))."
     check_logits(logits)
-    e = _floats(eps, "eps", logits, low=0, high=1, low_open=True, high_open=True)
-    probs = logits.softmax(-1)
-    cut = torch.minimum(e, e.sqrt() * torch.exp(-_entropy(logits, probs)))
-    return _cutoff(logits, probs, cut, _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
+    e = per_row(eps, "eps", logits, low=0, high=1, low_open=True, high_open=True, dtype=torch.float64)
+    # The rank guard is void for m = 1 and eps <= 0.99: the cut-off lse + log(cut) <= sum_i p_i l_i + log(eps) / 2
+    # (as cut <= sqrt(eps) e^-H and lse - H = sum_i p_i l_i), a mean of the logits, so below the top one by
+    # >= 0.005 nats, while rounding moves it by < 1e-4 on the rows that use it (|lse| <= 32): no max needed.
+    small = bool((e <= 0.99).all()) if isinstance(eps, Tensor) else eps <= 0.99
+    vm = None if type(min_tokens_to_keep) is int and min_tokens_to_keep == 1 and small else _mth(logits, min_tokens_to_keep)[0]
+    buf = logits.softmax(-1)
+    lse = _lse(logits, buf)
+    # H = lse - sum_i p_i l_i: the product written over the softmax (no new vocabulary-sized tensor), one sum;
+    # a -inf logit has p = 0 and adds nothing (nansum skips its 0 * -inf = NaN; Categorical clamps it to 0)
+    h = lse - _rowsum(buf.mul_(logits), nan=True).double()
+    le = e.log()
+    logcut = torch.minimum(le, 0.5 * le - h)  # log min(eps, sqrt(eps) e^-H)
+    # moderate rows only (rounding ~ 32 * 1e-7 << 1e-5); huge, NaN and inf rows (NaN h) take transformers' way,
+    # decided row by row: a row's result never depends on the rest of the batch
+    ok = lse.abs() <= 32
+    def slow(r):
+        x = logits[r]
+        return _below(x, _eta_cut(x, e[r].to(x.dtype)), x.amax(-1, keepdim=True) if vm is None else vm[r])
+    return _cutoff(logits, lse, logcut, vm, ok, slow, out=buf)
 
 # %% ../nbs/03_heuristics_hf.ipynb #5edc37b3
 def top_h(

@@ -126,7 +126,7 @@ CASES = {  # name: [(ours, theirs, border or None)]
              lambda x, e=e, m=m: border_ratio(x, lambda x64, p64: torch.minimum(
                  torch.tensor(e, dtype=torch.float64), e ** 0.5 * torch.exp(
                      (p64 * x64.log_softmax(-1)).nan_to_num(0.0).sum(-1, keepdim=True))), m))
-            for e in (1e-5, 3e-4, 4e-3, 0.2, 0.9) for m in (1, 3)],
+            for e in (1e-5, 3e-4, 4e-3, 0.2, 0.9, 0.995) for m in (1, 3)],  # > 0.99: the rank guard is computed
     "top_h": [(lambda x, h=h: top_h(x, h), _hf(hf.TopHLogitsWarper, h), lambda x, h=h: border_top_h(x, h))
               for h in (0.05, 0.3, 0.6, 0.9, 1.0)],
     "temperature": [(lambda x, t=t: temperature(x, t), _hf(hf.TemperatureLogitsWarper, t), None)
@@ -291,6 +291,26 @@ def test_cutoff_paths_agree(e):
     border = border_ratio(mixed, lambda x64, p64: torch.full_like(p64[:, :1], e), 1)
     assert not ((ours ^ theirs) & ~border).any()
     assert torch.equal(epsilon(mixed[:4], e), epsilon(x[:4], e))  # a row's path never depends on the others
+
+
+@pytest.mark.parametrize("rows", sorted(ROWS))
+def test_cutoff_when_token_0_is_negligible(rows):
+    "ε and η read the log-sum-exp off p_0; where p_0 is 0 or subnormal they use the top token: still transformers' answer."
+    x = ROWS[rows][ROWS[rows].shape[0] // 12 * 1:ROWS[rows].shape[0] // 12 * 5].clone()  # flat to peaked, LM-like
+    x[::2, 0] = NEG                                              # p_0 = 0
+    x[1::2, 0] = x[1::2].amax(-1) - 95                          # p_0 ~ e^-95: a subnormal float32
+    assert (x[1::2].softmax(-1)[:, 0] < torch.finfo(torch.float32).tiny).all()
+    for e in (3e-4, 0.01, 0.995):
+        for ours, theirs, thr in [
+                (epsilon(x, e), hf.EpsilonLogitsWarper(e)(None, x), lambda x64, p64: torch.full_like(p64[:, :1], e)),
+                (eta(x, e), hf.EtaLogitsWarper(e)(None, x), lambda x64, p64: torch.minimum(
+                    torch.tensor(e, dtype=torch.float64),
+                    e ** 0.5 * torch.exp((p64 * x64.log_softmax(-1)).nan_to_num(0.0).sum(-1, keepdim=True))))]:
+            diff = (ours != NEG) != (theirs != NEG)
+            assert not (diff & ~border_ratio(x, thr, 1)).any(), e
+            assert diff.float().mean() < 1e-3, e
+            both = (ours != NEG) & (theirs != NEG)
+            torch.testing.assert_close(ours[both], theirs[both], rtol=TOL, atol=0)
 
 
 def test_eta_rows_independent_of_batch():

@@ -11,7 +11,7 @@ PURE = {"temperature": st.fixed_dictionaries({"t": st.floats(0.1, 3)}),
         "top_k": st.fixed_dictionaries({"k": st.integers(1, 20)}),
         "top_p": st.fixed_dictionaries({"p": st.floats(0.05, 1.0)}),
         "min_p": st.fixed_dictionaries({"p": st.floats(0.0, 1.0)}),
-        "typical": st.fixed_dictionaries({"p": st.floats(0.05, 1.0)}),
+        "typical": st.fixed_dictionaries({"p": st.floats(0.05, 1.0, exclude_max=True)}),  # typical needs p < 1
         "epsilon": st.fixed_dictionaries({"eps": st.floats(1e-4, 0.05)}),
         "eta": st.fixed_dictionaries({"eps": st.floats(1e-4, 0.05)}),
         "top_n_sigma": st.fixed_dictionaries({"n": st.floats(0.1, 3)}),
