@@ -41,7 +41,7 @@ def sampling_params(pipeline=None, engine: str = "llama.cpp") -> dict:
 class RemoteServerError(RuntimeError):
     "An inference server could not be reached or answered badly; the message names the URL."
 
-from .rewards import _session  # the retrying HTTP session reward servers use too
+from .rewards import _session, _post_json  # the retrying HTTP session reward servers use too
 
 # %% ../nbs/11_remote.ipynb #d7f1c2ed
 class RemoteEngine:
@@ -68,29 +68,10 @@ class RemoteEngine:
     def __repr__(self): return f"RemoteEngine({self.url!r}, engine={self.engine!r}, concurrency={self.concurrency})"
 
 # %% ../nbs/11_remote.ipynb #efb893cf
-def _timed_out(e: Exception) -> bool:
-    "Whether a requests error was a timeout (urllib3 wraps read timeouts in the retry error's reason)."
-    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
-    import requests
-    reason = getattr(e.args[0], "reason", None) if e.args else None
-    if isinstance(e, requests.exceptions.ConnectionError) and isinstance(reason, NewConnectionError): return False  # refused, not slow
-    return isinstance(e, requests.exceptions.ReadTimeout) or isinstance(reason, ReadTimeoutError)
-
 @patch
 def _post(self: RemoteEngine, payload: dict) -> dict:
     "POST `payload` to the completions endpoint with retries; any failure is a `RemoteServerError` naming the URL."
-    import requests
-    try: r = self.session.post(self.endpoint, json=payload, timeout=self.timeout)
-    except requests.exceptions.RetryError as e:
-        raise RemoteServerError(f"inference server {self.endpoint} kept failing after {self.retries} retries: {e}") from e
-    except requests.exceptions.RequestException as e:
-        if _timed_out(e): raise RemoteServerError(f"inference server {self.endpoint} did not answer within {self.timeout} s "
-                                                  f"(after {self.retries} retries): {e}") from e
-        raise RemoteServerError(f"inference server {self.endpoint} is unreachable after {self.retries} retries "
-                                f"({type(e).__name__}); is it running? {e}") from e
-    if not r.ok: raise RemoteServerError(f"inference server {self.endpoint} answered HTTP {r.status_code}: {r.text[:300]}")
-    try: return r.json()
-    except ValueError as e: raise RemoteServerError(f"inference server {self.endpoint} did not answer JSON: {r.text[:200]!r}") from e
+    return _post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries)
 
 # %% ../nbs/11_remote.ipynb #cd8eb832
 @dataclass

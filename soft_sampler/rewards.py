@@ -417,6 +417,36 @@ def _session(retries: int, backoff: float, pool: int = 10):
     s.mount("http://", a); s.mount("https://", a)
     return s
 
+def _timed_out(e: Exception) -> bool:
+    "Whether a requests error was a timeout (urllib3 wraps read timeouts in the retry error's reason)."
+    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
+    import requests
+    reason = getattr(e.args[0], "reason", None) if e.args else None
+    if isinstance(e, requests.exceptions.ConnectionError) and isinstance(reason, NewConnectionError): return False  # refused, not slow
+    return isinstance(e, requests.exceptions.ReadTimeout) or isinstance(reason, ReadTimeoutError)
+
+def _post_json(
+    session,  # a session from `_session` (it does the retries)
+    url: str,  # the endpoint
+    payload: Any,  # sent as JSON
+    what: str,  # who answers, for messages: "reward server", "inference server"
+    error: type[Exception],  # raised for every failure
+    timeout: float,  # seconds per attempt
+    retries: int,  # the session's retries (for messages)
+    headers: Mapping[str, str] | None = None,
+) -> Any:
+    "POST `payload` and return the JSON answer; any failure raises `error` naming `what`, the URL and the kind of failure."
+    import requests
+    try: r = session.post(url, json=payload, timeout=timeout, headers=headers)
+    except requests.exceptions.RetryError as e:
+        raise error(f"{what} {url} kept failing after {retries} retries: {e}") from e
+    except requests.exceptions.RequestException as e:
+        if _timed_out(e): raise error(f"{what} {url} did not answer within {timeout} s (after {retries} retries): {e}") from e
+        raise error(f"{what} {url} is unreachable after {retries} retries ({type(e).__name__}); is it running? {e}") from e
+    if not r.ok: raise error(f"{what} {url} answered HTTP {r.status_code}: {r.text[:300]}")
+    try: return r.json()
+    except ValueError as e: raise error(f"{what} {url} did not answer JSON: {r.text[:200]!r}") from e
+
 # %% ../nbs/06_rewards.ipynb #b000cbaa
 class RemoteReward(TextReward):
     "Scores from a reward server over HTTP: plain JSON, or vLLM's /classify or /pooling."
@@ -460,17 +490,7 @@ def _parse(self: RemoteReward, body) -> list:
 @patch
 def _post(self: RemoteReward, payload: dict) -> Any:
     "POST with retries; any failure becomes a `RewardServerError` naming the URL."
-    import requests
-    try:
-        r = self.session.post(self.url, json=payload, timeout=self.timeout, headers=self.headers)
-    except requests.exceptions.RetryError as e:
-        raise RewardServerError(f"reward server {self.url} kept failing after {self.retries} retries: {e}") from e
-    except requests.exceptions.RequestException as e:
-        raise RewardServerError(f"reward server {self.url} is unreachable after {self.retries} retries "
-                                f"({type(e).__name__}); is it running? {e}") from e
-    if not r.ok: raise RewardServerError(f"reward server {self.url} answered HTTP {r.status_code}: {r.text[:200]}")
-    try: return r.json()
-    except ValueError as e: raise RewardServerError(f"reward server {self.url} did not answer JSON: {r.text[:200]!r}") from e
+    return _post_json(self.session, self.url, payload, "reward server", RewardServerError, self.timeout, self.retries, self.headers)
 
 @patch
 def score_texts(self: RemoteReward, prompts, completions, prompt_ids=None, completion_ids=None, **kw):

@@ -379,6 +379,12 @@ def test_remote_server_that_is_down():
     assert time.time() - t0 < 5, "a down server must be reported in bounded time"
 
 
+def test_remote_server_that_is_slow(server):
+    server.answer = staticmethod(lambda api, body: time.sleep(0.6) or {"scores": [1.0]})
+    with pytest.raises(RewardServerError, match=re.escape(f"reward server {server.url} did not answer within 0.1 s")):
+        RemoteReward(server.url, TOK, retries=0, timeout=0.1).score_texts(["q"], ["a"])
+
+
 def test_remote_bad_answers_and_arguments(server):
     server.answer = staticmethod(lambda api, body: {"scores": [1.0]})  # one score for two pairs
     with pytest.raises(ValueError, match=re.escape(f"reward server {server.url} returned 1 scores for 2 pairs")):
