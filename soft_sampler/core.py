@@ -13,7 +13,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'GGUF_PACKAGE', 'GGUF_FILE', 'cache_dir', 'ModelNotAvailable', 'embedded_gguf_path', 'convert_gguf',
-           'default_model_dir', 'load_model', 'tiny_tokenizer', 'tiny_model']
+           'default_model_dir', 'load_tokenizer', 'load_model', 'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_core.ipynb #223b9c69
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -89,24 +89,38 @@ def default_model_dir(convert: bool = True) -> Path:
     return convert_gguf(embedded_gguf_path(), out)
 
 # %% ../nbs/00_core.ipynb #95aee1e0
-def load_model(
-    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct; else a local HF folder or hub id
-    dtype: torch.dtype = torch.float32,  # weights dtype (float32 is exact on CPU; bfloat16 halves memory)
-    device: str | torch.device = "cpu",  # where to put the model
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
-    "Load a causal LM and its tokenizer, offline; with no argument, the embedded default model."
+def _model_path(name_or_path: str | Path | None) -> str | Path:
+    "The embedded model's folder for None; a local folder checked for config.json; else the name as given."
     path = default_model_dir() if name_or_path is None else name_or_path
     if isinstance(path, Path) or Path(str(path)).exists():
         path = Path(path)
         if not (path/"config.json").is_file():
             raise ModelNotAvailable(f"{path} is not a Hugging Face model folder (no config.json). "
                                     "Pass a folder written by `save_pretrained`, or no argument for the embedded model.")
-    try:
-        tok = _quiet_from_pretrained(AutoTokenizer, path)
-        model = _quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype)
+    return path
+
+def _offline(what: str, path, load):
+    try: return load()
     except OSError as e:
-        raise ModelNotAvailable(f"Could not load model {str(path)!r}: {e}. Hub downloads are not available "
+        raise ModelNotAvailable(f"Could not load {what} {str(path)!r}: {e}. Hub downloads are not available "
                                 f"offline; pass a local folder, or no argument for the embedded model.") from e
+
+def load_tokenizer(
+    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct's; else a local HF folder
+) -> PreTrainedTokenizerBase:
+    "The tokenizer alone, offline (e.g. the local copy of a remote server's model's tokenizer)."
+    path = _model_path(name_or_path)
+    return _offline("tokenizer", path, lambda: _quiet_from_pretrained(AutoTokenizer, path))
+
+def load_model(
+    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct; else a local HF folder or hub id
+    dtype: torch.dtype = torch.float32,  # weights dtype (float32 is exact on CPU; bfloat16 halves memory)
+    device: str | torch.device = "cpu",  # where to put the model
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+    "Load a causal LM and its tokenizer, offline; with no argument, the embedded default model."
+    path = _model_path(name_or_path)
+    tok = _offline("model", path, lambda: _quiet_from_pretrained(AutoTokenizer, path))
+    model = _offline("model", path, lambda: _quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype))
     return model.to(device).eval(), tok
 
 # %% ../nbs/00_core.ipynb #1cb6db5f

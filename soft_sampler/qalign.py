@@ -661,16 +661,40 @@ def _cli_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-new-tokens", type=int, default=24); p.add_argument("--seed", type=int, default=0)
     p.add_argument("--burn-in", type=int, default=0, help="steps dropped before the votes")
     p.add_argument("--checkpoint", default=None, help="JSONL file: every step saved; an existing file is resumed")
-    p.add_argument("--model", default=None, help="local Hugging Face folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, help="local Hugging Face folder (default: the embedded SmolLM2-135M-Instruct); "
+                   "with a server, only its tokenizer is loaded and must be the server model's")
+    p.add_argument("--server", default=None, metavar="URL",
+                   help="propose from an OpenAI-compatible /v1/completions server (llama-server, vLLM, SGLang) instead of a local model")
+    p.add_argument("--engine", choices=["llama.cpp", "vllm", "openai"], default="llama.cpp", help="the server's kind (with --server)")
+    p.add_argument("--served-model", default=None, help="model name sent to the server (vLLM needs it)")
+    p.add_argument("--llama-server", action="store_true",
+                   help="start the cached llama-server on the embedded model's GGUF for this run (build: `make llama-server`)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
 # %% ../nbs/10_qalign.ipynb #735bd8ac
 def qalign_cli(argv: list[str]) -> int:
     "Run QAlign chains on a prompt with a toy reward; print the chains, statistics and final answers vs the baseline."
-    a = _cli_parser().parse_args(argv)
-    from soft_sampler.core import load_model
-    model, tok = load_model(a.model)
+    p = _cli_parser()
+    a = p.parse_args(argv)
+    if a.server and a.llama_server: p.error("give --server URL or --llama-server, not both")
+    if a.llama_server and a.model: p.error("--llama-server serves the embedded model: leave out --model")
+    if not (a.server or a.llama_server): return _qalign_cli_run(a, lambda tok: None)
+    from soft_sampler.remote import LlamaServer, RemoteEngine, RemoteServerError
+    try: server = LlamaServer().start() if a.llama_server else None
+    except (FileNotFoundError, RuntimeError) as e: p.error(str(e))
+    try:
+        url = server.url if server else a.server
+        return _qalign_cli_run(a, lambda tok: RemoteEngine(url, engine=a.engine, model=a.served_model, tokenizer=tok))
+    except (RemoteServerError, ValueError) as e: p.exit(2, f"{p.prog}: error: {e}\n")
+    finally:
+        if server: server.stop()
+
+def _qalign_cli_run(a, backend) -> int:
+    "The run itself: `backend(tok)` is a remote engine, or None for the local model."
+    from soft_sampler.core import load_model, load_tokenizer
+    tok = load_tokenizer(a.model)
+    model = backend(tok) or load_model(a.model)[0]
     qa = QAlign(model, _toy_reward(a.reward, a.target, tok), beta=a.beta, tokenizer=tok)
     chat = [{"role": "user", "content": a.prompt}]
     res = qa.run(chat, chains=a.chains, steps=a.steps, max_new_tokens=a.max_new_tokens, seed=a.seed,

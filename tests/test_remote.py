@@ -186,6 +186,22 @@ def test_remote_chain_follows_the_exact_kernel(toy_setup):
     assert tvs["plain"] < threshold and tvs["cold"] > 1.5 * threshold, (tvs, threshold)
 
 
+def test_qalign_cli_proposes_from_a_server(tmp_path, capsys):
+    "`soft-sampler qalign --server URL --model DIR`: proposals come from the server, only the tokenizer is loaded locally."
+    from soft_sampler.qalign import qalign_cli
+    model, tok = tiny_model(hidden_size=16, num_layers=1, seed=2)
+    model.save_pretrained(tmp_path); tok.save_pretrained(tmp_path)
+    with ToyServer(model, [tok.eos_token_id]) as s:
+        assert qalign_cli(["--server", s.url, "--model", str(tmp_path), "--reward", "brevity", "--chains", "2",
+                           "--steps", "2", "--max-new-tokens", "6", "--no-progress"]) == 0
+        assert len(s.requests) >= 2 + 2 * 2, "initial states and every proposal went to the server"
+    out = capsys.readouterr().out
+    assert "acceptance rate" in out and out.count("chain ") == 2 and "best_of_n" in out
+    for bad, msg in ((["--server", s.url, "--llama-server"], "not both"), (["--llama-server", "--model", "x"], "leave out --model")):
+        with pytest.raises(SystemExit): qalign_cli(bad)
+        assert msg in capsys.readouterr().err
+
+
 # ---- slow: a real llama-server serving the embedded model -------------------------------------------------
 
 CHAT = [{"role": "user", "content": "Write one sentence about the sea."}]
@@ -255,6 +271,15 @@ def test_real_server_killed_mid_run_resumes_from_checkpoint(real, tmp_path):
     with LlamaServer() as srv2:
         res = QAlign(RemoteEngine(srv2.url, tokenizer=tok), vader, beta=0.2, tokenizer=tok).run(CHAT, **kw)
     assert res.steps == 4 and [res.states[c][:3] for c in range(2)] == [[r["states"][c] for r in before] for c in range(2)]
+
+
+@pytest.mark.slow
+def test_qalign_cli_with_its_own_llama_server(llama, capsys):
+    "`soft-sampler qalign --llama-server` starts the cached llama-server on the embedded model, runs, and stops it."
+    from soft_sampler.qalign import qalign_cli
+    assert qalign_cli(["--llama-server", "--chains", "2", "--steps", "2", "--max-new-tokens", "12", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "acceptance rate" in out and out.count("chain ") == 2 and "weighted_majority_vote" in out
 
 
 # ---- heavy: the demonstrations (regenerate results/remote_*.json) -----------------------------------------
