@@ -290,8 +290,10 @@ def _plotly_step(view: StepView, panels: list[list[str]], log: bool, title: str 
                                             hovertemplate=f"{n} removed %{{x}}<extra></extra>", showlegend=c == 1 or n != "raw"), 1, c)
         fig.update_xaxes(tickvals=x, ticktext=_ticks(view), tickangle=-60, row=1, col=c)
     fig.update_yaxes(type="log" if log else "linear", title_text="probability", row=1, col=1)
-    fig.update_layout(barmode="group", height=height, width=max(560, 430 * len(panels) + 130), margin=dict(l=50, r=10, t=80, b=90),
-                      title=dict(text=title or f"step {view.position}", font_size=14), legend=dict(x=1.01, y=1, font_size=11))
+    # legend in a row under the token labels: the figure stays narrow enough for a notebook's output area
+    fig.update_layout(barmode="group", height=height + 30, width=max(520, 380 * len(panels) + 70), margin=dict(l=50, r=10, t=80, b=130),
+                      title=dict(text=title or f"step {view.position}", font_size=14),
+                      legend=dict(orientation="h", x=0, xanchor="left", y=-0.42, yanchor="top", font_size=11))
     return fig
 
 # %% ../nbs/14_plots.ipynb #ac4bb371
@@ -593,7 +595,8 @@ def view(self: TokenInspector, t: int | None = None) -> StepView:
 @patch
 def prefix_html(self: TokenInspector, t: int) -> str:
     "The prompt's tail, the response so far, the current token highlighted and the rest faded."
-    tail = html.escape(self.rec.tokenizer.decode(self.rec.prompt_ids)[-160:] if self.rec.tokenizer else "")
+    text = self.rec.tokenizer.decode(self.rec.prompt_ids) if self.rec.tokenizer else ""
+    tail = html.escape(("…" + text[-160:]) if len(text) > 160 else text)  # the prompt's last 160 characters
     span = lambda i, s: (f"<span class='ss-cur' style='background:#ffd54f;font-weight:bold'>{html.escape(s)}</span>" if i == t
                          else f"<span style='opacity:{1 if i < t else 0.35}'>{html.escape(s)}</span>")
     body = "".join(span(i, s) for i, s in enumerate(self._tokens))
@@ -623,9 +626,17 @@ def update(self: TokenInspector):
     if get_ipython() is not None:  # outside a kernel there is nothing to draw into
         with self.out:
             self.out.clear_output(wait=True)
-            display(self.fig)
+            display(self.fig if self.backend == "plotly" else _png(self.fig))
     if self.backend == "matplotlib":
         import matplotlib.pyplot as plt; plt.close(self.fig)
+
+def _png(fig):
+    "A matplotlib figure as a PNG image to display: shown whatever the kernel's matplotlib backend (Agg, ipympl, ...)."
+    import io
+    from IPython.display import Image
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, bbox_inches="tight")
+    return Image(buf.getvalue())
 
 @patch
 def _repr_mimebundle_(self: TokenInspector, **kw):

@@ -1,4 +1,4 @@
-"""End to end in a real browser (slow tier): the TokenInspector live in JupyterLab, and an `analyze` report offline.
+"""End to end in a real browser (slow tier): the TokenInspector live in JupyterLab (plotly and matplotlib), and an `analyze` report offline.
 
 JupyterLab runs on a free loopback port with token auth and a temporary root folder holding a small notebook
 on the embedded model; headless Chromium (the `browser` fixture) runs all cells from the menu, moves the position
@@ -22,9 +22,9 @@ CELLS = [
 ]
 
 
-def _notebook(path: Path):
+def _notebook(path: Path, sources: list[str] = CELLS):
     cells = [{"cell_type": "code", "execution_count": None, "id": f"c{i}", "metadata": {}, "outputs": [], "source": s}
-             for i, s in enumerate(CELLS)]
+             for i, s in enumerate(sources)]
     nb = {"cells": cells, "metadata": {"kernelspec": {"display_name": "Python 3", "language": "python", "name": "python3"}},
           "nbformat": 4, "nbformat_minor": 5}
     path.write_text(json.dumps(nb))
@@ -36,9 +36,9 @@ def _free_port() -> int:
 
 
 @pytest.fixture
-def lab(tmp_path):
-    "A JupyterLab server on loopback: (base url, token); stopped (this process only) afterwards."
-    root = tmp_path/"root"; root.mkdir(); _notebook(root/"inspect.ipynb")
+def lab(tmp_path, request):
+    "A JupyterLab server on loopback: (base url, token); stopped (this process only) afterwards. Param: the cells."
+    root = tmp_path/"root"; root.mkdir(); _notebook(root/"inspect.ipynb", getattr(request, "param", CELLS))
     port, token = _free_port(), secrets.token_hex(16)
     env = {**os.environ, "PYTHONPATH": str(ROOT), "JUPYTER_RUNTIME_DIR": str(tmp_path/"rt"), "HF_HUB_OFFLINE": "1",
            "JUPYTER_CONFIG_DIR": str(tmp_path/"cfg"), "MPLBACKEND": "Agg", "TOKENIZERS_PARALLELISM": "false"}
@@ -80,7 +80,7 @@ def _select_kernel(page):
     page.locator(".jp-Dialog button.jp-mod-accept").click()
 
 
-def test_inspector_in_jupyterlab(browser, lab, screenshots):
+def _open_and_run(browser, lab):
     url, token = lab
     page = browser.new_page(viewport={"width": 1400, "height": 1500})
     page.goto(f"{url}/lab/tree/inspect.ipynb?token={token}")
@@ -90,6 +90,11 @@ def test_inspector_in_jupyterlab(browser, lab, screenshots):
     page.locator('.lm-MenuBar-itemLabel:text-is("Run")').click()
     page.locator('.lm-Menu-itemLabel:text-is("Run All Cells")').click()
     _select_kernel(page)
+    return page
+
+
+def test_inspector_in_jupyterlab(browser, lab, screenshots):
+    page = _open_and_run(browser, lab)
     try: page.wait_for_selector("svg.main-svg", timeout=90_000)
     except Exception:
         page.screenshot(path=str(screenshots/"inspector_failed.png"), full_page=True); raise
@@ -108,6 +113,34 @@ def test_inspector_in_jupyterlab(browser, lab, screenshots):
     assert after["svg"] > 0 and after["title"] != before["title"]
     assert after["table"] != before["table"] and after["ticks"] != before["ticks"]
     assert after["current"] != before["current"] or after["table"] != before["table"]
+    page.close()
+
+
+MPL_CELLS = [CELLS[0], CELLS[1].replace("seed=0)", "seed=0, backend='matplotlib')")]
+
+
+@pytest.mark.parametrize("lab", [MPL_CELLS], indirect=True)
+def test_matplotlib_inspector_in_jupyterlab(browser, lab, screenshots):
+    "The same inspector drawing with matplotlib: a PNG in the widget's output, redrawn when the slider moves."
+    page = _open_and_run(browser, lab)
+    img = ".jp-OutputArea-output img"
+    try: page.wait_for_selector(img, timeout=90_000)
+    except Exception:
+        page.screenshot(path=str(screenshots/"inspector_mpl_failed.png"), full_page=True); raise
+    page.wait_for_selector("table.ss-t", timeout=30_000)
+    page.wait_for_timeout(500)
+    src = lambda: page.locator(img).first.get_attribute("src")
+    before, state0 = src(), _state(page)
+    assert before.startswith("data:image/png") and state0["svg"] == 0  # no plotly figure here
+    page.screenshot(path=str(screenshots/"inspector_mpl_position0.png"), full_page=True)
+    handle = page.locator(".widget-slider .noUi-handle").first
+    handle.click()
+    for _ in range(3): handle.press("ArrowRight")
+    page.wait_for_function(f"(b) => {{const i = document.querySelector('{img}'); return i && i.src !== b;}}", arg=before, timeout=30_000)
+    page.wait_for_timeout(500)
+    state3 = _state(page)
+    page.screenshot(path=str(screenshots/"inspector_mpl_position3.png"), full_page=True)
+    assert src() != before and state3["table"] != state0["table"]
     page.close()
 
 
