@@ -371,7 +371,7 @@ def eta(
     # The rank guard is void for m = 1 and eps <= 0.99: the cut-off lse + log(cut) <= sum_i p_i l_i + log(eps) / 2
     # (as cut <= sqrt(eps) e^-H and lse - H = sum_i p_i l_i), a mean of the logits, so below the top one by
     # >= 0.005 nats, while rounding moves it by < 1e-4 on the rows that use it (|lse| <= 32): no max needed.
-    small = bool((e <= 0.99).all()) if isinstance(eps, Tensor) else eps <= 0.99
+    small = eps <= 0.99 if type(eps) in (int, float) else bool((e <= 0.99).all())
     vm = None if type(min_tokens_to_keep) is int and min_tokens_to_keep == 1 and small else _mth(logits, min_tokens_to_keep)[0]
     buf = logits.softmax(-1)
     lse = _lse(logits, buf)

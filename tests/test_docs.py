@@ -3,7 +3,7 @@ Chromium opens every page from a loopback server with every other address blocke
 
 default tier: the pieces (widget snapshots, plotly without a CDN, the API index, navigation) on a tiny notebook.
 slow tier: one full build per session (executed notebooks are reused from `.cache/docs/` when unchanged) and the
-browser checks; screenshots of the home page, a lesson and the API reference go to `screenshots/`.
+browser checks; screenshots of the home page, a lesson, the tutorials and the API reference go to `screenshots/`.
 """
 import functools, http.server, importlib.util, json, re, socketserver, subprocess, sys, threading, time
 from pathlib import Path
@@ -246,14 +246,15 @@ def test_api_reference_index_resolves(page, server):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("name", ["index", "heuristics_hf", "tutorial_sampling", "api"])
+@pytest.mark.parametrize("name", ["index", "heuristics_hf", "tutorial_sampling", "tutorial_learning", "tutorial_qalign",
+                                  "tutorial_soft", "api"])
 def test_screenshot(page, server, screenshots, name):
     _open(page, f"{server}/{name}.html")
     page.wait_for_timeout(1500)  # MathJax and plotly finish drawing
     if name == "heuristics_hf":  # the first figure of the lesson, below the fold
         page.locator(".jp-OutputArea-output img").first.scroll_into_view_if_needed()
-    if name == "tutorial_sampling":  # its interactive plotly chart
-        page.locator(".plotly .main-svg").first.scroll_into_view_if_needed()
+    if name.startswith("tutorial_"):  # its first figure: an interactive plotly chart or an image
+        page.locator(".plotly .main-svg, .jp-OutputArea-output img").first.scroll_into_view_if_needed()
     shot = screenshots/f"docs_{name}.png"
     page.screenshot(path=str(shot))
     assert shot.stat().st_size > 20_000
