@@ -26,7 +26,7 @@ __all__ = ['FIDELITY_TARGETS', 'FIDELITY_NETWORKS', 'EVAL_PROMPTS', 'FIDELITY_CO
            'TrainConfig', 'make_optimizer', 'TrainState', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
            'TrainResult', 'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits',
            'evaluate_sampler', 'fidelity_table', 'pipeline_name_of', 'write_csv_atomic', 'train_cli', 'fidelity_cli',
-           'read_fidelity', 'plot_fidelity']
+           'read_fidelity', 'plot_fidelity', 'fidelity_over_seeds', 'plot_fidelity_spread']
 
 # %% ../nbs/09_train.ipynb #f714bc5c
 def synthetic_logits(
@@ -572,6 +572,8 @@ def fidelity_cli(argv: list[str]) -> int:
     p.add_argument("--lr", type=float, default=0.05); p.add_argument("--vocab", type=int, default=4096)
     p.add_argument("--eval-tokens", type=int, default=32, help="response tokens per evaluation prompt (8 prompts)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the budget is single-threaded CPU)")
+    p.add_argument("--seed", type=int, default=None, help="key the synthetic data stream and seed the networks' initialisation "
+                   "(default: data stream 0 and torch's RNG as the process starts: the committed table)")
     ns = p.parse_args(argv)
     torch.set_num_threads(ns.threads)
     from soft_sampler.core import load_model
@@ -579,11 +581,13 @@ def fidelity_cli(argv: list[str]) -> int:
     model, tok = load_model()
     base = real_eval_logits(model, tok, max_new_tokens=ns.eval_tokens).logits
     del model
-    cfg = TrainConfig(steps=ns.steps, batch_size=ns.batch_size, lr=ns.lr)
+    cfg = TrainConfig(steps=ns.steps, batch_size=ns.batch_size, lr=ns.lr, seed=ns.seed or 0)
+    if ns.seed is not None: torch.manual_seed(ns.seed)  # the networks' initial weights
     rows = fidelity_table(base, ns.networks, {t: FIDELITY_TARGETS[t] for t in ns.targets}, cfg, ns.vocab)
     write_csv_atomic(rows, ns.out)
     meta = dict(command="soft-sampler fidelity " + " ".join(argv), eval_rows=len(base), eval_vocab=base.shape[1], tau=1e-4,
-                train=asdict(cfg), train_vocab=ns.vocab, threads=ns.threads, seconds=round(time.perf_counter() - t0, 1))
+                train=asdict(cfg), train_vocab=ns.vocab, threads=ns.threads, init_seed=ns.seed,
+                seconds=round(time.perf_counter() - t0, 1))
     _atomic_write_text(Path(ns.out).with_suffix(".json"), json.dumps(meta, indent=1))
     print(f"wrote {ns.out} ({len(rows)} rows, {meta['seconds']} s)")
     return 0
@@ -613,4 +617,28 @@ def plot_fidelity(rows: list[dict], keys=("kl", "jaccard")):
             ax.text(j, i, f"{v:.3f}" if key != "kl" or v >= 1e-3 else f"{v:.0e}", ha="center", va="center", fontsize=6,
                     color="k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w")
     fig.tight_layout()
+    return fig
+
+# %% ../nbs/09_train.ipynb #edf12382
+def fidelity_over_seeds(runs: list[list[dict]], key: str = "kl") -> dict[tuple[str, str], np.ndarray]:
+    "Per (network, target): `key` in each run (one fidelity table per seed), as an array `[runs]`."
+    cells = [{(r["network"], r["target"]): r[key] for r in rows} for rows in runs]
+    return {k: np.array([c[k] for c in cells]) for k in cells[0]}
+
+def plot_fidelity_spread(runs: list[list[dict]], key: str = "kl"):
+    "Per target, each network's `key` over the runs: every run a dot, the median a bar, the range a line."
+    import matplotlib.pyplot as plt
+    vals = fidelity_over_seeds(runs, key)
+    nets, targets = list(dict.fromkeys(n for n, _ in vals)), list(dict.fromkeys(t for _, t in vals))
+    fig, ax = plt.subplots(figsize=(10, 3.8))
+    w = 0.8 / len(nets)
+    for i, n in enumerate(nets):
+        x, v = np.arange(len(targets)) - 0.4 + w * (i + 0.5), np.array([vals[n, t] for t in targets])
+        ax.vlines(x, v.min(1), v.max(1), color=f"C{i}", lw=2, alpha=0.5)
+        ax.scatter(np.repeat(x, v.shape[1]), v.ravel(), s=9, color=f"C{i}", alpha=0.6)
+        ax.scatter(x, np.median(v, 1), marker="_", s=160, color=f"C{i}", label=n.replace("Transform", ""))
+    if key == "kl": ax.set_yscale("log")
+    ax.set_xticks(range(len(targets)), targets, rotation=30, ha="right", fontsize=8)
+    ax.set_ylabel(f"{key} (held-out real rows)"); ax.legend(fontsize=7, ncol=len(nets), loc="upper left")
+    ax.set_title(f"fidelity over {len(runs)} runs (seeds)", fontsize=10); fig.tight_layout()
     return fig

@@ -331,3 +331,13 @@ def test_fidelity_table_regenerates_results():
     assert rc == 0
     lines = out.read_text().splitlines()
     assert len(lines) == 1 + 9 * 4
+
+
+@pytest.mark.heavy
+@pytest.mark.parametrize("seed", [1, 2, 3, 4])
+def test_fidelity_table_over_seeds(seed):
+    "Regenerates results/fidelity_seed{1..4}.csv: the same table with other data streams and initial weights (~3-10 min each)."
+    out = Path(__file__).resolve().parents[1]/"results"/f"fidelity_seed{seed}.csv"
+    rc, _, _ = _run(fidelity_cli, ["--seed", str(seed), "--out", str(out)])
+    assert rc == 0 and len(out.read_text().splitlines()) == 1 + 9 * 4
+    assert json.loads(out.with_suffix(".json").read_text())["init_seed"] == seed
