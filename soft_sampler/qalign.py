@@ -665,7 +665,8 @@ def _cli_parser() -> argparse.ArgumentParser:
                    "with a server, only its tokenizer is loaded and must be the server model's")
     p.add_argument("--server", default=None, metavar="URL",
                    help="propose from an OpenAI-compatible /v1/completions server (llama-server, vLLM, SGLang) instead of a local model")
-    p.add_argument("--engine", choices=["llama.cpp", "vllm", "openai"], default="llama.cpp", help="the server's kind (with --server)")
+    from soft_sampler.remote import ENGINES
+    p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help="the server's kind (with --server)")
     p.add_argument("--served-model", default=None, help="model name sent to the server (vLLM needs it)")
     p.add_argument("--llama-server", action="store_true",
                    help="start the cached llama-server on the embedded model's GGUF for this run (build: `make llama-server`)")

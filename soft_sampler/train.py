@@ -575,6 +575,7 @@ def fidelity_cli(argv: list[str]) -> int:
     p.add_argument("--seed", type=int, default=None, help="key the synthetic data stream and seed the networks' initialisation "
                    "(default: data stream 0 and torch's RNG as the process starts: the committed table)")
     ns = p.parse_args(argv)
+    if ns.seed is not None and ns.seed < 0: p.error(f"--seed must be >= 0, got {ns.seed}")
     torch.set_num_threads(ns.threads)
     from soft_sampler.core import load_model
     t0 = time.perf_counter()
@@ -622,7 +623,11 @@ def plot_fidelity(rows: list[dict], keys=("kl", "jaccard")):
 # %% ../nbs/09_train.ipynb #edf12382
 def fidelity_over_seeds(runs: list[list[dict]], key: str = "kl") -> dict[tuple[str, str], np.ndarray]:
     "Per (network, target): `key` in each run (one fidelity table per seed), as an array `[runs]`."
+    if not runs or not all(runs): raise ValueError("`runs` must hold at least one non-empty fidelity table (from `read_fidelity`)")
+    if key not in runs[0][0]: raise ValueError(f"`key` must be a column of the table, one of {sorted(runs[0][0])}; got {key!r}")
     cells = [{(r["network"], r["target"]): r[key] for r in rows} for rows in runs]
+    odd = [i for i, c in enumerate(cells) if c.keys() != cells[0].keys()]
+    if odd: raise ValueError(f"runs {odd} do not have the same (network, target) cells as run 0")
     return {k: np.array([c[k] for c in cells]) for k in cells[0]}
 
 def plot_fidelity_spread(runs: list[list[dict]], key: str = "kl"):
