@@ -41,7 +41,7 @@ def sampling_params(pipeline=None, engine: str = "llama.cpp") -> dict:
 class RemoteServerError(RuntimeError):
     "An inference server could not be reached or answered badly; the message names the URL."
 
-from .rewards import _session, _post_json  # the retrying HTTP session reward servers use too
+from .rewards import _session, _post_json, MAX_RESPONSE_BYTES  # the retrying HTTP session reward servers use too
 
 # %% ../nbs/11_remote.ipynb #d7f1c2ed
 class RemoteEngine:
@@ -53,15 +53,23 @@ class RemoteEngine:
                  tokenizer=None,  # decodes `generate`'s texts and encodes text prompts
                  prompts_per_request: int = 1,  # rows sent in one request (> 1: unseeded, not reproducible)
                  concurrency: int = 2,  # requests in flight at once (match the server's parallel slots)
-                 timeout: float = 120.0,  # seconds to connect and to read one response
-                 retries: int = 3, backoff: float = 0.5):  # retries of failed requests, backoff factor (s)
+                 timeout: float = 120.0,  # deadline of one request in seconds: connecting, retries, waits and reading
+                 retries: int = 3, backoff: float = 0.5,  # retries of failed requests, backoff factor (s)
+                 vocab_size: int | None = None,  # token ids must be in [0, vocab_size); None: len(tokenizer) if given
+                 max_response_bytes: int = MAX_RESPONSE_BYTES):  # larger answers are refused while being read
         import re
-        if not re.match(r"https?://", str(url)): raise ValueError(f"url must start with http:// or https://, got {url!r}")
+        if not isinstance(url, str) or not re.match(r"https?://", url): raise ValueError(f"url must start with http:// or https://, got {url!r}")
         if engine not in ENGINES: raise ValueError(f"engine must be one of {ENGINES}, got {engine!r}")
-        for name, v in (("prompts_per_request", prompts_per_request), ("concurrency", concurrency)):
-            if isinstance(v, bool) or not isinstance(v, int) or v < 1: raise ValueError(f"{name} must be an int >= 1, got {v!r}")
-        if not timeout > 0 or retries < 0 or backoff < 0: raise ValueError("timeout must be > 0, retries and backoff >= 0")
-        store_attr("engine,model,tokenizer,prompts_per_request,concurrency,timeout,retries,backoff")
+        if model is not None and not isinstance(model, str): raise TypeError(f"model must be None or a string, got {model!r}")
+        for name, v, lo in (("prompts_per_request", prompts_per_request, 1), ("concurrency", concurrency, 1), ("retries", retries, 0),
+                            ("max_response_bytes", max_response_bytes, 1), ("vocab_size", vocab_size, 1)):
+            if v is None and name == "vocab_size": continue
+            if isinstance(v, bool) or not isinstance(v, int) or v < lo: raise ValueError(f"{name} must be an int >= {lo}, got {v!r}")
+        for name, v in (("timeout", timeout), ("backoff", backoff)):
+            if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0 or (name == "timeout" and v == 0):
+                raise ValueError(f"{name} must be {'> 0' if name == 'timeout' else '>= 0'}, a finite number of seconds, got {v!r}")
+        if vocab_size is None and tokenizer is not None: vocab_size = len(tokenizer)
+        store_attr("engine,model,tokenizer,prompts_per_request,concurrency,timeout,retries,backoff,vocab_size,max_response_bytes")
         self.url = str(url).rstrip("/")
         self.endpoint = self.url + "/v1/completions"
         self.session = _session(retries, backoff, concurrency)
@@ -71,7 +79,8 @@ class RemoteEngine:
 @patch
 def _post(self: RemoteEngine, payload: dict) -> dict:
     "POST `payload` to the completions endpoint with retries; any failure is a `RemoteServerError` naming the URL."
-    return _post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries)
+    return _post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries,
+                      backoff=self.backoff, max_bytes=self.max_response_bytes)
 
 # %% ../nbs/11_remote.ipynb #cd8eb832
 @dataclass
@@ -82,17 +91,33 @@ class Completion:
     finish_reason: str  # the server's: "stop" (an end-of-generation token) or "length"
 
 def _token_id(t) -> int:
-    if isinstance(t, int): return t
-    if isinstance(t, str) and t.startswith("token_id:"): return int(t[len("token_id:"):])
+    if isinstance(t, int) and not isinstance(t, bool): return t
+    if isinstance(t, str) and t.startswith("token_id:") and t[len("token_id:"):].isdigit(): return int(t[len("token_id:"):])
     raise ValueError(f"token {t!r} is not a token id; ask the server for ids (vLLM: return_tokens_as_token_ids)")
 
-def parse_choice(choice: dict) -> Completion:
-    "Token ids and log-probs of one `/v1/completions` choice (llama.cpp's `content` or the legacy tokens/token_logprobs)."
-    lp = choice.get("logprobs") or {}
-    if "content" in lp: ids, lps = [c["id"] for c in lp["content"]], [c["logprob"] for c in lp["content"]]
-    elif "tokens" in lp: ids, lps = [_token_id(t) for t in lp["tokens"]], lp["token_logprobs"]
-    else: raise ValueError("the choice has no token log-probs (send logprobs=1)")
-    return Completion([int(i) for i in ids], [float(x) for x in lps], str(choice.get("finish_reason")))
+def _ids_and_logprobs(lp) -> tuple[list, list]:
+    "The raw ids and log-probs of a choice's `logprobs` field (llama.cpp's `content` or the legacy lists)."
+    if not isinstance(lp, dict) or not ({"content", "tokens"} & set(lp)): raise ValueError("the choice has no token log-probs (send logprobs=1)")
+    if "content" in lp:
+        if not isinstance(lp["content"], list) or not all(isinstance(c, dict) for c in lp["content"]):
+            raise ValueError(f"logprobs.content must be a list of objects, got {str(lp['content'])[:80]}")
+        return [c.get("id") for c in lp["content"]], [c.get("logprob") for c in lp["content"]]
+    if not isinstance(lp["tokens"], list) or not isinstance(lp.get("token_logprobs"), list):
+        raise ValueError("logprobs.tokens and logprobs.token_logprobs must be lists")
+    return [_token_id(t) for t in lp["tokens"]], lp["token_logprobs"]
+
+def parse_choice(choice: dict, vocab_size: int | None = None) -> Completion:
+    "Token ids and log-probs of one `/v1/completions` choice, checked: ints in [0, vocab_size), log-probs ≤ 0 (or −inf)."
+    if not isinstance(choice, dict): raise ValueError(f"a choice must be a JSON object, got {str(choice)[:80]}")
+    ids, lps = _ids_and_logprobs(choice.get("logprobs"))
+    if len(ids) != len(lps): raise ValueError(f"{len(ids)} token ids but {len(lps)} log-probs")
+    for j, t in enumerate(ids):
+        if isinstance(t, bool) or not isinstance(t, int): raise ValueError(f"token {j}: id {t!r} is not an integer")
+        if t < 0 or (vocab_size is not None and t >= vocab_size): raise ValueError(f"token {j}: id {t} is outside the vocabulary [0, {vocab_size})")
+    for j, x in enumerate(lps):
+        if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x) or x > 1e-3:
+            raise ValueError(f"token {j}: log-prob {x!r} is not a number <= 0")
+    return Completion(list(ids), [float(x) for x in lps], str(choice.get("finish_reason")))
 
 # %% ../nbs/11_remote.ipynb #c1effc96
 @patch
@@ -107,10 +132,12 @@ def _payload(self: RemoteEngine, seqs: list[list[int]], max_tokens: int, seed: i
 @patch
 def _request(self: RemoteEngine, seqs, budgets, seed, params) -> list[Completion]:
     body = self._post(self._payload(seqs, max(budgets), seed, params))
-    try: choices = sorted(body["choices"], key=lambda c: c.get("index", 0))
-    except (KeyError, TypeError) as e: raise RemoteServerError(f"inference server {self.endpoint} answered without choices: {str(body)[:200]}") from e
+    if not isinstance(body, dict) or not isinstance(body.get("choices"), list) or not all(isinstance(c, dict) for c in body["choices"]):
+        raise RemoteServerError(f"inference server {self.endpoint} answered without a list of choices: {str(body)[:200]}")
+    choices = sorted(body["choices"], key=lambda c: c.get("index", 0) if isinstance(c.get("index", 0), int) else -1)
     if len(choices) != len(seqs): raise RemoteServerError(f"inference server {self.endpoint} returned {len(choices)} choices for {len(seqs)} prompts")
-    out = [parse_choice(c) for c in choices]
+    try: out = [parse_choice(c, self.vocab_size) for c in choices]
+    except ValueError as e: raise RemoteServerError(f"inference server {self.endpoint} answered a malformed completion: {e}") from e
     return [Completion(c.token_ids[:b], c.logprobs[:b], c.finish_reason) for c, b in zip(out, budgets)]
 
 # %% ../nbs/11_remote.ipynb #f19f6639

@@ -4,7 +4,7 @@
 
 # %% ../nbs/06_rewards.ipynb #bea2dc5d
 from __future__ import annotations
-import inspect, json, math, re
+import inspect, json, math, re, time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -15,11 +15,11 @@ from fastcore.basics import patch
 from .core import _quiet_from_pretrained
 
 # %% auto #0
-__all__ = ['TokenIds', 'DEFAULT_RUBRIC', 'RewardFn', 'PairwiseJudge', 'check_ids', 'as_scores', 'score', 'unpad', 'trim_response',
-           'user_message', 'encode_pairs', 'decode_pairs', 'TextReward', 'last_number', 'NumericAnswer', 'FormatReward',
-           'LengthReward', 'VaderSentiment', 'minilm_path', 'MiniLMSimilarity', 'RewardModel', 'next_token_logprobs',
-           'YesNoJudge', 'RewardServerError', 'RemoteReward', 'WeightedSum', 'Clip', 'Standardize', 'BradleyTerryJudge',
-           'LMPairwiseJudge', 'score_cli']
+__all__ = ['TokenIds', 'DEFAULT_RUBRIC', 'RETRY_STATUS', 'MAX_RESPONSE_BYTES', 'RewardFn', 'PairwiseJudge', 'check_ids',
+           'as_scores', 'score', 'unpad', 'trim_response', 'user_message', 'encode_pairs', 'decode_pairs', 'TextReward',
+           'last_number', 'NumericAnswer', 'FormatReward', 'LengthReward', 'VaderSentiment', 'minilm_path',
+           'MiniLMSimilarity', 'RewardModel', 'next_token_logprobs', 'YesNoJudge', 'RewardServerError', 'RemoteReward',
+           'WeightedSum', 'Clip', 'Standardize', 'BradleyTerryJudge', 'LMPairwiseJudge', 'score_cli']
 
 # %% ../nbs/06_rewards.ipynb #da5d6ce1
 TokenIds = Sequence[Sequence[int]]  # a batch of token-id lists, one per row, no padding
@@ -406,46 +406,98 @@ def score_texts(self: YesNoJudge, prompts, completions, **kw) -> Float[Tensor, "
 class RewardServerError(RuntimeError):
     "A remote reward server could not be reached or answered badly; the message names the URL."
 
+RETRY_STATUS = (429, 500, 502, 503, 504)  # answers worth another attempt
+MAX_RESPONSE_BYTES = 64 * 2**20  # the largest answer read (decoded), 64 MiB
+
 def _session(retries: int, backoff: float, pool: int = 10):
-    "A requests session retrying connection errors and 429/5xx with exponential backoff; `pool` connections per host."
+    "A requests session with `pool` connections per host; `_post_json` retries, within its deadline."
     import requests
     from requests.adapters import HTTPAdapter
-    from urllib3.util import Retry
-    retry = Retry(total=retries, connect=retries, read=retries, status=retries, backoff_factor=backoff,
-                  status_forcelist=(429, 500, 502, 503, 504), allowed_methods=None, raise_on_status=True)
-    s, a = requests.Session(), HTTPAdapter(max_retries=retry, pool_connections=pool, pool_maxsize=pool)
+    s, a = requests.Session(), HTTPAdapter(max_retries=0, pool_connections=pool, pool_maxsize=pool)
     s.mount("http://", a); s.mount("https://", a)
+    s.retries, s.backoff = retries, backoff
     return s
 
-def _timed_out(e: Exception) -> bool:
-    "Whether a requests error was a timeout (urllib3 wraps read timeouts in the retry error's reason)."
-    from urllib3.exceptions import NewConnectionError, ReadTimeoutError
-    import requests
-    reason = getattr(e.args[0], "reason", None) if e.args else None
-    if isinstance(e, requests.exceptions.ConnectionError) and isinstance(reason, NewConnectionError): return False  # refused, not slow
-    return isinstance(e, requests.exceptions.ReadTimeout) or isinstance(reason, ReadTimeoutError)
+class _Fault(Exception):
+    "One failed attempt: `kind` (for the message), whether another attempt may help, the server's Retry-After."
+    def __init__(self, kind: str, retry: bool = True, wait: float | None = None):
+        super().__init__(kind); self.kind, self.retry, self.wait = kind, retry, wait
 
+def _retry_after(r) -> float | None:
+    "The Retry-After header in seconds (None when absent or an HTTP date)."
+    try: return max(0.0, float(r.headers["Retry-After"]))
+    except (KeyError, ValueError): return None
+
+# %% ../nbs/06_rewards.ipynb #fccd2e12
+def _read_body(r, deadline: float, max_bytes: int) -> bytes:
+    "The body as it arrives, each read bounded by the time left: `_Fault` past the deadline or `max_bytes`."
+    size = r.headers.get("Content-Length", "")
+    if size.isdigit() and int(size) > max_bytes: raise _Fault(f"sent {int(size)} bytes, over the {max_bytes}-byte limit", False)
+    body, sock = bytearray(), getattr(getattr(r.raw, "connection", None), "sock", None)
+    while True:
+        left = deadline - time.monotonic()
+        if left <= 0: raise _Fault("did not finish its answer in time", False)
+        if sock is not None: sock.settimeout(left)
+        chunk = r.raw.read1(2**16, decode_content=True)
+        if not chunk: return bytes(body)
+        body += chunk
+        if len(body) > max_bytes: raise _Fault(f"sent more than the {max_bytes}-byte limit", False)
+
+# %% ../nbs/06_rewards.ipynb #917704b8
+def _attempt(session, url, payload, headers, deadline: float, max_bytes: int) -> bytes:
+    "One POST: the body of a 2xx answer; `_Fault` for anything else."
+    import requests, urllib3
+    left = deadline - time.monotonic()
+    try:
+        with session.post(url, json=payload, timeout=(left, left), headers=headers, stream=True) as r:
+            if r.status_code in RETRY_STATUS: raise _Fault(f"answered HTTP {r.status_code}", True, _retry_after(r))
+            body = _read_body(r, deadline, max_bytes)
+            if not r.ok: raise _Fault(f"answered HTTP {r.status_code}: {body[:300].decode(errors='replace')}", False)
+            return body
+    except (requests.exceptions.Timeout, urllib3.exceptions.TimeoutError, TimeoutError) as e: raise _Fault("timed out") from e
+    except requests.exceptions.ConnectionError as e:
+        refused = "NewConnectionError" in repr(e) or "Connection refused" in str(e)
+        raise _Fault("is unreachable" if refused else f"dropped the connection ({type(e).__name__})") from e
+    except (requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError) as e:
+        if time.monotonic() >= deadline: raise _Fault("timed out", True) from e
+        raise _Fault(f"dropped the connection ({type(e).__name__})") from e
+
+# %% ../nbs/06_rewards.ipynb #5f14a4b8
 def _post_json(
-    session,  # a session from `_session` (it does the retries)
+    session,  # a session from `_session`
     url: str,  # the endpoint
     payload: Any,  # sent as JSON
     what: str,  # who answers, for messages: "reward server", "inference server"
     error: type[Exception],  # raised for every failure
-    timeout: float,  # seconds per attempt
-    retries: int,  # the session's retries (for messages)
+    timeout: float,  # seconds for the whole request: every attempt, wait and read (a deadline)
+    retries: int,  # further attempts after 429/5xx, timeouts and dropped connections
     headers: Mapping[str, str] | None = None,
+    backoff: float | None = None,  # retry k ≥ 2 first waits backoff·2^(k-1) s (urllib3's schedule); None: the session's
+    max_bytes: int = MAX_RESPONSE_BYTES,  # larger answers are refused while they are read
 ) -> Any:
     "POST `payload` and return the JSON answer; any failure raises `error` naming `what`, the URL and the kind of failure."
-    import requests
-    try: r = session.post(url, json=payload, timeout=timeout, headers=headers)
-    except requests.exceptions.RetryError as e:
-        raise error(f"{what} {url} kept failing after {retries} retries: {e}") from e
-    except requests.exceptions.RequestException as e:
-        if _timed_out(e): raise error(f"{what} {url} did not answer within {timeout} s (after {retries} retries): {e}") from e
-        raise error(f"{what} {url} is unreachable after {retries} retries ({type(e).__name__}); is it running? {e}") from e
-    if not r.ok: raise error(f"{what} {url} answered HTTP {r.status_code}: {r.text[:300]}")
-    try: return r.json()
-    except ValueError as e: raise error(f"{what} {url} did not answer JSON: {r.text[:200]!r}") from e
+    backoff = getattr(session, "backoff", 0.5) if backoff is None else backoff
+    deadline, k = time.monotonic() + timeout, 0
+    while True:
+        try: body = _attempt(session, url, payload, headers, deadline, max_bytes); break
+        except _Fault as f: fault = f
+        left = deadline - time.monotonic()
+        late = fault.kind == "timed out" or left <= 0
+        if not fault.retry or k >= retries or late or (fault.wait or 0) >= left: raise error(_fault_message(what, url, fault, k, timeout, late, left))
+        time.sleep(min(fault.wait if fault.wait is not None else backoff * 2**k if k else 0.0, left)); k += 1
+    return _parse_json(body, what, url, error)
+
+def _fault_message(what, url, fault, k, timeout, late, left) -> str:
+    if late: return f"{what} {url} did not answer within {timeout} s (the deadline for the request, {k} retries included; last: {fault.kind})"
+    if fault.wait is not None and fault.wait >= left:
+        return f"{what} {url} {fault.kind} and asked to retry after {fault.wait:g} s, past the {timeout} s deadline"
+    if fault.kind == "is unreachable": return f"{what} {url} is unreachable after {k} retries; is it running?"
+    if fault.retry: return f"{what} {url} kept failing after {k} retries (last: {fault.kind})"
+    return f"{what} {url} {fault.kind}"
+
+def _parse_json(body: bytes, what, url, error) -> Any:
+    try: return json.loads(body)
+    except ValueError as e: raise error(f"{what} {url} did not answer JSON: {body[:200]!r}") from e
 
 # %% ../nbs/06_rewards.ipynb #b000cbaa
 class RemoteReward(TextReward):

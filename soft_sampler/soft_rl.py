@@ -23,8 +23,8 @@ from .soft import (_LoopState, _encode_prompts, _noise, _special_ids, entropy, f
 # %% auto #0
 __all__ = ['POLICIES', 'ADVANTAGES', 'ROLLOUT_STREAM', 'DEMO_PROMPTS', 'DEMO_RUNS', 'gaussian_logprob', 'concrete_logprob',
            'action_logprob', 'SoftRollout', 'soft_rollout', 'replay_logits', 'policy_logprobs', 'group_advantages',
-           'clipped_surrogate', 'policy_kl', 'SoftRLConfig', 'SoftRLTrainer', 'RolloutBatch', 'demo_config',
-           'vader_demo']
+           'clipped_surrogate', 'policy_kl', 'SoftRLConfig', 'SoftRLTrainer', 'RolloutBatch', 'load_plain_state',
+           'demo_config', 'vader_demo']
 
 # %% ../nbs/13_soft_rl.ipynb #7fe1747c
 POLICIES = ("gaussian", "gumbel", "hard")  # the soft policies and the hard-token baseline
@@ -406,6 +406,15 @@ def save_checkpoint(self: SoftRLTrainer, path: str | Path) -> Path:
     if old.exists(): shutil.rmtree(old)
     return path
 
+# %% ../nbs/13_soft_rl.ipynb #20a94a79
+def load_plain_state(path: str | Path) -> dict:
+    "A `torch.save`d dict of tensors, numbers, strings, lists and dicts, read with torch's weights-only unpickler: no code runs."
+    try: return torch.load(path, weights_only=True)
+    except Exception as e:  # a pickle naming any other global (e.g. a `__reduce__` calling os.system) is refused here
+        raise ValueError(f"{path} is not a plain state file (tensors, numbers, lists, dicts); refused to unpickle it: "
+                         f"{type(e).__name__}: {str(e).splitlines()[0][:200]}") from e
+
+
 # %% ../nbs/13_soft_rl.ipynb #9842169d
 @patch
 def load_checkpoint(self: SoftRLTrainer, path: str | Path) -> SoftRLTrainer:
@@ -418,9 +427,9 @@ def load_checkpoint(self: SoftRLTrainer, path: str | Path) -> SoftRLTrainer:
         raise ValueError(f"checkpoint config differs from this trainer's (this, checkpoint): {diff}")
     tensors = load_file(path/"trainable.safetensors")
     if set(tensors) != set(self.params): raise ValueError(f"checkpoint parameters {sorted(tensors)[:3]}... do not match the trainable ones")
+    state = load_plain_state(path/"state.pt")  # before anything is modified: a refused file leaves the trainer as it was
     with torch.no_grad():
         for n, p in self.params.items(): p.copy_(tensors[n])
-    state = torch.load(path/"state.pt", weights_only=False)
     self.optimizer.load_state_dict(state["optimizer"]); torch.set_rng_state(state["torch_rng"]); random.setstate(state["py_rng"])
     self.step_count, self.history = meta["step"], meta["history"]
     return self
