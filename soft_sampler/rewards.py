@@ -58,6 +58,8 @@ def _check_pairs(prompt_ids, response_ids) -> tuple[list[list[int]], list[list[i
 
 def as_scores(values, n: int, source: str = "reward") -> Float[Tensor, "batch"]:
     "Turn what a reward returned into a float32 tensor of `n` scores (None becomes NaN, as in TRL)."
+    if not hasattr(values, "__iter__") or isinstance(values, (str, bytes, dict)):
+        raise TypeError(f"{source} must return a list of {n} numbers, got {values!r:.80}")
     vals = values.detach().float().cpu().flatten().tolist() if isinstance(values, Tensor) else list(values)
     if len(vals) != n: raise ValueError(f"{source} returned {len(vals)} scores for {n} pairs")
     try: return torch.tensor([math.nan if v is None else float(v) for v in vals], dtype=torch.float32)
@@ -428,6 +430,16 @@ def _retry_after(r) -> float | None:
     try: return max(0.0, float(r.headers["Retry-After"]))
     except (KeyError, ValueError): return None
 
+# %% ../nbs/06_rewards.ipynb #ab5ebef5
+def _check_client_numbers(**values) -> None:
+    "Check an HTTP client's settings by name: `timeout` > 0 and `backoff` >= 0 (finite seconds), `retries` >= 0 and `batch_size` >= 1 (ints)."
+    for name, v in values.items():
+        integer, low = name in ("retries", "batch_size"), {"retries": 0, "batch_size": 1}.get(name, 0)
+        ok = not isinstance(v, bool) and isinstance(v, int if integer else (int, float)) and math.isfinite(v) and v >= low
+        if not ok or (name == "timeout" and v == 0):
+            kind = f"an int >= {low}" if integer else f"a finite number of seconds {'> 0' if name == 'timeout' else '>= 0'}"
+            raise ValueError(f"`{name}` must be {kind}, got {v!r}")
+
 # %% ../nbs/06_rewards.ipynb #fccd2e12
 def _read_body(r, deadline: float, max_bytes: int) -> bytes:
     "The body as it arrives, each read bounded by the time left: `_Fault` past the deadline or `max_bytes`."
@@ -511,8 +523,8 @@ class RemoteReward(TextReward):
                  timeout: float = 30.0, retries: int = 3, backoff: float = 0.5,  # seconds; retries; backoff factor (s)
                  batch_size: int = 64, headers: Mapping[str, str] | None = None, chat: bool = True):
         if api not in ("json", "classify", "pooling"): raise ValueError(f"`api` must be 'json', 'classify' or 'pooling', got {api!r}")
-        if not re.match(r"https?://", url): raise ValueError(f"`url` must start with http:// or https://, got {url!r}")
-        if timeout <= 0 or retries < 0 or backoff < 0: raise ValueError("`timeout` must be > 0, `retries` and `backoff` >= 0")
+        if not isinstance(url, str) or not re.match(r"https?://", url): raise ValueError(f"`url` must start with http:// or https://, got {url!r}")
+        _check_client_numbers(timeout=timeout, retries=retries, backoff=backoff, batch_size=batch_size)
         super().__init__(None, tokenizer, chat)
         self.url, self.api, self.model, self.label, self.template = url, api, model, label, template
         self.timeout, self.retries, self.batch_size, self.headers = timeout, retries, batch_size, dict(headers or {})
