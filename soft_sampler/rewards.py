@@ -430,7 +430,7 @@ def _retry_after(r) -> float | None:
     try: return max(0.0, float(r.headers["Retry-After"]))
     except (KeyError, ValueError): return None
 
-# %% ../nbs/06_rewards.ipynb #7569dd90
+# %% ../nbs/06_rewards.ipynb #5bc4f4e8
 def _check_client_numbers(**values) -> None:
     "Check an HTTP client's settings by name: `timeout` > 0 and `backoff` >= 0 (finite seconds), `retries` >= 0 and `batch_size` >= 1 (ints)."
     for name, v in values.items():
@@ -565,7 +565,7 @@ def score_texts(self: RemoteReward, prompts, completions, prompt_ids=None, compl
         try: vals = self._parse(self._post(pl))
         except (KeyError, TypeError, IndexError) as e: raise RewardServerError(f"reward server {self.url} answered in an unexpected format ({e!r})") from e
         try: out.append(as_scores(vals, len(prompts[j]), f"reward server {self.url}"))
-        except (TypeError, ValueError) as e: raise RewardServerError(str(e)) from e
+        except TypeError as e: raise RewardServerError(str(e)) from e
     return torch.cat(out) if out else torch.zeros(0)
 
 # %% ../nbs/06_rewards.ipynb #563b93d7

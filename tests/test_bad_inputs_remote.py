@@ -150,7 +150,7 @@ def test_unreachable_server_names_the_url():
 
 def test_reward_server_faults_name_the_url(srv):
     rew = lambda **kw: RemoteReward(srv.url + "/score", retries=kw.pop("retries", 1), backoff=0.01, timeout=kw.pop("timeout", 5))
-    for plan, msg in [([Fault("json", body=None)], "unexpected format|scores"), ([Fault("garbage")], "did not answer JSON"),
+    for plan, msg in [([Fault("json", body=None)], "must return a list of 1 numbers, got None"), ([Fault("garbage")], "did not answer JSON"),
                       ([Fault("trickle", size=400)], "did not answer within 0.5 s"),
                       ([Fault("status", status=503, retry_after="9")], "retry after 9 s, past the 0.5 s deadline")]:
         srv.plan = list(plan)
