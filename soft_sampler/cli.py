@@ -4,11 +4,12 @@
 
 # %% ../nbs/01_cli.ipynb #61edeb4f
 from __future__ import annotations
-import argparse, importlib, sys, time
+import argparse, importlib, os, re, sys, time
 from dataclasses import dataclass, field
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'main', 'info_cli', 'prepare_cli', 'tour_cli']
+__all__ = ['COMMANDS', 'Command', 'main', 'ArgumentParser', 'int_at_least', 'number_in', 'text_file', 'read_text', 'model_dir',
+           'http_url', 'regex', 'interrupted', 'info_cli', 'prepare_cli', 'tour_cli']
 
 # %% ../nbs/01_cli.ipynb #a239be92
 @dataclass
@@ -63,7 +64,83 @@ def main(argv: list[str] | None = None) -> int:
     try: fn = _resolve(COMMANDS[ns.command].target)
     except (ImportError, AttributeError) as e:
         p.error(f"command {ns.command!r} is not available in this install ({e})")
-    return int(fn(ns.args) or 0)
+    try: return int(fn(ns.args) or 0)
+    except KeyboardInterrupt: return interrupted(f"soft-sampler {ns.command}", "nothing was saved")
+
+# %% ../nbs/01_cli.ipynb #0d1849f8
+class ArgumentParser(argparse.ArgumentParser):
+    "argparse whose errors are one line, `PROG: error: MESSAGE`, on stderr with exit code 2 (no usage block)."
+    def error(self, message: str): self.exit(2, f"{self.prog}: error: {message}\n")
+
+# %% ../nbs/01_cli.ipynb #10f8d017
+def int_at_least(low: int):
+    "An argparse type: an integer >= `low`."
+    def check(s: str) -> int:
+        try: v = int(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {s!r}") from None
+        if v < low: raise argparse.ArgumentTypeError(f"must be an integer >= {low}, got {v}")
+        return v
+    check.__name__ = f"int>={low}"
+    return check
+
+# %% ../nbs/01_cli.ipynb #7f97a625
+def number_in(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
+    "An argparse type: a finite number in the interval given by `low`/`high` (None: unbounded; `*_open`: excluded)."
+    lo, hi = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}"), ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
+    def check(s: str) -> float:
+        try: v = float(s)
+        except ValueError: raise argparse.ArgumentTypeError(f"must be a number in {lo}, {hi}, got {s!r}") from None
+        bad = not (v == v and abs(v) != float("inf")) or (low is not None and (v < low or (low_open and v == low))) or \
+              (high is not None and (v > high or (high_open and v == high)))
+        if bad: raise argparse.ArgumentTypeError(f"must be a number in {lo}, {hi}, got {s}")
+        return v
+    check.__name__ = "number"
+    return check
+
+# %% ../nbs/01_cli.ipynb #9eaf1888
+def text_file(s: str) -> str:
+    "An argparse type: an existing, readable UTF-8 text file."
+    try: read_text(s)
+    except (OSError, ValueError) as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+def read_text(path: str | os.PathLike) -> str:
+    "The text of a UTF-8 file; a missing file, a folder or binary content raise an error naming the path (and line)."
+    p = os.fspath(path)
+    if not os.path.exists(p): raise FileNotFoundError(f"{p}: no such file")
+    if os.path.isdir(p): raise IsADirectoryError(f"{p} is a directory, not a file")
+    data = open(p, "rb").read()
+    try: text = data.decode("utf-8")
+    except UnicodeDecodeError as e: line = data[:e.start].count(b"\n") + 1; what = "not UTF-8 text"
+    else:
+        if "\x00" not in text: return text
+        line, what = text[:text.index("\x00")].count("\n") + 1, "a NUL byte"
+    raise ValueError(f"{p}, line {line}: {what} (a binary file?)")
+
+# %% ../nbs/01_cli.ipynb #c8d2a7cd
+def model_dir(s: str) -> str:
+    "An argparse type: a local Hugging Face model folder (with config.json)."
+    if not os.path.exists(s): raise argparse.ArgumentTypeError(f"{s}: no such folder")
+    if not os.path.isdir(s): raise argparse.ArgumentTypeError(f"{s} is a file, not a model folder (expected a folder with config.json)")
+    if not os.path.isfile(os.path.join(s, "config.json")): raise argparse.ArgumentTypeError(f"{s} is not a model folder (no config.json)")
+    return s
+
+def http_url(s: str) -> str:
+    "An argparse type: an http:// or https:// URL with a host."
+    if not re.match(r"https?://[^/\s]+", s): raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {s!r}")
+    return s
+
+def regex(s: str) -> str:
+    "An argparse type: a regular expression that compiles."
+    try: re.compile(s)
+    except re.error as e: raise argparse.ArgumentTypeError(f"not a valid regular expression ({e}): {s!r}") from None
+    return s
+
+# %% ../nbs/01_cli.ipynb #a05872a2
+def interrupted(prog: str, saved: str) -> int:
+    "Report a Ctrl-C in one line (`saved`: what is on disk and how to resume) and return exit code 130."
+    print(f"{prog}: interrupted; {saved}", file=sys.stderr)
+    return 130
 
 # %% ../nbs/01_cli.ipynb #734cde9d
 def info_cli(argv: list[str]) -> int:

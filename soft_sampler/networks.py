@@ -19,10 +19,10 @@ from transformers import LogitsProcessor
 from .heuristics_hf import check_logits
 
 # %% auto #0
-__all__ = ['STATS', 'NETWORKS', 'read_logits', 'row_stats', 'SoftTruncation', 'TokenMLP', 'NetworkConfig', 'LogitsNetwork',
-           'load_network', 'NetworkProcessor', 'describe', 'LocalConfig', 'LocalProbabilityTransform', 'RowHead',
-           'DistributionAwareConfig', 'SimpleDistributionAwareTransform', 'SamplingNetworkConfig', 'SamplingNetwork',
-           'linear_attention']
+__all__ = ['STATS', 'NETWORK_LIMITS', 'NETWORKS', 'read_logits', 'row_stats', 'SoftTruncation', 'TokenMLP', 'NetworkConfig',
+           'LogitsNetwork', 'load_network', 'NetworkProcessor', 'describe', 'LocalConfig', 'LocalProbabilityTransform',
+           'RowHead', 'DistributionAwareConfig', 'SimpleDistributionAwareTransform', 'SamplingNetworkConfig',
+           'SamplingNetwork', 'linear_attention']
 
 # %% ../nbs/08_networks.ipynb #31692da7
 def read_logits(logits: Float[Tensor, "batch vocab"]) -> tuple[Tensor, Tensor, Tensor]:
@@ -107,10 +107,14 @@ class TokenMLP(nn.Module):
         return torch.addcmul(b, u[..., None], w).relu() @ self.w_out
 
 # %% ../nbs/08_networks.ipynb #1e04e15e
+NETWORK_LIMITS = {"dim": 1024, "hidden": 1024, "stats_hidden": 1024, "poly_degree": 16, "n_gates": 64, "seed": 2**63 - 1}  # largest sizes accepted
+
 def _check_int(cfg, name: str, low: int) -> None:
-    v = getattr(cfg, name)
+    v, high = getattr(cfg, name), NETWORK_LIMITS.get(name)
     if isinstance(v, bool) or not isinstance(v, int) or v < low:
         raise ValueError(f"`{name}` must be an integer >= {low}, got {v!r}")
+    if high is not None and v > high:  # refused before anything is allocated ([batch, vocab, hidden] activations)
+        raise ValueError(f"`{name}` must be an integer in [{low}, {high}], got {v!r}")
 
 def _check_pos(cfg, name: str) -> None:
     v = getattr(cfg, name)
