@@ -4,7 +4,7 @@
 
 # %% ../nbs/09_train.ipynb #36e1a612
 from __future__ import annotations
-import argparse, csv, io, json, math, os, shutil, tempfile, time
+import argparse, csv, io, json, math, os, shutil, tempfile, time, warnings
 from dataclasses import dataclass, field, asdict, fields
 from pathlib import Path
 from typing import Callable, Protocol
@@ -23,8 +23,9 @@ from .networks import NETWORKS, LogitsNetwork, load_network
 # %% auto #0
 __all__ = ['FIDELITY_TARGETS', 'FIDELITY_NETWORKS', 'EVAL_PROMPTS', 'FIDELITY_COLUMNS', 'synthetic_logits', 'LogitsSource',
            'SyntheticLogits', 'LogitsDataset', 'ReplayedLogits', 'replay_logits', 'as_target', 'pipeline_targets',
-           'TrainConfig', 'make_optimizer', 'TrainState', 'save_checkpoint', 'latest_checkpoint', 'load_checkpoint',
-           'TrainResult', 'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits',
+           'TrainConfig', 'make_optimizer', 'TrainState', 'save_checkpoint', 'CheckpointError', 'checkpoint_candidates',
+           'latest_checkpoint', 'load_checkpoint', 'TrainResult', 'run_fingerprint', 'check_resumable', 'resume_run',
+           'clear_checkpoints', 'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits',
            'evaluate_sampler', 'fidelity_table', 'pipeline_name_of', 'write_csv_atomic', 'train_cli', 'fidelity_cli',
            'read_fidelity', 'plot_fidelity', 'fidelity_over_seeds', 'plot_fidelity_spread']
 
@@ -269,7 +270,7 @@ class TrainState:
     history: dict = field(default_factory=lambda: {k: [] for k in ("step", "loss", "kl", "removed_mass", "lr", "seconds")})
 
 def save_checkpoint(directory: str | Path, net: LogitsNetwork, opt, sched, config: TrainConfig, state: TrainState,
-                    target_spec=None, keep: int = 2) -> Path:
+                    target_spec=None, keep: int = 2, fingerprint: dict | None = None) -> Path:
     "Write a complete, atomic checkpoint of step `state.step` into `directory`; keep the last `keep`."
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=d))
@@ -278,7 +279,7 @@ def save_checkpoint(directory: str | Path, net: LogitsNetwork, opt, sched, confi
         tensors, groups = _optimizer_tensors(opt)
         save_file({**tensors, "rng.torch": torch.get_rng_state()}, str(tmp/"optimizer.safetensors"))
         meta = dict(step=state.step, config=asdict(config), history=state.history, param_groups=groups,
-                    scheduler=sched.state_dict(), network=type(net).__name__, target=target_spec)
+                    scheduler=sched.state_dict(), network=type(net).__name__, target=target_spec, fingerprint=fingerprint)
         (tmp/"trainer.json").write_text(json.dumps(meta))
         final = d/f"step-{state.step:08d}"
         if final.exists(): shutil.rmtree(final)
@@ -291,12 +292,31 @@ def save_checkpoint(directory: str | Path, net: LogitsNetwork, opt, sched, confi
     return final
 
 # %% ../nbs/09_train.ipynb #f51f9419
+class CheckpointError(ValueError):
+    "A checkpoint folder that cannot be resumed (another run's, or nothing intact); the message says what to do."
+
+_AFRESH = "start afresh with resume=False (CLI: --restart), which discards the checkpoints there"
+
+def checkpoint_candidates(directory: str | Path) -> list[Path]:
+    "Checkpoint folders to resume from, newest first: the one `latest.json` names, then older complete ones."
+    d = Path(directory)
+    steps = sorted((p for p in d.glob("step-*") if (p/"trainer.json").is_file()), reverse=True)
+    if not (d/"latest.json").exists():
+        if steps: warnings.warn(f"{d} has step folders but no latest.json: resuming from the newest complete one")
+        return steps
+    try: named = d/json.loads((d/"latest.json").read_text())["path"]
+    except (ValueError, KeyError, TypeError, OSError):
+        if not steps: raise CheckpointError(f"{d/'latest.json'} is damaged and no step folder is complete; {_AFRESH}") from None
+        warnings.warn(f"{d/'latest.json'} is damaged: falling back to the newest complete step folder, {steps[0].name}")
+        return steps
+    if not (named/"trainer.json").is_file():
+        raise CheckpointError(f"{d/'latest.json'} names {named.name}, which {'is incomplete' if named.exists() else 'does not exist'} "
+                              f"(complete step folders: {[p.name for p in steps] or 'none'}); restore it, or {_AFRESH}")
+    return [named] + [p for p in steps if p.name < named.name]
+
 def latest_checkpoint(directory: str | Path) -> Path | None:
-    "The folder of the latest complete checkpoint in `directory`, or None."
-    p = Path(directory)/"latest.json"
-    if not p.is_file(): return None
-    ck = Path(directory)/json.loads(p.read_text())["path"]
-    return ck if (ck/"trainer.json").is_file() else None
+    "The folder of the latest complete checkpoint in `directory`, or None (see `checkpoint_candidates`)."
+    return next(iter(checkpoint_candidates(directory)), None)
 
 def load_checkpoint(path: str | Path, net: LogitsNetwork, opt, sched) -> tuple[TrainState, dict]:
     "Restore weights, optimiser, schedule and RNG from a checkpoint folder (in place); the state and metadata."
@@ -304,7 +324,8 @@ def load_checkpoint(path: str | Path, net: LogitsNetwork, opt, sched) -> tuple[T
     meta = json.loads((path/"trainer.json").read_text())
     saved = load_network(path/"network.safetensors")
     if type(saved) is not type(net) or saved.config != net.config:
-        raise ValueError(f"checkpoint {path} holds a {type(saved).__name__} {saved.config}, not this {type(net).__name__} {net.config}")
+        raise CheckpointError(f"checkpoint {path} holds a {type(saved).__name__} {saved.config}, not this {type(net).__name__} {net.config}; "
+                              f"train into another folder, or {_AFRESH}")
     net.load_state_dict(saved.state_dict())
     tensors = load_file(str(path/"optimizer.safetensors"))
     _load_optimizer(opt, tensors, meta["param_groups"])
@@ -355,6 +376,60 @@ def _check_net(net) -> None:
     if not isinstance(net, nn.Module) or not any(True for _ in net.parameters()):
         raise TypeError(f"`net` must be a torch module with parameters (a LogitsNetwork), got {type(net).__name__}")
 
+# %% ../nbs/09_train.ipynb #aaae58df
+def _describe_data(data) -> dict:
+    "What defines a data source, for the fingerprint: its settings, or the shape, seed and checksum of its rows."
+    if isinstance(data, SyntheticLogits): return {"kind": "synthetic", **json.loads(json.dumps(asdict(data)))}
+    if isinstance(data, LogitsDataset):
+        return {"kind": "rows", "rows": len(data), "vocab": data.logits.shape[1], "seed": data.seed, "targets": data.targets is not None,
+                "checksum": float(data.logits.double().sum())}
+    return {"kind": type(data).__name__}
+
+def run_fingerprint(net, target, data, config: TrainConfig) -> dict:
+    "Everything that defines a training run but its length: a checkpoint is only resumed by the same run."
+    cfg = {k: v for k, v in asdict(config).items() if k not in ("steps", "checkpoint_every")}
+    tgt = _target_spec(target) if target is not None else None
+    if tgt is None and callable(target) and not isinstance(target, Pipeline): tgt = f"callable {getattr(target, '__qualname__', type(target).__name__)}"
+    return json.loads(json.dumps({**cfg, "target": tgt, "network": type(net).__name__,
+                                  "network_config": getattr(getattr(net, "config", None), "to_dict", lambda: None)(),
+                                  "data": _describe_data(data)}))
+
+# %% ../nbs/09_train.ipynb #d70ce2f4
+def check_resumable(checkpoint: str | Path, fingerprint: dict) -> None:
+    "Raise `CheckpointError` naming every field of `fingerprint` that differs from the run that wrote `checkpoint`."
+    meta = json.loads((Path(checkpoint)/"trainer.json").read_text())
+    old = meta.get("fingerprint") or {**{k: v for k, v in meta.get("config", {}).items() if k in fingerprint}, "target": meta.get("target")}
+    flat = lambda d: {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in d.items() for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
+    old, fingerprint = flat({k: old[k] for k in fingerprint if k in old}), flat(fingerprint)
+    diff = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
+    if diff:
+        shown = "; ".join(f"{k}: {json.dumps(old.get(k))[:80]} in the checkpoint, {json.dumps(fingerprint.get(k))[:80]} now" for k in diff)
+        raise CheckpointError(f"{Path(checkpoint).parent} holds a checkpoint of another run ({shown}); "
+                              f"train into another folder (CLI: a new --out), or {_AFRESH}")
+
+# %% ../nbs/09_train.ipynb #cac36396
+def resume_run(directory: str | Path, net, opt, sched, fingerprint: dict) -> tuple[TrainState, Path | None]:
+    "Load the newest intact checkpoint of this run in `directory` (a damaged one is skipped with a warning)."
+    cands = checkpoint_candidates(directory)
+    for i, ck in enumerate(cands):
+        try: check_resumable(ck, fingerprint)
+        except (ValueError, OSError) as e:
+            if isinstance(e, CheckpointError): raise
+            warnings.warn(f"{ck} is damaged ({type(e).__name__}: {str(e)[:120]}); trying the previous step"); continue
+        try: state, _ = load_checkpoint(ck, net, opt, sched)
+        except CheckpointError: raise
+        except Exception as e: warnings.warn(f"{ck} is damaged ({type(e).__name__}: {str(e)[:120]}); trying the previous step"); continue
+        if i: warnings.warn(f"resumed from {ck.name}: the newer checkpoint(s) were damaged")
+        return state, ck
+    if cands: raise CheckpointError(f"no intact checkpoint in {directory} (tried {[p.name for p in cands]}); {_AFRESH}")
+    return TrainState(), None
+
+def clear_checkpoints(directory: str | Path) -> None:
+    "Remove the checkpoints of `directory` (step folders, latest.json, network.safetensors): a restart."
+    d = Path(directory)
+    for p in d.glob("step-*"): shutil.rmtree(p, ignore_errors=True)
+    for name in ("latest.json", "network.safetensors"): (d/name).unlink(missing_ok=True)
+
 # %% ../nbs/09_train.ipynb #2e64b69c
 def train_sampler(
     net: LogitsNetwork,  # the network to train (in place)
@@ -362,7 +437,7 @@ def train_sampler(
     data: LogitsSource | None = None,  # where base logits come from (default: `SyntheticLogits(seed=config.seed)`)
     config: TrainConfig | None = None,  # optimiser, schedule, batch and checkpoint settings
     checkpoint_dir: str | Path | None = None,  # write checkpoints here (and resume from them)
-    resume: bool = True,  # continue from the latest checkpoint in `checkpoint_dir` if there is one
+    resume: bool = True,  # continue the run in `checkpoint_dir` (it must be this run); False: discard its checkpoints
     stop_at: int | None = None,  # stop after this step (checkpointing it), as an interruption would; resume later
     progress: bool = True,  # tqdm bar over steps
 ) -> TrainResult:
@@ -372,9 +447,9 @@ def train_sampler(
     data = data if data is not None else SyntheticLogits(seed=config.seed)
     target_fn = as_target(target) if target is not None else _no_target
     opt, sched = make_optimizer(net, config)
-    state, ckpt = TrainState(), None
-    if checkpoint_dir is not None and resume and (ckpt := latest_checkpoint(checkpoint_dir)) is not None:
-        state, _ = load_checkpoint(ckpt, net, opt, sched)
+    fp, state, ckpt = run_fingerprint(net, target, data, config), TrainState(), None
+    if checkpoint_dir is not None and not resume: clear_checkpoints(checkpoint_dir)
+    if checkpoint_dir is not None and resume: state, ckpt = resume_run(checkpoint_dir, net, opt, sched, fp)
     start, end = state.step, min(config.steps, stop_at if stop_at is not None else config.steps)
     loss_fn, net = TruncatedLogitsLoss(config.gamma), net.train()
     bar = tqdm(range(start, end), total=config.steps, initial=start, disable=not progress, desc=f"train {type(net).__name__}")
@@ -385,7 +460,7 @@ def train_sampler(
         state.step = step + 1
         bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
         if checkpoint_dir is not None and (state.step % config.checkpoint_every == 0 or state.step == end):
-            ckpt = save_checkpoint(checkpoint_dir, net, opt, sched, config, state, _target_spec(target))
+            ckpt = save_checkpoint(checkpoint_dir, net, opt, sched, config, state, _target_spec(target), fingerprint=fp)
     return TrainResult(net.eval(), state.history, ckpt, start)
 
 def _no_target(x):
@@ -499,18 +574,21 @@ _DEFAULT_NET = "SamplingNetwork"
 
 def _train_parser() -> argparse.ArgumentParser:
     from soft_sampler.heuristics import add_pipeline_args
-    p = argparse.ArgumentParser(prog="soft-sampler train", description="Train a sampler network to imitate a pipeline of heuristics.")
-    p.add_argument("--target", default=None, help="YAML spec of the target pipeline (same as --pipeline); step flags below are appended in order")
+    from soft_sampler.cli import ArgumentParser, int_at_least, number_in, text_file
+    p = ArgumentParser(prog="soft-sampler train", description="Train a sampler network to imitate a pipeline of heuristics.")
+    p.add_argument("--target", default=None, type=text_file, help="YAML spec of the target pipeline (same as --pipeline); step flags below are appended in order")
     p.add_argument("--net", default=_DEFAULT_NET, choices=sorted(NETWORKS), help=f"network class from soft_sampler.networks (default {_DEFAULT_NET})")
-    p.add_argument("--net-config", default=None, help="YAML file with the network's config fields (e.g. `typical: true`)")
+    p.add_argument("--net-config", default=None, type=text_file, help="YAML file with the network's config fields (e.g. `typical: true`)")
     p.add_argument("--out", default=None, help="checkpoint folder (resumed if it holds a checkpoint); none: no checkpoint")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
-    p.add_argument("--replay-text", default=None, help="train on the embedded model's logits over this text file (paragraphs separated by blank lines)")
-    p.add_argument("--vocab", type=int, default=4096, help="tokens per synthetic row (default 4096)")
-    for name, typ, default, help in (("steps", int, 300, "optimiser steps"), ("batch-size", int, 32, "rows per micro-batch"),
-                                     ("accumulation", int, 1, "micro-batches per step"), ("lr", float, 0.03, "peak learning rate"),
-                                     ("warmup", int, 10, "warm-up steps"), ("checkpoint-every", int, 100, "steps between checkpoints"),
-                                     ("seed", int, 0, "seed of the data stream")):
+    p.add_argument("--restart", "--no-resume", dest="no_resume", action="store_true",
+                   help="discard the checkpoints in --out and start afresh (needed when they are another run's)")
+    p.add_argument("--replay-text", default=None, type=text_file, help="train on the embedded model's logits over this text file (paragraphs separated by blank lines)")
+    p.add_argument("--vocab", type=int_at_least(2), default=4096, help="tokens per synthetic row (default 4096)")
+    for name, typ, default, help in (("steps", int_at_least(1), 300, "optimiser steps"), ("batch-size", int_at_least(1), 32, "rows per micro-batch"),
+                                     ("accumulation", int_at_least(1), 1, "micro-batches per step"),
+                                     ("lr", number_in(0, low_open=True), 0.03, "peak learning rate"),
+                                     ("warmup", int_at_least(0), 10, "warm-up steps"), ("checkpoint-every", int_at_least(1), 100, "steps between checkpoints"),
+                                     ("seed", int_at_least(0), 0, "seed of the data stream")):
         dest = "n_steps" if name == "steps" else name.replace("-", "_")  # `steps` is the pipeline flags' list
         p.add_argument(f"--{name}", dest=dest, type=typ, default=default, help=f"{help} (default {default})")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -533,8 +611,17 @@ def _train_args(p: argparse.ArgumentParser, argv: list[str]):
         net_cfg = cls.config_class.from_yaml(Path(ns.net_config).read_text()) if ns.net_config else None
         net = cls(net_cfg)
     except (ValueError, TypeError, OSError) as e: p.error(str(e))
-    if ns.vocab < 2: p.error(f"--vocab must be >= 2, got {ns.vocab}")
+    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a file, not a checkpoint folder")
+    if ns.out and not ns.no_resume: _check_out(p, ns, pipe, net, cfg)
     return ns, pipe, net, cfg
+
+def _check_out(p, ns, pipe, net, cfg) -> None:
+    "Refuse, before any model loads, an --out that holds another run's checkpoints or nothing intact."
+    fp = run_fingerprint(net, pipe, None if ns.replay_text else SyntheticLogits(ns.vocab, ns.seed), cfg)
+    if ns.replay_text: fp.pop("data")  # known only once the model has replayed the text
+    try:
+        if (ck := latest_checkpoint(ns.out)) is not None: check_resumable(ck, fp)
+    except (CheckpointError, OSError) as e: p.error(str(e))
 
 # %% ../nbs/09_train.ipynb #9c783edd
 def _replay_text_data(path: str, seed: int) -> LogitsDataset:
@@ -554,7 +641,13 @@ def train_cli(argv: list[str]) -> int:
     try: data = _replay_text_data(ns.replay_text, ns.seed) if ns.replay_text else SyntheticLogits(ns.vocab, ns.seed)
     except (ValueError, OSError) as e: p.error(str(e))
     print(f"training {ns.net} to imitate {pipeline_name_of(pipe)} on {'replayed ' + ns.replay_text if ns.replay_text else f'synthetic rows (vocab {ns.vocab})'}")
-    r = train_sampler(net, pipe, data, cfg, ns.out, resume=not ns.no_resume, progress=not ns.no_progress)
+    try: r = train_sampler(net, pipe, data, cfg, ns.out, resume=not ns.no_resume, progress=not ns.no_progress)
+    except CheckpointError as e: p.error(str(e))
+    except KeyboardInterrupt:
+        from soft_sampler.cli import interrupted
+        ck = latest_checkpoint(ns.out) if ns.out else None
+        return interrupted(p.prog, f"{ck.name} is saved in {ns.out}; run the same command to resume" if ck else
+                           "no checkpoint was saved" + ("" if ns.out else " (no --out)"))
     h = r.history
     if h["loss"]: print(f"step {h['step'][-1] + 1}: loss {h['loss'][-1]:.5f}  KL {h['kl'][-1]:.5f}  removed mass {h['removed_mass'][-1]:.5f}"
                         + (f"  (resumed from step {r.resumed_from})" if r.resumed_from else ""))
