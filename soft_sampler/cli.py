@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     try: return int(fn(ns.args) or 0)
     except KeyboardInterrupt: return interrupted(f"soft-sampler {ns.command}", "nothing was saved")
 
-# %% ../nbs/01_cli.ipynb #6d44900d
+# %% ../nbs/01_cli.ipynb #65c8013b
 class ArgumentParser(argparse.ArgumentParser):
     "argparse whose errors are one line, `PROG: error: MESSAGE`, on stderr with exit code 2 (no usage block)."
     def error(self, message: str): self.exit(2, f"{self.prog}: error: {message}\n")
 
-# %% ../nbs/01_cli.ipynb #470c1ce9
+# %% ../nbs/01_cli.ipynb #d3b3f5c2
 def int_at_least(low: int):
     "An argparse type: an integer >= `low`."
     def check(s: str) -> int:
@@ -83,7 +83,7 @@ def int_at_least(low: int):
     check.__name__ = f"int>={low}"
     return check
 
-# %% ../nbs/01_cli.ipynb #1d18a468
+# %% ../nbs/01_cli.ipynb #31ca8525
 def number_in(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
     "An argparse type: a finite number in the interval given by `low`/`high` (None: unbounded; `*_open`: excluded)."
     lo, hi = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}"), ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
@@ -97,7 +97,7 @@ def number_in(low: float | None = None, high: float | None = None, low_open: boo
     check.__name__ = "number"
     return check
 
-# %% ../nbs/01_cli.ipynb #064a7a27
+# %% ../nbs/01_cli.ipynb #e54d7fc6
 def text_file(s: str) -> str:
     "An argparse type: an existing, readable UTF-8 text file."
     try: read_text(s)
@@ -117,7 +117,7 @@ def read_text(path: str | os.PathLike) -> str:
         line, what = text[:text.index("\x00")].count("\n") + 1, "a NUL byte"
     raise ValueError(f"{p}, line {line}: {what} (a binary file?)")
 
-# %% ../nbs/01_cli.ipynb #5f85a394
+# %% ../nbs/01_cli.ipynb #23b9f22b
 def model_dir(s: str) -> str:
     "An argparse type: a local Hugging Face model folder (with config.json)."
     if not os.path.exists(s): raise argparse.ArgumentTypeError(f"{s}: no such folder")
@@ -136,7 +136,7 @@ def regex(s: str) -> str:
     except re.error as e: raise argparse.ArgumentTypeError(f"not a valid regular expression ({e}): {s!r}") from None
     return s
 
-# %% ../nbs/01_cli.ipynb #b77d1a3e
+# %% ../nbs/01_cli.ipynb #eabf1a8c
 def interrupted(prog: str, saved: str) -> int:
     "Report a Ctrl-C in one line (`saved`: what is on disk and how to resume) and return exit code 130."
     print(f"{prog}: interrupted; {saved}", file=sys.stderr)

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_qalign.ipynb #7e714d6c
 from __future__ import annotations
-import argparse, gc, itertools, json, math, os, re
+import argparse, functools, gc, inspect, itertools, json, math, os, re
 from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass
@@ -24,9 +24,9 @@ from .rewards import NumericAnswer, FormatReward, last_number
 # %% auto #0
 __all__ = ['TOKEN_STREAM', 'CUT_STREAM', 'ACCEPT_STREAM', 'log_acceptance', 'choose_cuts', 'prompt_cache', 'sample_suffixes',
            'reference_suffix', 'enumerate_responses', 'token_logprobs', 'KeepTokens', 'QAlign', 'encode_prompts',
-           'QAlignResult', 'effective_sample_size', 'transition_matrix', 'aligned_distribution', 'total_variation',
-           'state_histogram', 'tv_noise_quantile', 'unigram_f1', 'majority_vote', 'softmax_weights', 'mbr_index',
-           'Answer', 'IndependentSamples', 'qalign_cli']
+           'QAlignResult', 'effective_sample_size', 'describe', 'transition_matrix', 'aligned_distribution',
+           'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1', 'majority_vote', 'softmax_weights',
+           'mbr_index', 'Answer', 'IndependentSamples', 'qalign_cli']
 
 # %% ../nbs/10_qalign.ipynb #cef3a380
 def log_acceptance(
@@ -357,11 +357,46 @@ def _step(self: QAlign, prompt_ids, states, rewards, t, rows, seed, max_new_toke
                 rewards=[rp if a else r for rp, r, a in zip(prop_r, rewards, acc)],
                 new_tokens=sum(map(len, suffixes)))
 
+# %% ../nbs/10_qalign.ipynb #39483961
+_DISCARD = "restart=True (CLI: --restart) discards it and starts afresh"
+
+def describe(obj) -> Any:
+    "A JSON description of a reward, pipeline or model for a checkpoint header: its type and the settings that change a chain."
+    if obj is None: return None
+    if hasattr(obj, "to_spec"):
+        try: return {"type": type(obj).__name__, "spec": json.loads(json.dumps(obj.to_spec()))}
+        except (TypeError, ValueError): pass
+    if isinstance(obj, torch.nn.Module):
+        cfg, first = getattr(obj, "config", None), next(obj.parameters(), None)
+        return {"type": type(obj).__name__, "name_or_path": str(getattr(cfg, "_name_or_path", "")),
+                "vocab_size": getattr(cfg, "vocab_size", None), "weights": None if first is None else float(first.detach().double().sum())}
+    if inspect.isroutine(obj) or isinstance(obj, functools.partial):
+        return {"type": "function"}  # a plain function or lambda: wrappers (logging, retries) keep their run
+    attrs = {k: v.pattern if isinstance(v, re.Pattern) else v for k, v in sorted(getattr(obj, "__dict__", {}).items())}
+    params = {k: v for k, v in attrs.items() if not k.startswith("_") and _plain(v)}
+    return {"type": type(obj).__qualname__, **({"params": params} if params else {})}
+
+def _plain(v) -> bool:
+    "Whether `v` is a small JSON value (a number, string or short list of them): worth recording."
+    if v is None or isinstance(v, (bool, int, float, str)): return not isinstance(v, str) or len(v) < 400
+    return isinstance(v, (list, tuple)) and len(v) <= 64 and all(_plain(x) for x in v)
+
+# %% ../nbs/10_qalign.ipynb #b7d472bf
+@patch
+def _describe_model(self: QAlign):
+    "The model (or a server: its engine, model name and vocabulary, not its URL: a restarted server may move) for the header."
+    m = self.model
+    if _is_backend(m) and not isinstance(m, torch.nn.Module):
+        return {"type": type(m).__name__, **{k: getattr(m, k) for k in ("engine", "model", "vocab_size") if _plain(getattr(m, k, None))}}
+    return describe(m)
+
 # %% ../nbs/10_qalign.ipynb #0fb1f2bc
 class _Checkpoint:
     "Append-only JSONL of step records, with a header of settings; repairs a partial last line on open."
-    def __init__(self, path, header: dict):
+    def __init__(self, path, header: dict, restart: bool = False):
         self.path, self.records = Path(path), {}
+        if restart and self.path.exists(): self.path.unlink()  # asked for: the old run is discarded
+        if self.path.is_dir(): raise IsADirectoryError(f"checkpoint {self.path} is a directory, not a JSONL file")
         if self.path.exists() and self.path.stat().st_size: self._load(header)
         else: self._append({"header": header})
 
@@ -371,12 +406,27 @@ class _Checkpoint:
         if end < len(raw):  # a partial last line: the step it held is recomputed identically
             with open(self.path, "r+b") as f: f.truncate(end); f.flush(); os.fsync(f.fileno())
         if end == 0: return self._append({"header": header})  # died while writing the header
-        lines = [json.loads(l) for l in raw[:end].decode().splitlines() if l.strip()]
-        if lines[0].get("header") is None: raise ValueError(f"checkpoint {self.path} has no header line")
-        diff = {k: (lines[0]["header"].get(k), v) for k, v in header.items() if lines[0]["header"].get(k) != v}
-        if diff: raise ValueError(f"checkpoint {self.path} was written with other settings: " +
-                                  ", ".join(f"{k}: file {a!r:.60} vs run {b!r:.60}" for k, (a, b) in diff.items()))
+        lines = self._records(raw[:end])
+        if not isinstance(lines[0].get("header"), dict): raise ValueError(f"checkpoint {self.path}, line 1: no header ({_DISCARD})")
+        old = lines[0]["header"]  # fields a file from an older version lacks are not compared
+        diff = {k: (old.get(k), v) for k, v in header.items() if k in old and old[k] != v}
+        if diff: raise ValueError(f"checkpoint {self.path} was written with other settings (another run): " +
+                                  ", ".join(f"{k}: file {a!r:.60} vs run {b!r:.60}" for k, (a, b) in diff.items()) +
+                                  f"; use another checkpoint file, or {_DISCARD}")
         for rec in lines[1:]: self.records[(rec["prompt"], rec["t"])] = rec
+
+    def _records(self, raw: bytes) -> list[dict]:
+        "The JSON records of the file; a damaged line is an error naming its number."
+        out = []
+        for i, line in enumerate(raw.split(b"\n"), 1):
+            if not line.strip(): continue
+            try: rec = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise ValueError(f"checkpoint {self.path}, line {i}: not a JSON record ({type(e).__name__}); {_DISCARD}") from None
+            if not isinstance(rec, dict) or (out and not {"prompt", "t", "states"} <= set(rec)):
+                raise ValueError(f"checkpoint {self.path}, line {i}: not a step record; {_DISCARD}")
+            out.append(rec)
+        return out
 
     def _append(self, rec: dict):
         with open(self.path, "a") as f:
@@ -433,8 +483,9 @@ def run(
     pipeline: Callable | None = None,  # logits processor (input_ids, scores) -> scores: p is the LM after it
     seed: int = 0,  # all randomness is keyed by (seed, chain, step)
     warm_start=None,  # initial state(s) instead of sampling: one response, one per chain, or per prompt
-    checkpoint: str | Path | None = None,  # JSONL file: every step persisted, an existing file is resumed
+    checkpoint: str | Path | None = None,  # JSONL file: every step persisted, an existing file of this run is resumed
     progress: bool = True,  # show a tqdm bar
+    restart: bool = False,  # discard an existing `checkpoint` (e.g. another run's) and start afresh
 ) -> QAlignResult | list[QAlignResult]:
     "Run `chains` QAlign chains for `steps` steps on each prompt; one result, or a list for several prompts."
     for name, v, lo in (("chains", chains, 1), ("steps", steps, 0), ("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)):
@@ -444,7 +495,8 @@ def run(
     warm = self._check_warm(warm_start, len(ids), chains, max_new_tokens)
     ck = None if checkpoint is None else _Checkpoint(checkpoint, dict(
         version=1, kind=type(self).__name__, beta=self.beta, chains=chains, max_new_tokens=max_new_tokens, seed=seed,
-        prompts=ids, stop_token_ids=self.stop_token_ids, warm_start=warm))
+        prompts=ids, stop_token_ids=self.stop_token_ids, warm_start=warm, reward=describe(self.reward), pipeline=describe(pipeline),
+        model=self._describe_model()), restart)
     with tqdm(total=len(ids) * (steps + 1), desc="qalign", disable=not progress, unit="step") as bar, _gc_paused():
         out = [self._run_prompt(k, p, chains, steps, max_new_tokens, pipeline, seed, warm and warm[k], ck, bar)
                for k, p in enumerate(ids)]
