@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_curation.ipynb #14660ebe
 from __future__ import annotations
-import argparse, json, math, os, re, sys, tempfile, time, zlib
+import argparse, contextlib, fcntl, json, math, os, re, sys, tempfile, time, zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -20,15 +20,15 @@ from .networks import SamplingNetwork, SamplingNetworkConfig
 from .rewards import NumericAnswer, LMPairwiseJudge, YesNoJudge, BradleyTerryJudge, MiniLMSimilarity, score
 
 # %% auto #0
-__all__ = ['DEFAULT_GRID', 'DEFAULT_WEIGHTS', 'DEFAULT_CONFIG', 'DATA_DIR', 'PROMPT_FILES', 'CONSTRAINTS', 'STAGES', 'JsonlError',
-           'repair_tail', 'scan_jsonl', 'read_jsonl', 'to_json', 'JsonlAppender', 'write_atomic', 'ConfigError',
-           'load_config', 'make_grid', 'default_prompt_sources', 'check_constraints', 'normalise_prompt',
+__all__ = ['DEFAULT_GRID', 'DEFAULT_WEIGHTS', 'DEFAULT_CONFIG', 'DATA_DIR', 'PROMPT_FILES', 'CONSTRAINTS', 'REJECTED', 'STAGES',
+           'JsonlError', 'repair_tail', 'scan_jsonl', 'read_jsonl', 'to_json', 'JsonlAppender', 'write_atomic',
+           'ConfigError', 'load_config', 'make_grid', 'default_prompt_sources', 'check_constraints', 'normalise_prompt',
            'load_prompts', 'select_prompts', 'make_prompts', 'row_id', 'chat_ids', 'LocalEngine', 'candidate_key',
-           'make_candidates', 'RemoteCandidates', 'verify_candidates', 'swiss_pairs', 'swiss_tournament',
-           'bradley_terry', 'self_bleu', 'vendi_score', 'correctness', 'ngrams', 'ngram_overlap', 'CachedReward',
-           'make_judge', 'make_labels', 'zscores', 'score_labels', 'best_pipeline', 'replay_targets', 'split_prompts',
-           'training_rows', 'train_network', 'compare_methods', 'train_and_compare', 'Workspace', 'run_stage',
-           'run_chain', 'curate_cli', 'summarise_run']
+           'make_candidates', 'RemoteCandidates', 'verify_candidates', 'repair_candidates', 'swiss_pairs',
+           'swiss_tournament', 'bradley_terry', 'self_bleu', 'vendi_score', 'correctness', 'ngrams', 'ngram_overlap',
+           'CachedReward', 'make_judge', 'make_labels', 'zscores', 'score_labels', 'best_pipeline', 'replay_targets',
+           'split_prompts', 'training_rows', 'train_network', 'compare_methods', 'train_and_compare', 'Workspace',
+           'WorkspaceBusy', 'workspace_lock', 'run_stage', 'run_chain', 'curate_cli', 'summarise_run']
 
 # %% ../nbs/16_curation.ipynb #2092a46a
 class JsonlError(ValueError):
@@ -53,8 +53,11 @@ def repair_tail(path: str | Path) -> int:
 def scan_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
     "`(records, problems)`: each record with its 1-based line number, and each malformed line's number and reason."
     recs, problems = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, 1):
+    if Path(path).is_dir(): raise IsADirectoryError(f"{path} is a directory, not a JSONL file")
+    with open(path, "rb") as f:
+        for i, raw in enumerate(f, 1):
+            try: line = raw.decode("utf-8")
+            except UnicodeDecodeError: problems.append((i, "not UTF-8 text (binary data)")); continue
             if not line.strip(): continue
             try: r = json.loads(line)
             except ValueError as e: problems.append((i, f"not valid JSON ({e.msg} at column {e.colno})")); continue
@@ -187,7 +190,9 @@ def load_config(src: str | Path | dict | None = None) -> dict:
     elif isinstance(src, dict): given = src
     else:
         is_file = isinstance(src, Path) or str(src).endswith((".yaml", ".yml"))
-        text = Path(src).read_text() if is_file else src
+        from soft_sampler.cli import read_text
+        try: text = read_text(src) if is_file else src
+        except ValueError as e: raise ConfigError(str(e)) from None
         try: given = yaml.safe_load(text) or {}
         except yaml.YAMLError as e: raise ConfigError(f"invalid YAML{f' in {src}' if is_file else ''}: {e}") from e
     if not isinstance(given, dict): raise ConfigError(f"a curation config is a mapping of keys {sorted(DEFAULT_CONFIG)}, got {type(given).__name__}")
@@ -407,6 +412,22 @@ def verify_candidates(path: str | Path,  # the candidates JSONL
         missing = [[p, n, s] for p in prompt_ids for n in pipelines for s in seeds if (p, n, s) not in seen]
     problems.sort()
     return {"ok": not problems and not missing, "records": len(seen), "problems": problems, "missing": missing}
+
+# %% ../nbs/16_curation.ipynb #a3b21955
+REJECTED = "candidates.rejected.jsonl"
+
+def repair_candidates(path: str | Path, tokenizer) -> int:
+    "Move the lines `verify_candidates` rejects (malformed, mistyped, duplicated) to `REJECTED` beside `path`; how many moved."
+    path = Path(path)
+    bad = {line for line, _ in verify_candidates(path, tokenizer)["problems"]}
+    if not bad: return 0
+    lines = path.read_bytes().splitlines(keepends=True)
+    keep, drop = [l for i, l in enumerate(lines, 1) if i not in bad], [l for i, l in enumerate(lines, 1) if i in bad]
+    with open(path.with_name(REJECTED), "ab") as f: f.write(b"".join(l if l.endswith(b"\n") else l + b"\n" for l in drop)); f.flush(); os.fsync(f.fileno())
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    with os.fdopen(fd, "wb") as f: f.write(b"".join(keep)); f.flush(); os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return len(drop)
 
 # %% ../nbs/16_curation.ipynb #af560736
 def swiss_pairs(points: Sequence[float], played: set) -> list[tuple[int, int]]:
@@ -708,6 +729,24 @@ def _embed(self: Workspace):
 
 Workspace.model, Workspace.judge, Workspace.embed = _model, _judge, _embed
 
+# %% ../nbs/16_curation.ipynb #1a1a8a49
+class WorkspaceBusy(RuntimeError):
+    "Another curation run holds the workspace's lock; the message names its process id."
+
+@contextlib.contextmanager
+def workspace_lock(dir: str | Path):
+    "Hold `dir/.lock` (an `fcntl` lock, released when the process ends, with the holder's pid in it) or raise `WorkspaceBusy`."
+    p = Path(dir)/".lock"
+    f = open(p, "a+")
+    try:
+        try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            f.seek(0); pid = f.read().strip() or "?"
+            raise WorkspaceBusy(f"another curation run (pid {pid}) is using {dir}; wait for it to finish, or use another --dir") from None
+        f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
+        yield p
+    finally: f.close()
+
 # %% ../nbs/16_curation.ipynb #c4929ed2
 def _engine(ws: Workspace):
     e = ws.cfg["engine"]
@@ -720,6 +759,8 @@ def _stage_prompts(ws):
 
 def _stage_candidates(ws):
     c = ws.cfg
+    moved = repair_candidates(ws.path("candidates.jsonl"), ws.model()[1]) if ws.path("candidates.jsonl").exists() else 0
+    if moved: print(f"candidates: set {moved} rejected line(s) aside in {ws.path(REJECTED)}; generating them again", file=sys.stderr)
     n = make_candidates(ws.prompts(), ws.path("candidates.jsonl"), make_grid(c["grid"]), c["seeds"], _engine(ws), ws.model()[1], c["batch_size"], ws.progress)
     return {"written": n}
 
@@ -731,7 +772,8 @@ def _stage_verify(ws):
     if not rep["ok"]:
         shown = "; ".join(f"line {l}: {m}" for l, m in rep["problems"][:5])
         raise ValueError(f"{ws.path('candidates.jsonl')} failed verification: {len(rep['problems'])} problem(s) ({shown}), "
-                         f"{len(rep['missing'])} missing triple(s); see {ws.path('verify.json')}. Rerun `curate candidates` to fill gaps.")
+                         f"{len(rep['missing'])} missing triple(s); see {ws.path('verify.json')}. Rerun `curate candidates`: it sets the "
+                         f"rejected lines aside in {REJECTED} and generates them again, with the missing triples")
     return {"records": rep["records"]}
 
 def _corpus(lab):
@@ -760,11 +802,11 @@ def _stage_train(ws):
 
 # %% ../nbs/16_curation.ipynb #76745db2
 def run_stage(stage: str, ws: Workspace) -> dict:
-    "Run one stage in `ws`, record its wall time in `timings.json`; returns the stage's summary."
+    "Run one stage in `ws` (holding its lock), record its wall time in `timings.json`; returns the stage's summary."
     if stage not in STAGES: raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}")
     torch.manual_seed(0)
     t0 = time.perf_counter()
-    out = globals()[f"_stage_{stage}"](ws)
+    with workspace_lock(ws.dir): out = globals()[f"_stage_{stage}"](ws)
     tp = ws.path("timings.json")
     times = json.loads(tp.read_text()) if tp.exists() else {}
     times[stage] = round(time.perf_counter() - t0, 3)
@@ -778,12 +820,13 @@ def run_chain(cfg: dict, dir: str | Path, stages: Sequence[str] = STAGES, progre
 
 # %% ../nbs/16_curation.ipynb #a6d54670
 def _curate_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler curate", description="Data curation: prompts -> candidates -> verify -> labels -> score -> train.")
+    from soft_sampler.cli import ArgumentParser, int_at_least, text_file
+    p = ArgumentParser(prog="soft-sampler curate", description="Data curation: prompts -> candidates -> verify -> labels -> score -> train.")
     p.add_argument("stage", choices=[*STAGES, "all"], help="the stage to run (all: every stage in order)")
-    p.add_argument("--config", default=None, help="YAML config (safe loader); default: the built-in defaults")
+    p.add_argument("--config", default=None, type=text_file, help="YAML config (safe loader); default: the built-in defaults")
     p.add_argument("--dir", default="curation", help="working directory holding every stage's files (default ./curation)")
-    p.add_argument("--source", action="append", default=None, help="prompts: a prompt JSONL file (repeat; default: the shipped ones)")
-    p.add_argument("--per-kind", type=int, default=None, help="prompts: keep the first N prompts of each kind")
+    p.add_argument("--source", action="append", default=None, type=text_file, help="prompts: a prompt JSONL file (repeat; default: the shipped ones)")
+    p.add_argument("--per-kind", type=int_at_least(1), default=None, help="prompts: keep the first N prompts of each kind")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
@@ -796,11 +839,15 @@ def curate_cli(argv: list[str]) -> int:
         if ns.source: cfg["prompts"]["sources"] = ns.source
         if ns.per_kind is not None: cfg["prompts"]["per_kind"] = ns.per_kind
     except (ConfigError, OSError) as e: p.error(str(e))
+    if Path(ns.dir).exists() and not Path(ns.dir).is_dir(): p.error(f"--dir {ns.dir} is a file, not a working directory")
     ws = Workspace(ns.dir, cfg, not ns.no_progress)
     for stage in (STAGES if ns.stage == "all" else [ns.stage]):
         try: out = run_stage(stage, ws)
-        except (ValueError, FileNotFoundError) as e:
+        except (ValueError, FileNotFoundError, WorkspaceBusy) as e:
             print(f"curate {stage}: error: {e}", file=sys.stderr); return 1
+        except KeyboardInterrupt:
+            from soft_sampler.cli import interrupted
+            return interrupted(f"soft-sampler curate {stage}", f"the finished records are in {ws.dir}; run the same command to resume")
         print(f"{stage}: {json.dumps(out)}", flush=True)
     return 0
 

@@ -321,7 +321,8 @@ class _StepAction(argparse.Action):
 def add_pipeline_args(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     "Add `--pipeline spec.yaml` and one flag per common step (applied in command-line order)."
     g = parser.add_argument_group("pipeline", "a YAML spec, or steps as flags applied in the order given")
-    g.add_argument("--pipeline", default=None, help="YAML file with a list of steps (safe loader)")
+    from soft_sampler.cli import text_file
+    g.add_argument("--pipeline", default=None, type=text_file, help="YAML file with a list of steps (safe loader)")
     for flag, (step, param, typ) in _FLAGS.items():
         g.add_argument(flag, type=typ, action=_StepAction, dest="steps", metavar=param.upper(), help=f"add step {step}({param}=...)")
     return parser

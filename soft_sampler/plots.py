@@ -787,15 +787,16 @@ def save(self: Analysis, path: str | Path, max_steps: int | None = None) -> Path
 
 # %% ../nbs/14_plots.ipynb #b24e918a
 def _analyze_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler analyze", description="Compare a learned sampler with a pipeline token by token; write an HTML report.")
+    from soft_sampler.cli import ArgumentParser, int_at_least, model_dir
+    p = ArgumentParser(prog="soft-sampler analyze", description="Compare a learned sampler with a pipeline token by token; write an HTML report.")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--raw", action="store_true", help="use the prompt as raw text (default: chat template when the model has one)")
-    p.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--model", default=None, type=model_dir, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--network", default=None, help="a saved LogitsNetwork (.safetensors); default: fit one quickly (see --fit-steps)")
-    p.add_argument("--fit-steps", type=int, default=150, help="Adam steps of the quick in-sample fit when no --network is given (default 150)")
-    p.add_argument("--max-new-tokens", type=int, default=24, help="tokens to generate (default 24)")
-    p.add_argument("--seed", type=int, default=0, help="seed (default 0)")
-    p.add_argument("--top", type=int, default=15, help="tokens per step in the plots (default 15)")
+    p.add_argument("--fit-steps", type=int_at_least(0), default=150, help="Adam steps of the quick in-sample fit when no --network is given (default 150)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=24, help="tokens to generate (default 24)")
+    p.add_argument("--seed", type=int_at_least(0), default=0, help="seed (default 0)")
+    p.add_argument("--top", type=int_at_least(1), default=15, help="tokens per step in the plots (default 15)")
     p.add_argument("--out", required=True, help="the HTML report to write")
     return add_pipeline_args(p)
 
@@ -809,9 +810,12 @@ def analyze_cli(argv: list[str]) -> int:
     if ns.fit_steps < 0 or ns.top < 1: p.error("--fit-steps must be >= 0 and --top >= 1")
     try: pipe = pipeline_from_args(ns) or Pipeline([])
     except (SpecError, OSError) as e: p.error(str(e))
+    if Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a directory; give the HTML file to write")
+    try: given = load_network(ns.network) if ns.network else None  # checked before the model loads
+    except Exception as e: p.error(f"--network {ns.network}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     model, tok = load_model(ns.model)
     prompt = [{"role": "user", "content": ns.prompt}] if not ns.raw and getattr(tok, "chat_template", None) else ns.prompt
-    if ns.network: net = load_network(ns.network)
+    if given is not None: net = given
     else: net = fit_sampler(SimpleDistributionAwareTransform(), record(model, tok, prompt, sampler=pipe, max_new_tokens=ns.max_new_tokens, seed=ns.seed), pipe, ns.fit_steps)
     an = analyze(net, pipe, prompt, model, tok, ns.max_new_tokens, ns.seed, ns.top)
     print("  ".join(f"{k}={v:.4g}" for k, v in an.summary().items()))

@@ -4,7 +4,7 @@
 
 # %% ../nbs/10_qalign.ipynb #7e714d6c
 from __future__ import annotations
-import argparse, functools, gc, inspect, itertools, json, math, os, re
+import argparse, functools, gc, inspect, itertools, json, math, os, re, sys
 from contextlib import contextmanager
 from collections import Counter
 from dataclasses import dataclass
@@ -24,9 +24,9 @@ from .rewards import NumericAnswer, FormatReward, last_number
 # %% auto #0
 __all__ = ['TOKEN_STREAM', 'CUT_STREAM', 'ACCEPT_STREAM', 'log_acceptance', 'choose_cuts', 'prompt_cache', 'sample_suffixes',
            'reference_suffix', 'enumerate_responses', 'token_logprobs', 'KeepTokens', 'QAlign', 'encode_prompts',
-           'QAlignResult', 'effective_sample_size', 'describe', 'transition_matrix', 'aligned_distribution',
-           'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1', 'majority_vote', 'softmax_weights',
-           'mbr_index', 'Answer', 'IndependentSamples', 'qalign_cli']
+           'QAlignResult', 'effective_sample_size', 'ChainCheckpointError', 'describe', 'transition_matrix',
+           'aligned_distribution', 'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1',
+           'majority_vote', 'softmax_weights', 'mbr_index', 'Answer', 'IndependentSamples', 'qalign_cli']
 
 # %% ../nbs/10_qalign.ipynb #cef3a380
 def log_acceptance(
@@ -357,8 +357,11 @@ def _step(self: QAlign, prompt_ids, states, rewards, t, rows, seed, max_new_toke
                 rewards=[rp if a else r for rp, r, a in zip(prop_r, rewards, acc)],
                 new_tokens=sum(map(len, suffixes)))
 
-# %% ../nbs/10_qalign.ipynb #39483961
+# %% ../nbs/10_qalign.ipynb #ffb00a35
 _DISCARD = "restart=True (CLI: --restart) discards it and starts afresh"
+
+class ChainCheckpointError(ValueError):
+    "A QAlign checkpoint that cannot be resumed: another run's, or damaged; the message names the file, line or fields."
 
 def describe(obj) -> Any:
     "A JSON description of a reward, pipeline or model for a checkpoint header: its type and the settings that change a chain."
@@ -381,7 +384,7 @@ def _plain(v) -> bool:
     if v is None or isinstance(v, (bool, int, float, str)): return not isinstance(v, str) or len(v) < 400
     return isinstance(v, (list, tuple)) and len(v) <= 64 and all(_plain(x) for x in v)
 
-# %% ../nbs/10_qalign.ipynb #b7d472bf
+# %% ../nbs/10_qalign.ipynb #45374d97
 @patch
 def _describe_model(self: QAlign):
     "The model (or a server: its engine, model name and vocabulary, not its URL: a restarted server may move) for the header."
@@ -396,7 +399,7 @@ class _Checkpoint:
     def __init__(self, path, header: dict, restart: bool = False):
         self.path, self.records = Path(path), {}
         if restart and self.path.exists(): self.path.unlink()  # asked for: the old run is discarded
-        if self.path.is_dir(): raise IsADirectoryError(f"checkpoint {self.path} is a directory, not a JSONL file")
+        if self.path.is_dir(): raise ChainCheckpointError(f"checkpoint {self.path} is a directory, not a JSONL file")
         if self.path.exists() and self.path.stat().st_size: self._load(header)
         else: self._append({"header": header})
 
@@ -406,25 +409,25 @@ class _Checkpoint:
         if end < len(raw):  # a partial last line: the step it held is recomputed identically
             with open(self.path, "r+b") as f: f.truncate(end); f.flush(); os.fsync(f.fileno())
         if end == 0: return self._append({"header": header})  # died while writing the header
-        lines = self._records(raw[:end])
-        if not isinstance(lines[0].get("header"), dict): raise ValueError(f"checkpoint {self.path}, line 1: no header ({_DISCARD})")
+        lines = self.read(self.path, raw[:end])
         old = lines[0]["header"]  # fields a file from an older version lacks are not compared
         diff = {k: (old.get(k), v) for k, v in header.items() if k in old and old[k] != v}
-        if diff: raise ValueError(f"checkpoint {self.path} was written with other settings (another run): " +
+        if diff: raise ChainCheckpointError(f"checkpoint {self.path} was written with other settings (another run): " +
                                   ", ".join(f"{k}: file {a!r:.60} vs run {b!r:.60}" for k, (a, b) in diff.items()) +
                                   f"; use another checkpoint file, or {_DISCARD}")
         for rec in lines[1:]: self.records[(rec["prompt"], rec["t"])] = rec
 
-    def _records(self, raw: bytes) -> list[dict]:
-        "The JSON records of the file; a damaged line is an error naming its number."
+    @staticmethod
+    def read(path, raw: bytes) -> list[dict]:
+        "The header and step records in `raw` (the file's complete lines); a damaged line is an error naming its number."
         out = []
         for i, line in enumerate(raw.split(b"\n"), 1):
             if not line.strip(): continue
             try: rec = json.loads(line.decode("utf-8"))
             except (UnicodeDecodeError, ValueError) as e:
-                raise ValueError(f"checkpoint {self.path}, line {i}: not a JSON record ({type(e).__name__}); {_DISCARD}") from None
-            if not isinstance(rec, dict) or (out and not {"prompt", "t", "states"} <= set(rec)):
-                raise ValueError(f"checkpoint {self.path}, line {i}: not a step record; {_DISCARD}")
+                raise ChainCheckpointError(f"checkpoint {path}, line {i}: not a JSON record ({type(e).__name__}); {_DISCARD}") from None
+            if not isinstance(rec, dict) or (out and not {"prompt", "t", "states"} <= set(rec)) or (not out and not isinstance(rec.get("header"), dict)):
+                raise ChainCheckpointError(f"checkpoint {path}, line {i}: not a {'step record' if out else 'header'}; {_DISCARD}")
             out.append(rec)
         return out
 
@@ -704,18 +707,20 @@ def _toy_reward(kind: str, target: str, tok) -> Callable:
     return lambda p, rs: [-len(r) / 8 for r in rs]
 
 def _cli_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler qalign", description="QAlign: MCMC towards π ∝ p·exp(r/β) with a toy reward.")
+    from soft_sampler.cli import ArgumentParser, int_at_least, number_in, model_dir, http_url
+    p = ArgumentParser(prog="soft-sampler qalign", description="QAlign: MCMC towards π ∝ p·exp(r/β) with a toy reward.")
     p.add_argument("--prompt", default="What is 7 + 5? Answer with just the number.", help="user message (chat template applied)")
     p.add_argument("--reward", choices=["number", "keyword", "brevity"], default="number", help="built-in toy reward")
     p.add_argument("--target", default="12", help="the number (reward=number) or word (reward=keyword) to reward")
-    p.add_argument("--beta", type=float, default=0.25, help="temperature β > 0 (larger stays closer to the model)")
-    p.add_argument("--chains", type=int, default=4); p.add_argument("--steps", type=int, default=8)
-    p.add_argument("--max-new-tokens", type=int, default=24); p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--burn-in", type=int, default=0, help="steps dropped before the votes")
-    p.add_argument("--checkpoint", default=None, help="JSONL file: every step saved; an existing file is resumed")
-    p.add_argument("--model", default=None, help="local Hugging Face folder (default: the embedded SmolLM2-135M-Instruct); "
+    p.add_argument("--beta", type=number_in(0, low_open=True), default=0.25, help="temperature β > 0 (larger stays closer to the model)")
+    p.add_argument("--chains", type=int_at_least(1), default=4); p.add_argument("--steps", type=int_at_least(0), default=8)
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=24); p.add_argument("--seed", type=int_at_least(0), default=0)
+    p.add_argument("--burn-in", type=int_at_least(0), default=0, help="steps dropped before the votes")
+    p.add_argument("--checkpoint", default=None, help="JSONL file: every step saved; an existing file of the same run is resumed")
+    p.add_argument("--restart", action="store_true", help="discard an existing --checkpoint (e.g. another run's) and start afresh")
+    p.add_argument("--model", default=None, type=model_dir, help="local Hugging Face folder (default: the embedded SmolLM2-135M-Instruct); "
                    "with a server, only its tokenizer is loaded and must be the server model's")
-    p.add_argument("--server", default=None, metavar="URL",
+    p.add_argument("--server", default=None, metavar="URL", type=http_url,
                    help="propose from an OpenAI-compatible /v1/completions server (llama-server, vLLM, SGLang) instead of a local model")
     from soft_sampler.remote import ENGINES
     p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help="the server's kind (with --server)")
@@ -732,6 +737,7 @@ def qalign_cli(argv: list[str]) -> int:
     a = p.parse_args(argv)
     if a.server and a.llama_server: p.error("give --server URL or --llama-server, not both")
     if a.llama_server and a.model: p.error("--llama-server serves the embedded model: leave out --model")
+    _check_cli_args(p, a)
     if not (a.server or a.llama_server): return _qalign_cli_run(a, lambda tok: None)
     from soft_sampler.remote import LlamaServer, RemoteEngine, RemoteServerError
     try: server = LlamaServer().start() if a.llama_server else None
@@ -743,6 +749,19 @@ def qalign_cli(argv: list[str]) -> int:
     finally:
         if server: server.stop()
 
+def _check_cli_args(p, a) -> None:
+    "What argparse cannot check alone, before any model loads: --burn-in, --target, an existing --checkpoint."
+    if a.burn_in > a.steps: p.error(f"--burn-in {a.burn_in} must be <= --steps {a.steps}")
+    if a.reward == "number":
+        try: float(a.target)
+        except ValueError: p.error(f"--target must be a number for --reward number, got {a.target!r}")
+    if a.reward == "keyword" and not a.target.strip(): p.error("--target: the keyword must not be empty")
+    if a.checkpoint and not a.restart and os.path.exists(a.checkpoint):
+        from soft_sampler.cli import read_text
+        try: raw = read_text(a.checkpoint).encode(); _Checkpoint.read(a.checkpoint, raw[:raw.rfind(b"\n") + 1])  # a partial last line is repaired later
+        except (OSError, ValueError) as e: p.error(str(e))
+    elif a.checkpoint and os.path.isdir(a.checkpoint): p.error(f"--checkpoint {a.checkpoint} is a directory, not a JSONL file")
+
 def _qalign_cli_run(a, backend) -> int:
     "The run itself: `backend(tok)` is a remote engine, or None for the local model."
     from soft_sampler.core import load_model, load_tokenizer
@@ -750,8 +769,13 @@ def _qalign_cli_run(a, backend) -> int:
     model = backend(tok) or load_model(a.model)[0]
     qa = QAlign(model, _toy_reward(a.reward, a.target, tok), beta=a.beta, tokenizer=tok)
     chat = [{"role": "user", "content": a.prompt}]
-    res = qa.run(chat, chains=a.chains, steps=a.steps, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                 checkpoint=a.checkpoint, progress=not a.no_progress)
+    try: res = qa.run(chat, chains=a.chains, steps=a.steps, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                      checkpoint=a.checkpoint, progress=not a.no_progress, restart=a.restart)
+    except ChainCheckpointError as e: print(f"soft-sampler qalign: error: {e}", file=sys.stderr); return 2
+    except KeyboardInterrupt:
+        from soft_sampler.cli import interrupted
+        return interrupted("soft-sampler qalign", f"the steps done so far are saved in {a.checkpoint}; run the same command to resume"
+                           if a.checkpoint else "nothing was saved (--checkpoint FILE keeps every step)")
     base = qa.baseline(chat, res.generated_tokens, max_new_tokens=a.max_new_tokens, seed=a.seed, batch=a.chains)
     for c in range(res.chains): print(f"chain {c} (r={res.rewards[c][-1]:+.2f}): {tok.decode(res.states[c][-1], skip_special_tokens=True)!r}")
     print(f"acceptance rate {res.acceptance_rate:.2f} | ESS {res.effective_sample_size(a.burn_in):.1f} | "

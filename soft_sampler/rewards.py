@@ -430,7 +430,7 @@ def _retry_after(r) -> float | None:
     try: return max(0.0, float(r.headers["Retry-After"]))
     except (KeyError, ValueError): return None
 
-# %% ../nbs/06_rewards.ipynb #540cbaa2
+# %% ../nbs/06_rewards.ipynb #f96a426d
 def _check_client_numbers(**values) -> None:
     "Check an HTTP client's settings by name: `timeout` > 0 and `backoff` >= 0 (finite seconds), `retries` >= 0 and `batch_size` >= 1 (ints)."
     for name, v in values.items():
@@ -667,17 +667,19 @@ _CLI_REWARDS = ("vader", "minilm", "number", "format", "length", "judge", "remot
 
 def _score_parser():
     import argparse
-    p = argparse.ArgumentParser(prog="soft-sampler score", description="Score responses to a prompt with one reward.")
+    from soft_sampler.cli import ArgumentParser, int_at_least, http_url, regex
+    p = ArgumentParser(prog="soft-sampler score", description="Score responses to a prompt with one reward.")
     p.add_argument("--reward", required=True, choices=_CLI_REWARDS, help="which reward")
     p.add_argument("--prompt", default="", help="the prompt (question) text")
     p.add_argument("--response", action="append", required=True, help="a response to score (repeat for several)")
     p.add_argument("--reference", help="minilm: the reference text")
     p.add_argument("--answer", type=float, help="number: the expected final number")
-    p.add_argument("--pattern", help="format: a regular expression the response must contain")
-    p.add_argument("--min-tokens", type=int, default=0, help="length: fewest tokens allowed")
-    p.add_argument("--max-tokens", type=int, default=None, help="length: most tokens allowed")
+    p.add_argument("--pattern", type=regex, help="format: a regular expression the response must contain")
+    p.add_argument("--min-tokens", type=int_at_least(0), default=0, help="length: fewest tokens allowed")
+    p.add_argument("--max-tokens", type=int_at_least(0), default=None, help="length: most tokens allowed")
     p.add_argument("--rubric", default=DEFAULT_RUBRIC, help="judge: the question the judge answers with Yes/No")
-    p.add_argument("--url", help="remote: the endpoint URL"); p.add_argument("--api", default="json", help="remote: json, classify or pooling")
+    p.add_argument("--url", type=http_url, help="remote: the endpoint URL")
+    p.add_argument("--api", default="json", choices=["json", "classify", "pooling"], help="remote: json, classify or pooling")
     return p
 
 # %% ../nbs/06_rewards.ipynb #003517e8

@@ -442,12 +442,13 @@ def sample_cli(argv: list[str]) -> int:
     p.add_argument("--case-sensitive", action="store_true", help="match banned phrases case-sensitively")
     p.add_argument("--sampler", default=None, metavar="CKPT", help="a trained sampler network (`soft-sampler train --out CKPT`), applied after the pipeline")
     ns = check_sample_args(p, p.parse_args(argv))
+    if any(not b.strip() for b in ns.ban): p.error("--ban: a banned phrase must not be empty")
     try: pipe = pipeline_from_args(ns)
     except (SpecError, OSError) as e: p.error(str(e))
     if ns.sampler:
         from soft_sampler.train import load_sampler
         try: net = load_sampler(ns.sampler)
-        except (OSError, ValueError) as e: p.error(f"--sampler: {e}")
+        except Exception as e: p.error(f"--sampler: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
         pipe = [q for q in (pipe, net.as_processor()) if q is not None]
     if not ns.ban: return run_sample(ns, pipe)
     from soft_sampler.core import load_model

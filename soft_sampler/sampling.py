@@ -476,14 +476,15 @@ def generate(
 # %% ../nbs/02_sampling.ipynb #28d49b3e
 def sample_parser(with_temperature: bool = True) -> argparse.ArgumentParser:
     "The arguments of `soft-sampler sample`; later lessons add theirs (pipelines, learned samplers, bans)."
-    p = argparse.ArgumentParser(prog="soft-sampler sample", description="Sample from a model and show each token's probability and entropy.")
+    from soft_sampler.cli import ArgumentParser, int_at_least, number_in, model_dir
+    p = ArgumentParser(prog="soft-sampler sample", description="Sample from a model and show each token's probability and entropy.")
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--raw", action="store_true", help="use the prompt as raw text (default: chat template when the model has one)")
-    p.add_argument("--model", default=None, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--max-new-tokens", type=int, default=48, help="most tokens per sample (default 48)")
-    p.add_argument("--seed", type=int, default=None, help="seed (default: random, printed)")
-    if with_temperature: p.add_argument("--temperature", type=float, default=1.0, help="divide the logits by this (> 0; default 1)")
-    p.add_argument("-n", type=int, default=1, help="samples (default 1)")
+    p.add_argument("--model", default=None, type=model_dir, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--max-new-tokens", type=int_at_least(1), default=48, help="most tokens per sample (default 48)")
+    p.add_argument("--seed", type=int_at_least(0), default=None, help="seed (default: random, printed)")
+    if with_temperature: p.add_argument("--temperature", type=number_in(0, low_open=True), default=1.0, help="divide the logits by this (> 0; default 1)")
+    p.add_argument("-n", type=int_at_least(1), default=1, help="samples (default 1)")
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     return p
 

@@ -458,20 +458,22 @@ def _pipeline_from_args(temperature: float, top_k: int):
     return LogitsProcessorList(procs) if procs else None
 
 def _cli_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler soft", description="Soft decoding: feed back mixtures of token embeddings and show what was fed.")
+    from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, model_dir
+    pos, nonneg = number_in(0, low_open=True), number_in(0)
+    p = ArgumentParser(prog="soft-sampler soft", description="Soft decoding: feed back mixtures of token embeddings and show what was fed.")
     p.add_argument("--prompt", default="Write one sentence about the sea.", help="user message (the chat template is applied)")
     p.add_argument("--mode", choices=_MODES, default="soft", help="input mode (default: soft)")
-    p.add_argument("--max-new-tokens", type=int, default=24)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--temperature", type=float, default=1.0, help="pipeline temperature before the softmax")
-    p.add_argument("--top-k", type=int, default=0, help="pipeline top-k (0: off)")
-    p.add_argument("--tau", type=float, default=0.5, help="Gumbel-softmax temperature (gumbel mode)")
-    p.add_argument("--beta", type=float, default=1.0, help="Mixture of Inputs concentration (mixture mode)")
-    p.add_argument("--noise-std", type=float, default=0.0, help="Gaussian noise on mixed embeddings")
-    p.add_argument("--cold-stop-entropy", type=float, default=None, help="nats; end the soft segment below this entropy")
-    p.add_argument("--cold-stop-steps", type=int, default=3)
-    p.add_argument("--show-top", type=int, default=3, help="top mixture tokens shown per step")
-    p.add_argument("--model", default=None, help="local model folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--max-new-tokens", type=at_least(1), default=24)
+    p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--temperature", type=pos, default=1.0, help="pipeline temperature before the softmax")
+    p.add_argument("--top-k", type=at_least(0), default=0, help="pipeline top-k (0: off)")
+    p.add_argument("--tau", type=pos, default=0.5, help="Gumbel-softmax temperature (gumbel mode)")
+    p.add_argument("--beta", type=pos, default=1.0, help="Mixture of Inputs concentration (mixture mode)")
+    p.add_argument("--noise-std", type=nonneg, default=0.0, help="Gaussian noise on mixed embeddings")
+    p.add_argument("--cold-stop-entropy", type=nonneg, default=None, help="nats; end the soft segment below this entropy")
+    p.add_argument("--cold-stop-steps", type=at_least(1), default=3)
+    p.add_argument("--show-top", type=at_least(1), default=3, help="top mixture tokens shown per step")
+    p.add_argument("--model", default=None, type=model_dir, help="local model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--tiny", action="store_true", help="use a tiny random model (for smoke tests)")
     return p
 

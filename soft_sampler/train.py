@@ -376,7 +376,7 @@ def _check_net(net) -> None:
     if not isinstance(net, nn.Module) or not any(True for _ in net.parameters()):
         raise TypeError(f"`net` must be a torch module with parameters (a LogitsNetwork), got {type(net).__name__}")
 
-# %% ../nbs/09_train.ipynb #6e69af81
+# %% ../nbs/09_train.ipynb #f1be9e9b
 def _describe_data(data) -> dict:
     "What defines a data source, for the fingerprint: its settings, or the shape, seed and checksum of its rows."
     if isinstance(data, SyntheticLogits): return {"kind": "synthetic", **json.loads(json.dumps(asdict(data)))}
@@ -394,7 +394,7 @@ def run_fingerprint(net, target, data, config: TrainConfig) -> dict:
                                   "network_config": getattr(getattr(net, "config", None), "to_dict", lambda: None)(),
                                   "data": _describe_data(data)}))
 
-# %% ../nbs/09_train.ipynb #df44e517
+# %% ../nbs/09_train.ipynb #32e49bff
 def check_resumable(checkpoint: str | Path, fingerprint: dict) -> None:
     "Raise `CheckpointError` naming every field of `fingerprint` that differs from the run that wrote `checkpoint`."
     meta = json.loads((Path(checkpoint)/"trainer.json").read_text())
@@ -407,7 +407,7 @@ def check_resumable(checkpoint: str | Path, fingerprint: dict) -> None:
         raise CheckpointError(f"{Path(checkpoint).parent} holds a checkpoint of another run ({shown}); "
                               f"train into another folder (CLI: a new --out), or {_AFRESH}")
 
-# %% ../nbs/09_train.ipynb #9394697c
+# %% ../nbs/09_train.ipynb #2ac6494f
 def resume_run(directory: str | Path, net, opt, sched, fingerprint: dict) -> tuple[TrainState, Path | None]:
     "Load the newest intact checkpoint of this run in `directory` (a damaged one is skipped with a warning)."
     cands = checkpoint_candidates(directory)
@@ -657,18 +657,19 @@ def train_cli(argv: list[str]) -> int:
 # %% ../nbs/09_train.ipynb #efe6efd6
 def fidelity_cli(argv: list[str]) -> int:
     "`soft-sampler fidelity`: regenerate the fidelity table (train on synthetic rows, evaluate on real ones)."
-    p = argparse.ArgumentParser(prog="soft-sampler fidelity", description=fidelity_cli.__doc__)
+    from soft_sampler.cli import ArgumentParser, int_at_least, number_in
+    p = ArgumentParser(prog="soft-sampler fidelity", description=fidelity_cli.__doc__)
     p.add_argument("--out", default="results/fidelity.csv", help="CSV to write (atomically; default results/fidelity.csv)")
     p.add_argument("--networks", nargs="+", default=list(FIDELITY_NETWORKS), choices=sorted(NETWORKS), help="network classes")
     p.add_argument("--targets", nargs="+", default=list(FIDELITY_TARGETS), choices=list(FIDELITY_TARGETS), help="targets")
-    p.add_argument("--steps", type=int, default=300); p.add_argument("--batch-size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=0.05); p.add_argument("--vocab", type=int, default=4096)
-    p.add_argument("--eval-tokens", type=int, default=32, help="response tokens per evaluation prompt (8 prompts)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the budget is single-threaded CPU)")
-    p.add_argument("--seed", type=int, default=None, help="key the synthetic data stream and seed the networks' initialisation "
+    p.add_argument("--steps", type=int_at_least(1), default=300); p.add_argument("--batch-size", type=int_at_least(1), default=16)
+    p.add_argument("--lr", type=number_in(0, low_open=True), default=0.05); p.add_argument("--vocab", type=int_at_least(2), default=4096)
+    p.add_argument("--eval-tokens", type=int_at_least(1), default=32, help="response tokens per evaluation prompt (8 prompts)")
+    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads (default 1: the budget is single-threaded CPU)")
+    p.add_argument("--seed", type=int_at_least(0), default=None, help="key the synthetic data stream and seed the networks' initialisation "
                    "(default: data stream 0 and torch's RNG as the process starts: the committed table)")
     ns = p.parse_args(argv)
-    if ns.seed is not None and ns.seed < 0: p.error(f"--seed must be >= 0, got {ns.seed}")
+    if Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a directory; give the CSV file to write")
     torch.set_num_threads(ns.threads)
     from soft_sampler.core import load_model
     t0 = time.perf_counter()

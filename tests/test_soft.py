@@ -372,7 +372,7 @@ def test_cli_on_tiny_model():
     assert r.returncode == 0, r.stderr
     assert "[mixture]" in r.stdout and "entropy" in r.stdout and len(r.stdout.splitlines()) >= 4
     bad = subprocess.run([str(BIN/"soft-sampler"), "soft", "--tiny", "--tau", "0", "--mode", "gumbel"], capture_output=True, text=True)
-    assert bad.returncode == 2 and "`tau` must be > 0" in bad.stderr
+    assert bad.returncode == 2 and "argument --tau: must be a number in (0, inf]" in bad.stderr
 
 
 # ---------------------------------------------------------------- the embedded model

@@ -1,0 +1,245 @@
+"""Bad inputs, command-line layer (#23): every sub-command of `soft_sampler.cli.COMMANDS` refuses bad flag values and
+bad paths in one line on stderr with exit code 2, before any model loads (the loaders are patched to fail the test),
+and Ctrl-C says in one line what was saved and how to resume (exit code 130). Commands run in-process."""
+import contextlib, io, json
+from pathlib import Path
+
+import pytest
+
+from soft_sampler import cli
+from soft_sampler.cli import COMMANDS, _resolve
+
+
+class ModelLoaded(AssertionError):
+    "A command loaded a model before refusing its arguments."
+
+
+@pytest.fixture
+def no_models(monkeypatch):
+    "Every model / tokenizer loader the commands use raises `ModelLoaded`."
+    def boom(*a, **k): raise ModelLoaded("a model was loaded before the arguments were checked")
+    import soft_sampler.core as core, transformers
+    for name in ("load_model", "load_tokenizer", "tiny_model", "default_model_dir", "_quiet_from_pretrained"): monkeypatch.setattr(core, name, boom)
+    for mod, name in (("soft_sampler.curation", "load_model"), ("soft_sampler.curation", "tiny_model"), ("soft_sampler.rewards", "_quiet_from_pretrained")):
+        monkeypatch.setattr(__import__(mod, fromlist=[name]), name, boom)
+    for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.AutoModel):
+        monkeypatch.setattr(cls, "from_pretrained", boom)
+
+
+def run(command: str, argv: list[str]) -> tuple[int, str, str]:
+    fn = _resolve(COMMANDS[command].target)
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try: rc = fn(list(argv))
+        except SystemExit as e: rc = e.code
+    return rc, out.getvalue(), err.getvalue()
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    d = tmp_path_factory.mktemp("bad")
+    (d/"binary.yaml").write_bytes(b"- {name: temperature, t: 0.5}\n\x89PNG\r\n\x1a\n\x00\xff")
+    (d/"binary.jsonl").write_bytes(b'{"id": "a", "text": "hi"}\n\xff\xfe\x00\x01\n')
+    (d/"text.txt").write_text("just text\n")
+    (d/"folder").mkdir()
+    (d/"notamodel").mkdir(); (d/"notamodel"/"weights.bin").write_bytes(b"\x00")
+    (d/"bad.safetensors").write_bytes(b"\x00\x01garbage")
+    return d
+
+
+M, B, T, D, N, X = "{missing}", "{binary}", "{text}", "{folder}", "{notamodel}", "{badst}"
+CASES = [  # (command, argv, what the one-line message says)
+    ("info", ["--bogus"], "unrecognized arguments: --bogus"),
+    ("prepare", ["--bogus"], "unrecognized arguments"),
+    ("tour", ["extra"], "unrecognized arguments"),
+    # sample
+    ("sample", ["--prompt", "x", "--max-new-tokens", "0"], "--max-new-tokens: must be an integer >= 1"),
+    ("sample", ["--prompt", "x", "-n", "0"], "-n: must be an integer >= 1"),
+    ("sample", ["--prompt", "x", "--seed", "-5"], "--seed: must be an integer >= 0, got -5"),
+    ("sample", ["--prompt", "x", "--seed", "abc"], "--seed: must be an integer"),
+    ("sample", ["--prompt", "x", "--model", M], "--model: " + M + ": no such folder"),
+    ("sample", ["--prompt", "x", "--model", T], "is a file, not a model folder"),
+    ("sample", ["--prompt", "x", "--model", N], "is not a model folder (no config.json)"),
+    ("sample", ["--prompt", "x", "--pipeline", M], "no such file"),
+    ("sample", ["--prompt", "x", "--pipeline", B], "binary.yaml, line 2: "),
+    ("sample", ["--prompt", "x", "--pipeline", D], "is a directory"),
+    ("sample", ["--prompt", "x", "--sampler", M], "--sampler"),
+    ("sample", ["--prompt", "x", "--sampler", X], "--sampler"),
+    ("sample", ["--prompt", "x", "--min-p", "-1"], "min_p"),
+    ("sample", ["--prompt", "x", "--ban", ""], "--ban"),
+    ("sample", ["--max-new-tokens", "5"], "the following arguments are required: --prompt"),
+    # score
+    ("score", ["--reward", "format", "--pattern", "a(b", "--response", "x"], "--pattern: not a valid regular expression"),
+    ("score", ["--reward", "remote", "--url", "ftp://host/x", "--response", "x"], "--url: must be an http:// or https:// URL"),
+    ("score", ["--reward", "remote", "--url", "http://127.0.0.1:1", "--api", "grpc", "--response", "x"], "--api"),
+    ("score", ["--reward", "number", "--response", "x"], "--reward number needs --answer"),
+    ("score", ["--reward", "length", "--min-tokens", "-1", "--response", "x"], "--min-tokens: must be an integer >= 0"),
+    ("score", ["--reward", "length", "--max-tokens", "-2", "--response", "x"], "--max-tokens: must be an integer >= 0"),
+    ("score", ["--reward", "vader"], "required: --response"),
+    # qalign
+    ("qalign", ["--beta", "-1"], "--beta: must be a number in (0, inf]"),
+    ("qalign", ["--beta", "0"], "--beta: must be a number in (0, inf]"),
+    ("qalign", ["--beta", "nan"], "--beta: must be a number"),
+    ("qalign", ["--chains", "0"], "--chains: must be an integer >= 1"),
+    ("qalign", ["--steps", "-1"], "--steps: must be an integer >= 0"),
+    ("qalign", ["--seed", "-5"], "--seed: must be an integer >= 0"),
+    ("qalign", ["--max-new-tokens", "0"], "--max-new-tokens: must be an integer >= 1"),
+    ("qalign", ["--burn-in", "-1"], "--burn-in: must be an integer >= 0"),
+    ("qalign", ["--steps", "4", "--burn-in", "5"], "--burn-in 5 must be <= --steps 4"),
+    ("qalign", ["--server", "ftp://127.0.0.1:1"], "--server: must be an http:// or https:// URL"),
+    ("qalign", ["--server", "127.0.0.1:8080"], "--server: must be an http:// or https:// URL"),
+    ("qalign", ["--model", M], "no such folder"),
+    ("qalign", ["--model", T], "is a file, not a model folder"),
+    ("qalign", ["--reward", "number", "--target", "twelve"], "--target must be a number for --reward number"),
+    ("qalign", ["--reward", "keyword", "--target", ""], "--target"),
+    ("qalign", ["--checkpoint", D], "is a directory"),
+    ("qalign", ["--checkpoint", B], "line 2: "),
+    ("qalign", ["--server", "http://127.0.0.1:1", "--llama-server"], "not both"),
+    # soft
+    ("soft", ["--max-new-tokens", "0"], "--max-new-tokens: must be an integer >= 1"),
+    ("soft", ["--seed", "-5"], "--seed: must be an integer >= 0"),
+    ("soft", ["--temperature", "0"], "--temperature: must be a number in (0, inf]"),
+    ("soft", ["--top-k", "-1"], "--top-k: must be an integer >= 0"),
+    ("soft", ["--tau", "0"], "--tau: must be a number in (0, inf]"),
+    ("soft", ["--beta", "-1"], "--beta: must be a number in (0, inf]"),
+    ("soft", ["--noise-std", "-1"], "--noise-std: must be a number in [0, inf]"),
+    ("soft", ["--cold-stop-steps", "0"], "--cold-stop-steps: must be an integer >= 1"),
+    ("soft", ["--cold-stop-entropy", "-1"], "--cold-stop-entropy: must be a number in [0, inf]"),
+    ("soft", ["--show-top", "0"], "--show-top: must be an integer >= 1"),
+    ("soft", ["--model", M], "no such folder"),
+    ("soft", ["--mode", "fuzzy"], "invalid choice"),
+    # analyze
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--max-new-tokens", "0"], "--max-new-tokens: must be an integer >= 1"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--seed", "-5"], "--seed: must be an integer >= 0"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--fit-steps", "-1"], "--fit-steps: must be an integer >= 0"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--top", "0"], "--top: must be an integer >= 1"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--network", M], "--network"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--network", X], "--network"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--model", M], "no such folder"),
+    ("analyze", ["--prompt", "x", "--out", D], "--out"),
+    ("analyze", ["--prompt", "x", "--out", "r.html", "--pipeline", B], "line 2"),
+    # train
+    ("train", ["--min-p", "0.1", "--vocab", "1"], "--vocab: must be an integer >= 2"),
+    ("train", ["--min-p", "0.1", "--steps", "0"], "--steps: must be an integer >= 1"),
+    ("train", ["--min-p", "0.1", "--lr", "-1"], "--lr: must be a number in (0, inf]"),
+    ("train", ["--min-p", "0.1", "--seed", "-5"], "--seed: must be an integer >= 0"),
+    ("train", ["--min-p", "0.1", "--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+    ("train", ["--target", M], "no such file"),
+    ("train", ["--target", B], "binary.yaml, line 2: "),
+    ("train", ["--target", D], "is a directory"),
+    ("train", ["--min-p", "0.1", "--net-config", B], "line 2"),
+    ("train", ["--min-p", "0.1", "--replay-text", M], "--replay-text"),
+    ("train", ["--min-p", "0.1", "--out", T], "is a file, not a checkpoint folder"),
+    ("train", ["--min-p", "0.1", "--net", "Transformer"], "invalid choice"),
+    # fidelity
+    ("fidelity", ["--seed", "-5"], "--seed: must be an integer >= 0"),
+    ("fidelity", ["--steps", "0"], "--steps: must be an integer >= 1"),
+    ("fidelity", ["--batch-size", "0"], "--batch-size: must be an integer >= 1"),
+    ("fidelity", ["--lr", "0"], "--lr: must be a number in (0, inf]"),
+    ("fidelity", ["--vocab", "1"], "--vocab: must be an integer >= 2"),
+    ("fidelity", ["--eval-tokens", "0"], "--eval-tokens: must be an integer >= 1"),
+    ("fidelity", ["--threads", "0"], "--threads: must be an integer >= 1"),
+    ("fidelity", ["--out", D], "--out"),
+    # curate
+    ("curate", ["prompts", "--config", M], "no such file"),
+    ("curate", ["prompts", "--config", B], "binary.yaml, line 2: "),
+    ("curate", ["prompts", "--config", D], "is a directory"),
+    ("curate", ["prompts", "--per-kind", "0"], "--per-kind: must be an integer >= 1"),
+    ("curate", ["prompts", "--source", M], "no such file"),
+    ("curate", ["prompts", "--source", D], "is a directory"),
+    ("curate", ["prompts", "--dir", T], "--dir"),
+    ("curate", ["harvest"], "invalid choice"),
+]
+
+
+def _fill(argv, files):
+    return [a.format(missing=str(files/"missing.yaml"), binary=str(files/"binary.yaml"), text=str(files/"text.txt"),
+                     folder=str(files/"folder"), notamodel=str(files/"notamodel"), badst=str(files/"bad.safetensors")) for a in argv]
+
+
+@pytest.mark.parametrize("command, argv, msg", CASES, ids=[f"{c}:{' '.join(a)[:40]}" for c, a, _ in CASES])
+def test_user_errors_are_one_line_and_exit_2_before_the_model_loads(no_models, files, tmp_path, monkeypatch, command, argv, msg):
+    monkeypatch.chdir(tmp_path)  # nothing is written next to the tests
+    rc, out, err = run(command, _fill(argv, files))
+    msg = _fill([msg], files)[0]
+    assert rc == 2, (rc, err)
+    assert err.endswith("\n") and err.count("\n") == 1, f"not one line:\n{err}"
+    assert msg in err, err
+    assert list(tmp_path.iterdir()) == [], "a refused command wrote files"
+
+
+def test_every_command_has_cases():
+    assert {c for c, _, _ in CASES} == set(COMMANDS), set(COMMANDS) - {c for c, _, _ in CASES}
+
+
+def test_main_reports_ctrl_c_in_one_line(monkeypatch):
+    def interrupt(argv): raise KeyboardInterrupt
+    monkeypatch.setitem(COMMANDS, "boom", cli.Command("tests_cli_helper:interrupt", "interrupts"))
+    monkeypatch.setattr(cli, "_resolve", lambda target: interrupt)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err): assert cli.main(["boom"]) == 130
+    assert err.getvalue() == "soft-sampler boom: interrupted; nothing was saved\n"
+
+
+def test_train_ctrl_c_says_what_was_saved_and_how_to_resume(tmp_path, monkeypatch):
+    import soft_sampler.train as train
+    real, calls = train._step, []
+    def step(*a, **k):
+        calls.append(1)
+        if len(calls) == 5: raise KeyboardInterrupt
+        return real(*a, **k)
+    monkeypatch.setattr(train, "_step", step)
+    argv = ["--min-p", "0.1", "--net", "LocalProbabilityTransform", "--steps", "8", "--vocab", "32", "--batch-size", "2",
+            "--checkpoint-every", "2", "--out", str(tmp_path/"ck"), "--no-progress"]
+    rc, _, err = run("train", argv)
+    assert rc == 130 and err.count("\n") == 1, err
+    assert "step-00000004 is saved in" in err and "run the same command to resume" in err
+    monkeypatch.setattr(train, "_step", real)
+    rc, out, _ = run("train", argv)
+    assert rc == 0 and "resumed from step 4" in out
+
+
+def test_train_refuses_another_runs_checkpoint_before_training(tmp_path):
+    "Defect 2: `train --out D` with another lr/seed/vocab/batch size/target continued the old run."
+    base = ["--net", "LocalProbabilityTransform", "--steps", "3", "--vocab", "32", "--batch-size", "2", "--out", str(tmp_path/"ck"), "--no-progress"]
+    assert run("train", ["--min-p", "0.1", *base])[0] == 0
+    before = {p.name: p.stat().st_mtime_ns for p in (tmp_path/"ck").rglob("*")}
+    for change, field in ((["--lr", "0.1"], "lr: 0.03 in the checkpoint, 0.1 now"), (["--seed", "3"], "seed: 0 in the checkpoint, 3 now"),
+                          (["--vocab", "64"], "data.vocab: 32 in the checkpoint, 64 now"), (["--batch-size", "4"], "batch_size: 2 in the checkpoint, 4 now"),
+                          (["--top-k", "5"], "target:")):
+        argv = (change if field == "target:" else ["--min-p", "0.1"]) + base + ([] if field == "target:" else change)  # the last value wins
+        rc, _, err = run("train", argv)
+        assert rc == 2 and field in err and "--restart" in err and "new --out" in err and err.count("\n") == 1, err
+    assert {p.name: p.stat().st_mtime_ns for p in (tmp_path/"ck").rglob("*")} == before, "a refused run touched the checkpoint"
+    rc, out, _ = run("train", ["--min-p", "0.1", "--lr", "0.1", "--restart", *base])
+    assert rc == 0 and "resumed" not in out
+
+
+def test_qalign_ctrl_c_and_another_runs_checkpoint(tmp_path, monkeypatch):
+    "Defect 3 on the command line: a changed reward, beta or target is refused naming the field; Ctrl-C names the file."
+    import soft_sampler.core as core
+    from soft_sampler.core import tiny_model
+    from soft_sampler.qalign import QAlign
+    model, tok = tiny_model()
+    monkeypatch.setattr(core, "load_tokenizer", lambda *a, **k: tok)
+    monkeypatch.setattr(core, "load_model", lambda *a, **k: (model, tok))
+    ck = tmp_path/"chain.jsonl"
+    base = ["--prompt", "Hi", "--chains", "2", "--steps", "2", "--max-new-tokens", "4", "--no-progress", "--checkpoint", str(ck)]
+    assert run("qalign", base)[0] == 0
+    text = ck.read_text()
+    for change, field in ((["--target", "13"], "reward: file"), (["--beta", "0.5"], "beta: file 0.25 vs run 0.5"),
+                          (["--reward", "brevity"], "reward: file")):
+        rc, _, err = run("qalign", base + change)
+        assert rc == 2 and field in err and "--restart" in err and err.count("\n") == 1, err
+    assert ck.read_text() == text
+    real = QAlign._step
+    def interrupted(self, *a, **k): raise KeyboardInterrupt
+    monkeypatch.setattr(QAlign, "_step", interrupted)
+    rc, _, err = run("qalign", base + ["--restart", "--steps", "3"])
+    assert rc == 130 and err.count("\n") == 1 and str(ck) in err and "resume" in err, err
+    monkeypatch.setattr(QAlign, "_step", real)
+    assert run("qalign", base + ["--steps", "3"])[0] == 0
+
+
+def count_cases() -> int:
+    return len(CASES) + 1 + 5 + 3 + 1
