@@ -179,11 +179,15 @@ _SHIFT = 19  # a float32's top 13 bits: sign, exponent and 4 mantissa bits (bins
 _NBINS = 1 << (31 - _SHIFT)  # every non-negative float32 (inf and NaN included) has its bin below this
 _CAP = 4096  # rows whose crossing bin holds more tokens (huge ties) take the full sort
 
-def _bins(key: Float[Tensor, "b v"]) -> Tensor:
-    "Each entry's bin, monotone in a non-negative `key`: its float32 bits shifted right, plus the row times `_NBINS`."
+def _bins(
+    key: Float[Tensor, "b v"],  # non-negative sort key (NaN rows allowed)
+    per_nat: float | None = None,  # None: bins of 1/16 octave (float bits); else uniform bins of 1/per_nat
+) -> Tensor:
+    "Each entry's bin, monotone in `key`, plus the row times `_NBINS` (one flat `bincount` serves every row)."
     key = key.float().nan_to_num(0.0) if key.dtype != torch.float32 or bool(key[:, :1].isnan().any()) else key
     off = torch.arange(0, key.shape[0] * _NBINS, _NBINS, dtype=torch.int32, device=key.device)[:, None]
-    return (key.view(torch.int32) >> _SHIFT).add_(off)
+    if per_nat is None: return (key.view(torch.int32) >> _SHIFT).add_(off)
+    return key.mul(per_nat).clamp_(max=_NBINS - 1).to(torch.int32).add_(off)  # floor(per_nat * key), capped
 
 # %% ../nbs/03_heuristics_hf.ipynb #09fc23a1
 def _crossing_bin(bins, probs, p, descending: bool):
@@ -298,7 +302,7 @@ def _typical_solve(x, scores, probs, mass, m, c):
 # %% ../nbs/03_heuristics_hf.ipynb #1ae27f7a
 def _typical_cut(s, probs, p):
     "Per row: the crossing score (keep `s <= it`, ties with it included) and ok."
-    bins = _bins(s)
+    bins = _bins(s, per_nat=64)
     j, before, ok = _crossing_bin(bins, probs, p, descending=False)
     vals, pb, _, n, fits = _band(bins, j, s, probs, descending=False)
     k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)
