@@ -60,8 +60,9 @@ def goals(name: str) -> tuple:
 
 def machine() -> str:
     "Threads and load average: print them with every figure (the machine may be shared)."
-    l1, l5, _ = os.getloadavg()
-    return f"{torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores, load average {l1:.2f} (1 min) {l5:.2f} (5 min)"
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import machine as m  # bench/machine.py
+    return m.line()
 
 
 TEXT = ("The old lighthouse keeper climbed the stairs every evening, counting the steps as his father had "
