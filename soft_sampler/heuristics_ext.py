@@ -68,7 +68,7 @@ def top_n_sigma(
 ) -> Float[Tensor, "batch vocab"]:
     "Keep tokens whose logit is at least `max - n·σ` (σ over the finite logits), as llama.cpp."
     check_logits(logits)
-    x = logits.float() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # half: σ in float32
+    x = logits.double() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # half: σ in float64 (bf16's range)
     n = per_row(n, "n", logits, low=0, dtype=x.dtype)
     mean = x.mean(-1, keepdim=True)  # rows without -inf (the usual case)
     std = (x - mean).square().mean(-1, keepdim=True).sqrt()
@@ -184,8 +184,7 @@ def _keep_top(remove: Tensor, logits: Tensor, m: int) -> Tensor:
     idx = logits.topk(min(m, logits.shape[-1]), dim=-1).indices
     return remove.scatter(-1, idx, False)
 
-def _check_min_keep(m, name="min_tokens_to_keep"):
-    if not isinstance(m, int) or isinstance(m, bool) or m < 1: raise ValueError(f"`{name}` must be an integer ≥ 1, got {m!r}")
+def _check_min_keep(m, name="min_tokens_to_keep"): _check_int(m, name, 1)
 
 def top_a(
     logits: Float[Tensor, "batch vocab"],
@@ -371,7 +370,7 @@ def no_repeat_ngram(
 ) -> Float[Tensor, "batch vocab"]:
     "Ban tokens that would repeat an n-gram of the history (transformers' semantics)."
     check_logits(logits)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1: raise ValueError(f"`n` must be an integer ≥ 1, got {n!r}")
+    _check_int(n, "n", 1)
     history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id)  # validates the history arguments
     b, L = input_ids.shape
     if L < n: return logits.clone()

@@ -191,7 +191,7 @@ def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b
     wide = lambda x, t: cast_logits((x.double() / t).masked_fill(x == _NEG, _NEG), x.dtype)
     if logits.dtype not in (torch.float32, torch.float64): return wide(logits, t)  # half: computed in float64
     out = logits / t
-    if not isinstance(t, Tensor) and 1 <= t < math.inf: return out  # |l / t| <= |l|: nothing can overflow
+    if not isinstance(t, Tensor) and 1 <= t <= torch.finfo(logits.dtype).max: return out  # |l / t| <= |l|: no overflow
     bad = ~torch.isfinite(out.amax(-1))  # rows that over/underflowed, or -inf / inf (row by row: batch-independent)
     if bool(bad.any()): out[bad] = wide(logits[bad], t[bad].double() if isinstance(t, Tensor) else t)
     return out
