@@ -245,7 +245,7 @@ _LLAMA = dict(  # step -> (llama.cpp sampler name, params mapping); `h` = how fa
 )
 # parameters a server cannot express must keep the value that means what the server does; `None`: any value
 _LLAMA_FIXED = dict(top_k=dict(min_tokens_to_keep=1), top_p=dict(min_tokens_to_keep=1), min_p=dict(min_tokens_to_keep=1),
-                    typical=dict(min_tokens_to_keep=1), xtc=dict(keep_tokens=None, min_keep=1, seed=None, keep_ties=False),
+                    typical=dict(min_tokens_to_keep=1), xtc=dict(keep_tokens=(), min_keep=1, seed=None, keep_ties=False),
                     dry=dict(sequence_breakers=(), include_prompt=True, pad_token_id=None),
                     repetition_penalty=dict(include_prompt=True, pad_token_id=None),
                     presence_penalty=dict(include_prompt=True, pad_token_id=None),
