@@ -40,8 +40,9 @@ def _wide(f, logits: Tensor) -> Tensor:
 
 def _check_int(value, name: str, low: int) -> int:
     "A Python/numpy integer >= low (never a bool), or a `ValueError`/`TypeError` naming the parameter."
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"`{name}` must be an integer >= {low}, got {type(value).__name__} {value!r:.40}")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float is a wrong value, a str a wrong type
+        err = ValueError if isinstance(value, (float, np.floating)) else TypeError
+        raise err(f"`{name}` must be an integer >= {low}, got {type(value).__name__} {value!r:.40}")
     if value < low: raise ValueError(f"`{name}` must be an integer >= {low}, got {value}")
     return int(value)
 

@@ -63,7 +63,7 @@ BAD = {  # kind -> [(value, error type)]
     "inf_ok": TYPE_BAD + [(NAN, ValueError), ([0.5] * 5, ValueError), (torch.tensor([0.5, NAN, 0.5]), ValueError)],
     "int": TYPE_BAD + [(NAN, ValueError), (INF, ValueError), (2.5, ValueError), (0, ValueError), ([2] * 5, ValueError),
                        (torch.tensor([2.0, INF, 2.0]), ValueError)],
-    "pyint": [("2", TypeError), (None, TypeError), (True, TypeError), (2.5, TypeError), (NAN, TypeError), ([2, 2], TypeError),
+    "pyint": [("2", TypeError), (None, TypeError), (True, TypeError), (2.5, ValueError), (NAN, ValueError), ([2, 2], TypeError),
               (-5, ValueError)],
     "optional": [(v, e) for v, e in TYPE_BAD if v is not None] + [(NAN, ValueError), (INF, ValueError), (1.0, ValueError)],
     "plen": [("3", TypeError), (True, TypeError), (NAN, ValueError), (2.5, ValueError), (-1, ValueError), (99, ValueError),

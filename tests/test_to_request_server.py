@@ -20,7 +20,7 @@ STEPS = {  # id: pipeline spec (parameters chosen so the step changes the first 
     "top_n_sigma": [{"name": "top_n_sigma", "n": 1.0}],
     "xtc": [{"name": "xtc", "threshold": 0.05, "probability": 1.0, "keep_ties": False}],
     "dry": [{"name": "dry", "multiplier": 2.0, "allowed_length": 2}],
-    "dry_last_n": [{"name": "dry", "multiplier": 2.0, "allowed_length": 2, "penalty_last_n": 8}],
+    "dry_last_n": [{"name": "dry", "multiplier": 2.0, "allowed_length": 2, "penalty_last_n": 24}],
     "repetition_penalty": [{"name": "repetition_penalty", "penalty": 3.0}],
     "presence_penalty": [{"name": "presence_penalty", "penalty": 2.0, "include_prompt": True}],
     "frequency_penalty": [{"name": "frequency_penalty", "penalty": 1.0, "include_prompt": True}],
