@@ -9,7 +9,7 @@ import atexit, os
 def line() -> str:
     import torch
     l1, l5, _ = os.getloadavg()
-    return (f"{torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores, OMP_WAIT_POLICY="
+    return (f"{torch.get_num_threads()} torch thread(s), {os.cpu_count()} cores, OMP_WAIT_POLICY (env)="
             f"{os.environ.get('OMP_WAIT_POLICY', 'unset')}, load average {l1:.2f} (1 min) {l5:.2f} (5 min)")
 
 
