@@ -67,12 +67,12 @@ def main(argv: list[str] | None = None) -> int:
     try: return int(fn(ns.args) or 0)
     except KeyboardInterrupt: return interrupted(f"soft-sampler {ns.command}", "nothing was saved")
 
-# %% ../nbs/01_cli.ipynb #4ffe992f
+# %% ../nbs/01_cli.ipynb #89a290b1
 class ArgumentParser(argparse.ArgumentParser):
     "argparse whose errors are one line, `PROG: error: MESSAGE`, on stderr with exit code 2 (no usage block)."
     def error(self, message: str): self.exit(2, f"{self.prog}: error: {message}\n")
 
-# %% ../nbs/01_cli.ipynb #11f12000
+# %% ../nbs/01_cli.ipynb #700163ba
 def int_at_least(low: int):
     "An argparse type: an integer >= `low`."
     def check(s: str) -> int:
@@ -83,7 +83,7 @@ def int_at_least(low: int):
     check.__name__ = f"int>={low}"
     return check
 
-# %% ../nbs/01_cli.ipynb #2f0505b9
+# %% ../nbs/01_cli.ipynb #0265d3e3
 def number_in(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
     "An argparse type: a finite number in the interval given by `low`/`high` (None: unbounded; `*_open`: excluded)."
     lo, hi = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}"), ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
@@ -97,7 +97,7 @@ def number_in(low: float | None = None, high: float | None = None, low_open: boo
     check.__name__ = "number"
     return check
 
-# %% ../nbs/01_cli.ipynb #f1693924
+# %% ../nbs/01_cli.ipynb #286543b2
 def text_file(s: str) -> str:
     "An argparse type: an existing, readable UTF-8 text file."
     try: read_text(s)
@@ -117,7 +117,7 @@ def read_text(path: str | os.PathLike) -> str:
         line, what = text[:text.index("\x00")].count("\n") + 1, "a NUL byte"
     raise ValueError(f"{p}, line {line}: {what} (a binary file?)")
 
-# %% ../nbs/01_cli.ipynb #f3a9dbf1
+# %% ../nbs/01_cli.ipynb #1843400b
 def model_dir(s: str) -> str:
     "An argparse type: a local Hugging Face model folder (with config.json)."
     if not os.path.exists(s): raise argparse.ArgumentTypeError(f"{s}: no such folder")
@@ -136,7 +136,7 @@ def regex(s: str) -> str:
     except re.error as e: raise argparse.ArgumentTypeError(f"not a valid regular expression ({e}): {s!r}") from None
     return s
 
-# %% ../nbs/01_cli.ipynb #ea16bef5
+# %% ../nbs/01_cli.ipynb #3eae3b69
 def interrupted(prog: str, saved: str) -> int:
     "Report a Ctrl-C in one line (`saved`: what is on disk and how to resume) and return exit code 130."
     print(f"{prog}: interrupted; {saved}", file=sys.stderr)

@@ -413,7 +413,7 @@ def verify_candidates(path: str | Path,  # the candidates JSONL
     problems.sort()
     return {"ok": not problems and not missing, "records": len(seen), "problems": problems, "missing": missing}
 
-# %% ../nbs/16_curation.ipynb #a3b21955
+# %% ../nbs/16_curation.ipynb #95283aad
 REJECTED = "candidates.rejected.jsonl"
 
 def repair_candidates(path: str | Path, tokenizer) -> int:
@@ -729,7 +729,7 @@ def _embed(self: Workspace):
 
 Workspace.model, Workspace.judge, Workspace.embed = _model, _judge, _embed
 
-# %% ../nbs/16_curation.ipynb #1a1a8a49
+# %% ../nbs/16_curation.ipynb #f4f2a625
 class WorkspaceBusy(RuntimeError):
     "Another curation run holds the workspace's lock; the message names its process id."
 

@@ -357,7 +357,7 @@ def _step(self: QAlign, prompt_ids, states, rewards, t, rows, seed, max_new_toke
                 rewards=[rp if a else r for rp, r, a in zip(prop_r, rewards, acc)],
                 new_tokens=sum(map(len, suffixes)))
 
-# %% ../nbs/10_qalign.ipynb #ffb00a35
+# %% ../nbs/10_qalign.ipynb #d4bf6f95
 _DISCARD = "restart=True (CLI: --restart) discards it and starts afresh"
 
 class ChainCheckpointError(ValueError):
@@ -384,7 +384,7 @@ def _plain(v) -> bool:
     if v is None or isinstance(v, (bool, int, float, str)): return not isinstance(v, str) or len(v) < 400
     return isinstance(v, (list, tuple)) and len(v) <= 64 and all(_plain(x) for x in v)
 
-# %% ../nbs/10_qalign.ipynb #45374d97
+# %% ../nbs/10_qalign.ipynb #2d82c061
 @patch
 def _describe_model(self: QAlign):
     "The model (or a server: its engine, model name and vocabulary, not its URL: a restarted server may move) for the header."

@@ -430,7 +430,7 @@ def _retry_after(r) -> float | None:
     try: return max(0.0, float(r.headers["Retry-After"]))
     except (KeyError, ValueError): return None
 
-# %% ../nbs/06_rewards.ipynb #f96a426d
+# %% ../nbs/06_rewards.ipynb #bcd6d8f1
 def _check_client_numbers(**values) -> None:
     "Check an HTTP client's settings by name: `timeout` > 0 and `backoff` >= 0 (finite seconds), `retries` >= 0 and `batch_size` >= 1 (ints)."
     for name, v in values.items():

@@ -376,7 +376,7 @@ def _check_net(net) -> None:
     if not isinstance(net, nn.Module) or not any(True for _ in net.parameters()):
         raise TypeError(f"`net` must be a torch module with parameters (a LogitsNetwork), got {type(net).__name__}")
 
-# %% ../nbs/09_train.ipynb #f1be9e9b
+# %% ../nbs/09_train.ipynb #1d916254
 def _describe_data(data) -> dict:
     "What defines a data source, for the fingerprint: its settings, or the shape, seed and checksum of its rows."
     if isinstance(data, SyntheticLogits): return {"kind": "synthetic", **json.loads(json.dumps(asdict(data)))}
@@ -394,7 +394,7 @@ def run_fingerprint(net, target, data, config: TrainConfig) -> dict:
                                   "network_config": getattr(getattr(net, "config", None), "to_dict", lambda: None)(),
                                   "data": _describe_data(data)}))
 
-# %% ../nbs/09_train.ipynb #32e49bff
+# %% ../nbs/09_train.ipynb #c00dda17
 def check_resumable(checkpoint: str | Path, fingerprint: dict) -> None:
     "Raise `CheckpointError` naming every field of `fingerprint` that differs from the run that wrote `checkpoint`."
     meta = json.loads((Path(checkpoint)/"trainer.json").read_text())
@@ -407,7 +407,7 @@ def check_resumable(checkpoint: str | Path, fingerprint: dict) -> None:
         raise CheckpointError(f"{Path(checkpoint).parent} holds a checkpoint of another run ({shown}); "
                               f"train into another folder (CLI: a new --out), or {_AFRESH}")
 
-# %% ../nbs/09_train.ipynb #2ac6494f
+# %% ../nbs/09_train.ipynb #ec85b78e
 def resume_run(directory: str | Path, net, opt, sched, fingerprint: dict) -> tuple[TrainState, Path | None]:
     "Load the newest intact checkpoint of this run in `directory` (a damaged one is skipped with a warning)."
     cands = checkpoint_candidates(directory)
