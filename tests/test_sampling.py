@@ -423,8 +423,8 @@ def test_sample_cli_on_a_local_model(tiny_dir, capsys):
     assert "raw prompt" in capsys.readouterr().out
 
 
-@pytest.mark.parametrize("args,msg", [(["--temperature", "0"], "--temperature must be"), (["-n", "0"], "-n must be"),
-                                      (["--max-new-tokens", "0"], "--max-new-tokens must be")])
+@pytest.mark.parametrize("args,msg", [(["--temperature", "0"], "--temperature: must be"), (["-n", "0"], "-n: must be"),
+                                      (["--max-new-tokens", "0"], "--max-new-tokens: must be")])
 def test_sample_cli_bad_args(args, msg, capsys):
     with pytest.raises(SystemExit) as e: sample_cli(["--prompt", "x", *args])
     assert e.value.code == 2 and msg in capsys.readouterr().err
