@@ -284,3 +284,13 @@ def test_heavy_mcmc_arithmetic():
     obj = mcmc_arithmetic(model, tok, out, progress=False)
     tab = arithmetic_table(obj)
     assert set(tab) >= {"greedy", "temperature", "low_temperature", "best_of_4", "majority_vote_16", "qalign", "power", "smc"}
+
+
+def test_mh_at_alpha_1_is_qalign_draw_for_draw(toy):
+    "Same target (α = 1), same proposal (τ = 1), same keyed streams: the chains are identical, not just equal in law."
+    t1 = Target(toy["model"], toy["reward"], alpha=1.0, beta=2.0, pipeline=toy["keep"])
+    mh = MetropolisHastings(t1, steps=6).run([toy["prompt"], [5, 6]], n=8, max_new_tokens=4, seed=3, progress=False)
+    qa = QAlign(toy["model"], toy["reward"], beta=2.0).run([toy["prompt"], [5, 6]], chains=8, steps=6, max_new_tokens=4,
+                                                          pipeline=toy["keep"], seed=3, progress=False)
+    for a, b in zip(mh, qa):
+        assert a.states == b.states and [x[1:] for x in a.accepted] == b.accepted
