@@ -12,7 +12,8 @@ from soft_sampler.qalign import (KeepTokens, QAlign, enumerate_responses, state_
                                  total_variation, transition_matrix, tv_noise_quantile)
 from soft_sampler.mcmc import (SMC, CutRule, MetropolisHastings, PowerSampler, SamplerResult, Target, mcmc_cli,
                                mh_log_acceptance, mh_transition_matrix, power_sampler_distribution, proposal_for,
-                               qalign_shortcut, sequence_distribution, sequence_logprobs, space_scores, systematic_resample)
+                               qalign_shortcut, sequence_distribution, sequence_logprobs, space_scores,
+                               systematic_resample)
 
 
 @contextlib.contextmanager
@@ -39,11 +40,13 @@ def toy():
 
 class Shortcut(MetropolisHastings):
     "QAlign's acceptance rule at α ≠ 1, τ ≠ 1: proposal and power terms dropped."
-    def log_accept(self, lpo, lpn, lco, lcn, lqo, lqn, ro, rn): return qalign_shortcut(lpo, lpn, lco, lcn, lqo, lqn, ro, rn, self.target.beta)
+    def log_accept(self, lpo, lpn, lco, lcn, lqo, lqn, ro, rn):
+        return qalign_shortcut(lpo, lpn, lco, lcn, lqo, lqn, ro, rn, self.target.beta)
 
 
 class PowerNoQ(PowerSampler):
-    def log_accept(self, lpo, lpn, lco, lcn, lqo, lqn, ro, rn): return mh_log_acceptance(lpo, lpn, lco, lcn, 0 * lqo, 0 * lqn)
+    def log_accept(self, lpo, lpn, lco, lcn, lqo, lqn, ro, rn):
+        return mh_log_acceptance(lpo, lpn, lco, lcn, 0 * lqo, 0 * lqn)
 
 
 class NoWeights(SMC):
@@ -85,7 +88,8 @@ def test_exact_kernel_is_qaligns_at_alpha_1_and_stationary_for_every_cut(toy):
 
 def test_temperature_per_token_is_not_the_power_distribution(toy):
     power = Target(toy["model"], alpha=4.0, pipeline=toy["keep"])
-    q = sequence_distribution(token_logprobs(toy["model"], toy["prompt"], toy["space"], proposal_for(toy["keep"], 0.25)))
+    low = proposal_for(toy["keep"], 0.25)
+    q = sequence_distribution(token_logprobs(toy["model"], toy["prompt"], toy["space"], low))
     assert abs(q.sum() - 1) < 1e-6 and total_variation(q, power.exact(toy["prompt"], toy["space"])) > 0.2
     # at α = 1 and τ = 1 they coincide: the distribution of the loop is p itself
     p = sequence_distribution(token_logprobs(toy["model"], toy["prompt"], toy["space"], toy["keep"]))
@@ -117,7 +121,8 @@ def test_mh_converges_to_pi_and_the_qalign_shortcut_does_not(toy):
     tvs = {}
     with one_thread():
         for cls in (MetropolisHastings, Shortcut):
-            r = cls(toy["target"], steps=T, temperature=0.5).run(toy["prompt"], n=N, max_new_tokens=4, seed=7, progress=False)
+            r = cls(toy["target"], steps=T, temperature=0.5).run(toy["prompt"], n=N, max_new_tokens=4, seed=7,
+                                                                 progress=False)
             tvs[cls.__name__] = total_variation(state_histogram([s[-1] for s in r.states], toy["space"]), pi)
     assert tvs["MetropolisHastings"] < threshold < tvs["Shortcut"], (tvs, threshold)
 
@@ -131,8 +136,9 @@ def test_power_sampler_converges_to_pi_and_without_q_terms_does_not(toy):
     threshold = tv_noise_quantile(pi, N, draws=500) + total_variation(d_good, pi)
     assert threshold < 0.12 and total_variation(d_bad, pi) > 1.5 * threshold
     with one_thread():
-        tvs = {type(s).__name__: total_variation(state_histogram([x[-1] for x in s.run(
-            toy["prompt"], n=N, max_new_tokens=4, seed=8, progress=False).states], toy["space"]), pi) for s in (good, bad)}
+        runs = {type(s).__name__: s.run(toy["prompt"], n=N, max_new_tokens=4, seed=8, progress=False)
+                for s in (good, bad)}
+    tvs = {k: total_variation(state_histogram([x[-1] for x in r.states], toy["space"]), pi) for k, r in runs.items()}
     assert tvs["PowerSampler"] < threshold < tvs["PowerNoQ"], (tvs, threshold)
 
 
@@ -146,8 +152,10 @@ def test_smc_converges_to_pi_and_the_unweighted_or_unreset_variants_do_not(toy):
     N, pi, tvs, ess = 2000, toy["pi"], {}, {}
     with one_thread():
         for cls in (SMC, NoWeights, NoReset):
-            r = cls(toy["target"], temperature=0.5, ess_threshold=0.9).run(toy["prompt"], n=N, max_new_tokens=4, seed=9, progress=False)
-            tvs[cls.__name__], ess[cls.__name__] = total_variation(weighted_histogram(r, toy["space"]), pi), min(t["ess"] for t in r.trace)
+            r = cls(toy["target"], temperature=0.5, ess_threshold=0.9).run(toy["prompt"], n=N, max_new_tokens=4, seed=9,
+                                                                           progress=False)
+            tvs[cls.__name__] = total_variation(weighted_histogram(r, toy["space"]), pi)
+            ess[cls.__name__] = min(t["ess"] for t in r.trace)
             if cls is SMC: assert any(t["resampled"] for t in r.trace[:-1])  # the reset is exercised before the end
     threshold = 2 * tv_noise_quantile(pi, int(ess["SMC"]), draws=500)
     assert tvs["SMC"] < threshold < min(tvs["NoWeights"], tvs["NoReset"]), (tvs, threshold)
@@ -167,7 +175,8 @@ def test_one_run_shape_and_bookkeeping(toy):
         r = s.run(toy["prompt"], n=5, max_new_tokens=4, seed=1, progress=False)
         T = len(s.plan(4))
         assert isinstance(r, SamplerResult) and r.rows == 5 and r.method == s.method
-        assert all(len(x) == T for x in (r.states[0], r.rewards[0], r.log_weights[0], r.accepted[0], r.step_tokens, r.trace))
+        columns = (r.states[0], r.rewards[0], r.log_weights[0], r.accepted[0], r.step_tokens, r.trace)
+        assert all(len(x) == T for x in columns)
         assert all(0 < len(x[-1]) <= 4 for x in r.states) and r.generated_tokens == sum(r.step_tokens)
         assert r.final("majority_vote").response in [x[-1] for x in r.states]
         assert [rw[-1] for rw in r.rewards] == toy["reward"](None, [x[-1] for x in r.states])
@@ -182,7 +191,8 @@ def test_one_run_shape_and_bookkeeping(toy):
 
 
 def test_stop_at_eos_freezes_finished_chains(toy):
-    r = PowerSampler(toy["target"], blocks=2, steps=3, stop_at_eos=True).run(toy["prompt"], n=40, max_new_tokens=4, seed=3, progress=False)
+    s = PowerSampler(toy["target"], blocks=2, steps=3, stop_at_eos=True)
+    r = s.run(toy["prompt"], n=40, max_new_tokens=4, seed=3, progress=False)
     for row in r.states:
         if row[3][-1] == toy["eos"]: assert row[3:] == [row[3]] * (len(row) - 3)  # ended in block 1: never moves again
 
@@ -212,12 +222,13 @@ def test_resume_identical_for_every_sampler(toy, tmp_path, after):
         path = tmp_path / f"ck{k}.jsonl"
         full = s.run([toy["prompt"], [5, 6]], n=3, max_new_tokens=4, seed=4, progress=False)
         s.target.reward = crashing(toy["reward"], after)
-        with pytest.raises(Crash): s.run([toy["prompt"], [5, 6]], n=3, max_new_tokens=4, seed=4, checkpoint=path, progress=False)
+        with pytest.raises(Crash):
+            s.run([toy["prompt"], [5, 6]], n=3, max_new_tokens=4, seed=4, checkpoint=path, progress=False)
         s.target.reward = toy["reward"]
         with open(path, "a") as f: f.write('{"prompt": 0, "t": 99, "sta')  # died mid-write
         resumed = s.run([toy["prompt"], [5, 6]], n=3, max_new_tokens=4, seed=4, checkpoint=path, progress=False)
         for a, b in zip(full, resumed):
-            key = lambda r: json.dumps([r.states, r.rewards, r.log_weights, r.accepted, r.step_tokens])  # NaN rewards compare equal
+            key = lambda r: json.dumps([r.states, r.rewards, r.log_weights, r.accepted, r.step_tokens])  # NaN == NaN
             assert key(a) == key(b)
         with pytest.raises(ValueError, match="other settings"):
             s.run([toy["prompt"], [5, 6]], n=3, max_new_tokens=4, seed=5, checkpoint=path, progress=False)
@@ -226,7 +237,8 @@ def test_resume_identical_for_every_sampler(toy, tmp_path, after):
 def test_bad_inputs_name_the_parameter(toy):
     t = toy["target"]
     for f, msg in ((lambda: Target(toy["model"], alpha=-1), "alpha"), (lambda: Target(toy["model"], beta=0), "beta"),
-                   (lambda: MetropolisHastings(t, temperature=0), "temperature"), (lambda: MetropolisHastings(t, steps=-1), "steps"),
+                   (lambda: MetropolisHastings(t, temperature=0), "temperature"),
+                   (lambda: MetropolisHastings(t, steps=-1), "steps"),
                    (lambda: SMC(t, ess_threshold=2), "ess_threshold"), (lambda: SMC(t, block=0), "block"),
                    (lambda: PowerSampler(t, blocks=8).run(toy["prompt"], max_new_tokens=4, progress=False), "blocks"),
                    (lambda: SMC(t).run(toy["prompt"], n=0, progress=False), "n must be")):
@@ -250,10 +262,11 @@ def test_remote_engine_proposals_give_the_local_chains(toy):
 
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("argv, msg", [(["--alpha", "0"], "--alpha must be > 0"), (["--method", "gibbs"], "invalid choice"),
-                                       (["--n", "0"], "--n must be >= 1"), (["--ess-threshold", "1.5"], "--ess-threshold"),
-                                       (["--reward", "number", "--target", "x"], "--target must be a number"),
-                                       (["--blocks", "9", "--max-new-tokens", "4"], "--max-new-tokens must be >= --blocks")])
+@pytest.mark.parametrize("argv, msg", [
+    (["--alpha", "0"], "--alpha must be > 0"), (["--method", "gibbs"], "invalid choice"),
+    (["--n", "0"], "--n must be >= 1"), (["--ess-threshold", "1.5"], "--ess-threshold"),
+    (["--reward", "number", "--target", "x"], "--target must be a number"),
+    (["--blocks", "9", "--max-new-tokens", "4"], "--max-new-tokens must be >= --blocks")])
 def test_cli_errors_before_the_model_loads(argv, msg, monkeypatch):
     import soft_sampler.core as core
     monkeypatch.setattr(core, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))
@@ -283,7 +296,8 @@ def test_heavy_mcmc_arithmetic():
     out = Path(__file__).parents[1] / "results" / "mcmc_arithmetic.json"
     obj = mcmc_arithmetic(model, tok, out, progress=False)
     tab = arithmetic_table(obj)
-    assert set(tab) >= {"greedy", "temperature", "low_temperature", "best_of_4", "majority_vote_16", "qalign", "power", "smc"}
+    assert set(tab) >= {"greedy", "temperature", "low_temperature", "best_of_4", "majority_vote_16", "qalign", "power",
+                        "smc"}
 
 
 def test_mh_at_alpha_1_is_qalign_draw_for_draw(toy):
