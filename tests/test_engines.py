@@ -321,7 +321,6 @@ def test_curation_candidates_run_their_pipeline_in_the_engine(vllm, local, tmp_p
     pipe = Pipeline([{"name": "no_repeat_ngram", "n": 1}, {"name": "top_k", "k": 1}])
     prompts = [{"id": "p0", "text": "Name three colours."}, {"id": "p1", "text": "Say hello in French."}]
     eng = RemoteCandidates([vllm.url], tok, max_new_tokens=12, server="vllm-processor")
-    for e in eng.engines: e.model = vllm.name
     out = tmp_path / "cands.jsonl"
     assert make_candidates(prompts, out, {"norepeat-greedy": pipe}, [0], eng, tok, progress=False) == 2
     recs = [json.loads(l) for l in out.read_text().splitlines()]
