@@ -329,3 +329,21 @@ def test_curation_candidates_run_their_pipeline_in_the_engine(vllm, local, tmp_p
         loc = generate(model, [chat_ids(tok, p["text"])], tok, max_new_tokens=12, logits_processor=Pipeline.from_spec(pipe.to_spec()))
         assert r["token_ids"] == loc.token_ids[0], (r["token_ids"], loc.token_ids[0])
         assert len(set(r["token_ids"])) == len(r["token_ids"])  # no token twice: the ban ran
+
+
+def test_networks_run_once_per_checkpoint_on_their_rows(tmp_path):
+    "Rows sharing a checkpoint are one batch; each row equals the network on that row alone (then its pipeline)."
+    from soft_sampler.networks import SamplingNetwork
+    net = SamplingNetwork(seed=1)
+    with torch.no_grad(): net.head_out.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
+    path = str(net.save(tmp_path / "n.safetensors"))
+    x = torch.randn(3, 64, generator=torch.Generator().manual_seed(0)) * 3
+    proc = VLLMLogitsProcessor()
+    tk = [{"name": "top_k", "k": 5}]
+    proc.update_state(upd(added=[(0, *req(vllm_request(network=path)["vllm_xargs"], [1], [])), (1, *req(None, [1], [])),
+                                 (2, *req(vllm_request(tk, network=path)["vllm_xargs"], [1], []))]))
+    y = proc.apply(x.clone())
+    with torch.no_grad(): ref = [net.eval()(x[i:i + 1])[0] for i in (0, 2)]
+    torch.testing.assert_close(y[0], ref[0], atol=1e-5, rtol=1e-5)
+    assert torch.equal(y[1], x[1])
+    torch.testing.assert_close(y[2], Pipeline(tk)(torch.tensor([[1]]), ref[1][None])[0], atol=1e-5, rtol=1e-5)
