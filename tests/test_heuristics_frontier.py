@@ -205,3 +205,85 @@ def test_llama_cpp_preset_spec_and_request():
                      {"name": "temperature", "t": 0.8}])(ids, x)
     torch.testing.assert_close(pre(ids, x), want)  # the switched-off stages change nothing
     assert Pipeline.preset("llama.cpp", temperature={"t": 1.0})[-1].params == {"t": 1.0}
+
+
+# ---------------------------------------------------------------- slow: the real llama-server
+CHATS = [[{"role": "user", "content": "Write one sentence about the sea."}],
+         [{"role": "user", "content": "Name a colour and explain why you like it."}],
+         [{"role": "user", "content": "Tell me a story about a dragon."}]]
+
+
+@pytest.fixture(scope="module")
+def llama():
+    "llama-server on the embedded model (built once if missing, ~5 min on 2 cores)."
+    from soft_sampler.remote import LlamaServer, build_llama_server, llama_server_path
+    if not llama_server_path().is_file(): build_llama_server()
+    with LlamaServer() as srv: yield srv
+
+
+def _completion(url: str, ids: list[int], params: dict, n_predict: int, n_probs: int, post: bool) -> list[dict]:
+    "llama-server's native /completion: per generated token, its id and the top `n_probs` (post-sampling or raw)."
+    import requests
+    body = dict(prompt=ids, n_predict=n_predict, n_probs=n_probs, post_sampling_probs=post, cache_prompt=False, **params)
+    r = requests.post(url + "/completion", json=body, timeout=300)
+    assert r.status_code == 200, r.text[:500]
+    return r.json()["completion_probabilities"]
+
+
+def _raw_logits(step: dict, vocab: int) -> torch.Tensor:
+    "The server's raw top log-probs of one step as a [1, vocab] row (-inf elsewhere)."
+    x = torch.full((1, vocab), NEG, dtype=torch.float64)
+    for d in step["top_logprobs"]: x[0, d["id"]] = d["logprob"]
+    return x
+
+
+def _post(step: dict) -> dict[int, float]:
+    return {d["id"]: d["prob"] for d in step["top_probs"]}
+
+
+@pytest.mark.slow
+def test_llama_cpp_preset_gives_the_servers_candidates(real, llama):
+    "llama-server's default chain vs `Pipeline.preset('llama.cpp')`: on the server's logits, the same candidates and"
+    "probabilities; on our fp32 logits, the same candidates up to tokens right at a cut (Q4_1 quantisation)."
+    model, tok = real
+    pre, v = Pipeline.preset("llama.cpp"), model.config.vocab_size
+    req = {**to_request(pre, "llama.cpp"), "seed": 0}
+    for chat in CHATS:
+        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
+        ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+        post = _post(_completion(llama.url, ids, req, 1, 200, True)[0])
+        raw = _raw_logits(_completion(llama.url, ids, req, 1, 200, False)[0], v)
+        ours = torch.softmax(pre(torch.tensor([ids]), raw), -1)[0]
+        got = {int(i): float(ours[i]) for i in ours.nonzero()[:, 0]}
+        assert set(got) == set(post) and 1 < len(post) <= 40, (sorted(got), sorted(post))
+        assert max(abs(got[i] - post[i]) for i in post) < 2e-3
+        with torch.no_grad(): local = model(torch.tensor([ids])).logits[0, -1:].double()
+        kept = torch.isfinite(pre(torch.tensor([ids]), local))[0]
+        lp = torch.log_softmax(local[0], -1)
+        cut = (lp[kept].min() + lp[~kept].max()) / 2
+        for t in set(kept.nonzero()[:, 0].tolist()) ^ set(post):
+            assert abs(float(lp[t] - cut)) < 0.25, (t, float(lp[t]), float(cut))  # only tokens next to the cut differ
+
+
+@pytest.mark.slow
+def test_adaptive_p_follows_the_server_over_one_generation(real, llama):
+    "min-p 0.05 → adaptive-p (τ 0.3, γ 0.9) on llama-server: every step's distribution after adaptive-p equals"
+    "our `AdaptiveP` driven by the server's raw log-probs and its chosen tokens (the EMA state carried across steps)."
+    model, tok = real
+    v, steps = model.config.vocab_size, 10
+    pipe = Pipeline([{"name": "min_p", "p": 0.05}, {"name": "adaptive_p", "target": 0.3, "decay": 0.9}])
+    req = {**to_request(pipe, "llama.cpp"), "seed": 3}
+    ids = tok.apply_chat_template(CHATS[2], add_generation_prompt=True, tokenize=True)
+    ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+    post, raw = _completion(llama.url, ids, req, steps, 100, True), _completion(llama.url, ids, req, steps, 100, False)
+    assert [s["id"] for s in post] == [s["id"] for s in raw] and len(post) == steps  # same seed, same tokens
+    seq, worst, moved = list(ids), 0.0, 0
+    for s_post, s_raw in zip(post, raw):
+        out = torch.softmax(pipe(torch.tensor([seq]), _raw_logits(s_raw, v)), -1)[0]
+        want = _post(s_post)
+        assert set(out.nonzero()[:, 0].tolist()) == set(want)
+        worst = max(worst, max(abs(float(out[i]) - p) for i, p in want.items()))
+        seq.append(s_raw["id"])
+    assert worst < 3e-3, worst
+    ap = pipe[-1].proc
+    assert len(ap.chosen_probs) == steps - 1 and float(ap.weighted_sum / ap.total_weight) != pytest.approx(0.3)  # it adapted
