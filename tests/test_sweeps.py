@@ -61,3 +61,17 @@ def test_sweep_cli_runs_and_summarises_a_cut_short_sweep(tmp_path, capsys):
     assert {c["sampler"] for c in r["cells"]} == {"plain", "p_less"} and len(r["summary"]) == 4
     with pytest.raises(SystemExit): sweep_cli(args + ["--samplers", "nope"])
     with pytest.raises(ValueError, match="other settings"): sweep_cli(args + ["--samplers", "plain", "--temperatures", "3"])
+
+
+SWEEP_COMMAND = ["--temperatures", "0.5", "1.0", "1.5", "2.0", "2.5", "3.0", "--seeds", "0", "1", "--problems", "10",
+                 "--prompts", "3", "--samples", "3", "--max-new-tokens", "4", "16"]
+
+
+@pytest.mark.heavy
+def test_heavy_quality_diversity_sweep(tmp_path):
+    "Regenerates results/sweep_quality_diversity.json: `soft-sampler sweep --out DIR --results results/... <SWEEP_COMMAND>`"
+    "(11 samplers x 6 temperatures x 2 seeds; ~75 min on the shared 2-core machine under load, resumable)."
+    from pathlib import Path
+    out = Path(__file__).resolve().parents[1] / "results" / "sweep_quality_diversity.json"
+    assert sweep_cli(["--out", str(tmp_path / "sweep"), "--results", str(out), *SWEEP_COMMAND, "--no-progress"]) == 0
+    assert len(json.loads(out.read_text())["summary"]) == 11 * 6
