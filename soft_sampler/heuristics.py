@@ -298,6 +298,8 @@ Pipeline.preset = classmethod(_pipe_preset)
 
 # %% ../nbs/05_heuristics.ipynb #d388b4f4
 _LLAMA["adaptive_p"] = ("adaptive_p", lambda p: {"adaptive_target": p.get("target", 0.5), "adaptive_decay": p.get("decay", 0.9)})
+_WHOLE_HISTORY = 1 << 20  # llama-server refuses repeat_last_n = -1 (it wants 0 <= n): "every token" is a large window
+_LLAMA["repetition_penalty"] = ("penalties", lambda p: {"repeat_penalty": p["penalty"], "repeat_last_n": _WHOLE_HISTORY})
 
 # %% ../nbs/05_heuristics.ipynb #738821b9
 def _fmt(v) -> str:

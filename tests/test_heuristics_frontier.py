@@ -249,8 +249,7 @@ def test_llama_cpp_preset_gives_the_servers_candidates(real, llama):
     pre, v = Pipeline.preset("llama.cpp"), model.config.vocab_size
     req = {**to_request(pre, "llama.cpp"), "seed": 0}
     for chat in CHATS:
-        ids = tok.apply_chat_template(chat, add_generation_prompt=True, tokenize=True)
-        ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+        ids = list(tok.apply_chat_template(chat, add_generation_prompt=True, return_dict=True)["input_ids"])
         post = _post(_completion(llama.url, ids, req, 1, 200, True)[0])
         raw = _raw_logits(_completion(llama.url, ids, req, 1, 200, False)[0], v)
         ours = torch.softmax(pre(torch.tensor([ids]), raw), -1)[0]
@@ -273,8 +272,7 @@ def test_adaptive_p_follows_the_server_over_one_generation(real, llama):
     v, steps = model.config.vocab_size, 10
     pipe = Pipeline([{"name": "min_p", "p": 0.05}, {"name": "adaptive_p", "target": 0.3, "decay": 0.9}])
     req = {**to_request(pipe, "llama.cpp"), "seed": 3}
-    ids = tok.apply_chat_template(CHATS[2], add_generation_prompt=True, tokenize=True)
-    ids = ids["input_ids"] if isinstance(ids, dict) else list(ids)
+    ids = list(tok.apply_chat_template(CHATS[2], add_generation_prompt=True, return_dict=True)["input_ids"])
     post, raw = _completion(llama.url, ids, req, steps, 100, True), _completion(llama.url, ids, req, steps, 100, False)
     assert [s["id"] for s in post] == [s["id"] for s in raw] and len(post) == steps  # same seed, same tokens
     seq, worst, moved = list(ids), 0.0, 0
