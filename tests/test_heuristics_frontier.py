@@ -255,7 +255,7 @@ def test_llama_cpp_preset_gives_the_servers_candidates(real, llama):
         ours = torch.softmax(pre(torch.tensor([ids]), raw), -1)[0]
         got = {int(i): float(ours[i]) for i in ours.nonzero()[:, 0]}
         assert set(got) == set(post) and 1 < len(post) <= 40, (sorted(got), sorted(post))
-        assert max(abs(got[i] - post[i]) for i in post) < 2e-3
+        assert max(abs(got[i] - post[i]) for i in post) < 1e-5  # measured: ~2e-7
         with torch.no_grad(): local = model(torch.tensor([ids])).logits[0, -1:].double()
         kept = torch.isfinite(pre(torch.tensor([ids]), local))[0]
         lp = torch.log_softmax(local[0], -1)
@@ -282,6 +282,6 @@ def test_adaptive_p_follows_the_server_over_one_generation(real, llama):
         assert set(out.nonzero()[:, 0].tolist()) == set(want)
         worst = max(worst, max(abs(float(out[i]) - p) for i, p in want.items()))
         seq.append(s_raw["id"])
-    assert worst < 3e-3, worst
+    assert worst < 1e-5, worst  # measured: ~6e-8
     ap = pipe[-1].proc
-    assert len(ap.chosen_probs) == steps - 1 and float(ap.weighted_sum / ap.total_weight) != pytest.approx(0.3)  # it adapted
+    assert len(ap.chosen_probs) == steps - 1 and abs(float(ap.weighted_sum[0]) - 0.3 / 0.1) > 1e-3  # the state moved

@@ -70,7 +70,7 @@ SWEEP_COMMAND = ["--temperatures", "0.5", "1.0", "1.5", "2.0", "2.5", "3.0", "--
 @pytest.mark.heavy
 def test_heavy_quality_diversity_sweep(tmp_path):
     "Regenerates results/sweep_quality_diversity.json: `soft-sampler sweep --out DIR --results results/... <SWEEP_COMMAND>`"
-    "(11 samplers x 6 temperatures x 2 seeds; ~75 min on the shared 2-core machine under load, resumable)."
+    "(11 samplers x 6 temperatures x 2 seeds; 42 min with nice on the shared, loaded 2-core machine; resumable)."
     from pathlib import Path
     out = Path(__file__).resolve().parents[1] / "results" / "sweep_quality_diversity.json"
     assert sweep_cli(["--out", str(tmp_path / "sweep"), "--results", str(out), *SWEEP_COMMAND, "--no-progress"]) == 0
