@@ -35,6 +35,7 @@ COMMANDS: dict[str, Command] = {
                      demo=["--min-p", "0.1", "--net", "SimpleDistributionAwareTransform", "--steps", "40", "--vocab", "512", "--batch-size", "8", "--no-progress"]),
     "fidelity": Command("soft_sampler.train:fidelity_cli", "Regenerate the fidelity table: networks x heuristics, trained on synthetic, measured on real logits."),
     "curate": Command("soft_sampler.curation:curate_cli", "Data curation: prompts, candidates, verify, labels, score, train (resumable JSONL stages)."),
+    "train-rl": Command("soft_sampler.sampler_rl:train_rl_cli", "Train a sampler network by reward (arithmetic verifier or VADER), the LM frozen; checkpoints in --out."),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8
