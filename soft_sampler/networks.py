@@ -434,7 +434,7 @@ def transform(self: SamplingNetwork, logp, u, kept):
     h = self.head_out @ _channels_first(self.head_token, e).add_(context).add_(r["db"][..., None]).relu_()
     return u + h + self.gates(f[:, :len(self.gates.names)], r["threshold"][..., None])
 
-# %% ../nbs/08_networks.ipynb #85f04d7f
+# %% ../nbs/08_networks.ipynb #b1ba0df4
 @dataclass
 class SamplerInputs:
     "What a sampler may read at one step besides the logits (each optional)."
@@ -447,7 +447,7 @@ def sampler_logits(net, logits: Float[Tensor, "batch vocab"], inputs: SamplerInp
     if net is None: return logits
     return net(logits, inputs) if getattr(net, "reads_inputs", False) else net(logits)
 
-# %% ../nbs/08_networks.ipynb #89dcbc30
+# %% ../nbs/08_networks.ipynb #7d38827a
 STEP_STATS = ("surprisal", "entropy", "max_log_prob")
 
 def step_stats(logits: Float[Tensor, "batch vocab"], tokens: Int[Tensor, "batch"]) -> Float[Tensor, "batch 3"]:
@@ -456,7 +456,7 @@ def step_stats(logits: Float[Tensor, "batch vocab"], tokens: Int[Tensor, "batch"
     h = -(torch.where(kept, u.exp(), 0) * u).sum(-1)
     return torch.stack([-u.gather(-1, tokens[:, None].to(u.device))[:, 0], h, logp.amax(-1)], -1)
 
-# %% ../nbs/08_networks.ipynb #ac7340a5
+# %% ../nbs/08_networks.ipynb #33925d44
 class LayerReadout:
     "Logit-lens log-probs of chosen layers: final norm + unembedding of `hidden_states[l]` (no parameters of its own)."
     def __init__(self, model, layers: list[int]):  # a causal LM with `.model.norm`; layer indices into `hidden_states`
@@ -473,7 +473,7 @@ class LayerReadout:
         h = torch.stack([hidden_states[l][:, -1] for l in self.layers], 1)
         return self.head(self.norm(h)).float().log_softmax(-1)
 
-# %% ../nbs/08_networks.ipynb #e3cb1f29
+# %% ../nbs/08_networks.ipynb #05e261aa
 @dataclass
 class ContextAwareConfig(NetworkConfig):
     "Configuration of a `ContextAwareTransform`."
@@ -486,12 +486,14 @@ class ContextAwareConfig(NetworkConfig):
     seed: int = 0  # initialisation of the random layers
 
     def __post_init__(self):
-        for n, low in (("hidden", 1), ("stats_hidden", 1), ("state_size", 0), ("n_gates", 1), ("seed", 0)): _check_int(self, n, low)
-        if not isinstance(self.layers, (list, tuple)) or not all(isinstance(l, int) and not isinstance(l, bool) for l in self.layers):
+        for n, low in (("hidden", 1), ("stats_hidden", 1), ("state_size", 0), ("n_gates", 1), ("seed", 0)):
+            _check_int(self, n, low)
+        ok = isinstance(self.layers, (list, tuple)) and all(isinstance(l, int) and not isinstance(l, bool) for l in self.layers)
+        if not ok:
             raise ValueError(f"`layers` must be a list of layer indices, got {self.layers!r}")
         self.layers = list(self.layers)
 
-# %% ../nbs/08_networks.ipynb #783f381b
+# %% ../nbs/08_networks.ipynb #6037a492
 class ContextAwareTransform(LogitsNetwork):
     "Per-token MLP over log-prob + logit-lens channels, conditioned on row statistics and a GRU summary of the history."
     config_class, reads_inputs = ContextAwareConfig, True
@@ -501,13 +503,15 @@ class ContextAwareTransform(LogitsNetwork):
         c, n_ch = self.config, 1 + len(self.config.layers)
         self.scale, self.mlp = nn.Parameter(torch.ones(())), TokenMLP(c.hidden)
         self.w_channels = nn.Parameter(torch.zeros(len(c.layers), c.hidden))  # extra channels' first-layer weights
-        self.gates = SoftTruncation(tuple(f"surprisal_{j}" for j in range(c.n_gates)), [c.gate_threshold] * c.n_gates, signs=[-1.0] * c.n_gates)
+        names = tuple(f"surprisal_{j}" for j in range(c.n_gates))
+        self.gates = SoftTruncation(names, [c.gate_threshold] * c.n_gates, signs=[-1.0] * c.n_gates)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(c.seed)
             self.cell = nn.GRUCell(len(STEP_STATS), c.state_size) if c.state_size else None
-            self.row_head = RowHead(len(STATS) + c.state_size, dict(scale=1, threshold=c.n_gates, db=c.hidden), c.stats_hidden)
+            outputs = dict(scale=1, threshold=c.n_gates, db=c.hidden)
+            self.row_head = RowHead(len(STATS) + c.state_size, outputs, c.stats_hidden)
 
-# %% ../nbs/08_networks.ipynb #725bdad8
+# %% ../nbs/08_networks.ipynb #bbbadff3
 @patch
 def init_state(self: ContextAwareTransform, batch: int) -> Float[Tensor, "batch state"]:
     "The summary before any token: zeros."
@@ -518,7 +522,7 @@ def update_state(self: ContextAwareTransform, state: Tensor, stats: Float[Tensor
     "The summary after one more token, from its `step_stats` (clipped to ±30)."
     return state if self.cell is None else self.cell(stats.clamp(-30, 30).to(state), state)
 
-# %% ../nbs/08_networks.ipynb #c304cb69
+# %% ../nbs/08_networks.ipynb #7d4aead1
 @patch
 def forward(self: ContextAwareTransform, logits: Float[Tensor, "batch vocab"], inputs: SamplerInputs | None = None
            ) -> Float[Tensor, "batch vocab"]:
@@ -529,7 +533,7 @@ def forward(self: ContextAwareTransform, logits: Float[Tensor, "batch vocab"], i
     y = torch.where(kept, self.transform(logp, u, kept, inputs), -math.inf)
     return y.to(logits.dtype)
 
-# %% ../nbs/08_networks.ipynb #520eb423
+# %% ../nbs/08_networks.ipynb #368f2e7a
 @patch
 def transform(self: ContextAwareTransform, logp, u, kept, inputs: SamplerInputs):
     "(scale + r)·u + MLP(u, channels; row shift) + gates, r from the row statistics and the context."
@@ -539,13 +543,14 @@ def transform(self: ContextAwareTransform, logp, u, kept, inputs: SamplerInputs)
     db = r["db"][:, None]
     if c.layers:
         if inputs.channels is None or inputs.channels.shape[1] != len(c.layers):
-            raise ValueError(f"this network reads {len(c.layers)} channel(s) (layers {c.layers}): pass `inputs.channels` [batch, {len(c.layers)}, vocab]")
+            raise ValueError(f"this network reads {len(c.layers)} channel(s) (layers {c.layers}): "
+                             f"pass `inputs.channels` [batch, {len(c.layers)}, vocab]")
         ch = torch.where(kept[:, None], inputs.channels.to(u).clamp_min(-50), 0)
         db = db + ch.mT @ self.w_channels  # [b, v, hidden]
     y = (self.scale + r["scale"]) * u + self.mlp(u, None, db)
     return y + self.gates(u[:, None, :].expand(-1, c.n_gates, -1), r["threshold"][..., None])
 
-# %% ../nbs/08_networks.ipynb #0d852dcf
+# %% ../nbs/08_networks.ipynb #ef069c16
 @dataclass
 class HiddenStateConfig(NetworkConfig):
     "Configuration of a `HiddenStateHead`."
@@ -558,7 +563,7 @@ class HiddenStateConfig(NetworkConfig):
         for n in ("hidden_size", "head_hidden"): _check_int(self, n, 1)
         _check_int(self, "seed", 0); _check_pos(self, "top_p_sharpness")
 
-# %% ../nbs/08_networks.ipynb #cab87633
+# %% ../nbs/08_networks.ipynb #b413ad24
 class HiddenStateHead(LogitsNetwork):
     "Temperature and soft top-p per token, predicted from the last hidden state; the identity at initialisation."
     config_class, reads_inputs = HiddenStateConfig, True
@@ -573,18 +578,20 @@ class HiddenStateHead(LogitsNetwork):
         nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
         self.gate = SoftTruncation(("mass_above",), [1.05], c.top_p_sharpness)  # top-p 1.05 at init: nothing cut
 
-# %% ../nbs/08_networks.ipynb #7c1d9192
+# %% ../nbs/08_networks.ipynb #035e9ff9
 @patch
 def heads(self: HiddenStateHead, hidden: Float[Tensor, "batch dim"]) -> tuple[Tensor, Tensor]:
     "(temperature, top-p) per row."
     o = self.out(self.body(hidden.to(self._device()).float()).relu())
     return (-o[:, 0]).exp(), self.gate.threshold + o[:, 1]
 
+# %% ../nbs/08_networks.ipynb #f07e3437
 @patch
 def forward(self: HiddenStateHead, logits: Float[Tensor, "batch vocab"], inputs: SamplerInputs | None = None) -> Tensor:
     "logits / T, then the soft top-p gate on the mass above each token (rank order of the tempered distribution)."
     check_logits(logits)
-    if inputs is None or inputs.hidden is None: raise ValueError("HiddenStateHead needs `inputs.hidden` (the last hidden state [batch, dim])")
+    if inputs is None or inputs.hidden is None:
+        raise ValueError("HiddenStateHead needs `inputs.hidden` (the last hidden state [batch, dim])")
     _, u, kept = read_logits(logits.to(self._device()))
     o = self.out(self.body(inputs.hidden.to(u).float()).relu())
     removed = torch.where(kept.any(-1, keepdim=True), -math.inf, 0.0)
