@@ -5,18 +5,30 @@
 # %% ../nbs/03_heuristics_hf.ipynb #a99a0c7c
 from __future__ import annotations
 import functools, math
+import numpy as np
 import torch
 from torch import Tensor
 from jaxtyping import Float
 
 # %% auto #0
-__all__ = ['per_row', 'check_logits', 'temperature', 'top_k', 'top_p', 'min_p', 'typical', 'epsilon', 'eta', 'top_h']
+__all__ = ['check_real', 'per_row', 'check_logits', 'cast_logits', 'temperature', 'top_k', 'top_p', 'min_p', 'typical', 'epsilon',
+           'eta', 'top_h']
 
 # %% ../nbs/03_heuristics_hf.ipynb #1ce48705
 def _fmt_range(low, high, low_open, high_open) -> str:
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
     return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+
+def check_real(
+    value,  # a parameter value: a number, or a per-row tensor / list of numbers
+    name: str,  # parameter name, used in the error message
+) -> None:
+    "Raise a `TypeError` naming the parameter unless `value` is a real number or a tensor/list/tuple of them."
+    num = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+    ok = (num(value) or (isinstance(value, Tensor) and not (value.dtype == torch.bool or value.is_complex()))
+          or (isinstance(value, (list, tuple, np.ndarray)) and all(num(x) for x in np.asarray(value, dtype=object).flat)))
+    if not ok: raise TypeError(f"`{name}` must be a real number (or a per-row tensor/list of them), got {type(value).__name__} {value!r:.60}")
 
 def per_row(
     value: float | int | Tensor,  # a Python number or a tensor of shape [batch] (or [batch, 1])
@@ -28,17 +40,21 @@ def per_row(
     high_open: bool = False,  # exclude `high` itself
     integer: bool = False,  # require whole numbers
     dtype: torch.dtype | None = None,  # result dtype (default: float32, or int64 when `integer`)
+    finite: bool = False,  # also refuse ±inf (where an infinite value has no meaning)
 ) -> Tensor:
     "Validate a scalar or per-row parameter and return it as a `[batch, 1]` column on `logits.device`."
     b = logits.shape[0]
     dtype = dtype or (torch.long if integer else torch.float32)
-    what = lambda: f"{'an integer' if integer else 'a number'} in {_fmt_range(low, high, low_open, high_open)}"
+    what = lambda: (f"{'an integer' if integer else 'a finite number' if finite else 'a number'} in "
+                    f"{_fmt_range(low, high, low_open, high_open)}")
     if type(value) in (int, float):  # a Python number: checked in Python, one tensor op (validation stays O(1))
-        bad = (value != value or (integer and not (type(value) is int or value.is_integer()))
+        bad = (value != value or (finite and abs(value) == math.inf)
+               or (integer and not (type(value) is int or value.is_integer()))
                or (low is not None and (value <= low if low_open else value < low))
                or (high is not None and (value >= high if high_open else value > high)))
         if bad: raise ValueError(f"`{name}` must be {what()}, got {value}")
         return torch.full((b, 1), int(value) if integer else value, dtype=dtype, device=logits.device)
+    check_real(value, name)
     v = torch.as_tensor(value, device=logits.device)
     if v.dim() == 2 and v.shape[1] == 1: v = v[:, 0]
     if v.dim() > 1 or (v.dim() == 1 and v.shape[0] != b):
@@ -46,6 +62,7 @@ def per_row(
     if v.dtype == torch.bool or v.is_complex():
         raise TypeError(f"`{name}` must be a real number, got {v.dtype}")
     bad = torch.isnan(v) if v.is_floating_point() else torch.zeros_like(v, dtype=torch.bool)
+    if (integer or finite) and v.is_floating_point(): bad = bad | torch.isinf(v)
     if integer and v.is_floating_point(): bad = bad | (v != v.round())
     if low is not None: bad = bad | ((v <= low) if low_open else (v < low))
     if high is not None: bad = bad | ((v >= high) if high_open else (v > high))
@@ -60,6 +77,22 @@ def check_logits(logits: Tensor, name: str = "logits") -> None:
     if not isinstance(logits, Tensor): raise TypeError(f"`{name}` must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2: raise ValueError(f"`{name}` must have shape [batch, vocab], got {tuple(logits.shape)}")
     if not logits.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {logits.dtype}")
+    if logits.shape[1] == 0: raise ValueError(f"`{name}` must have at least one token (vocab >= 1), got shape {tuple(logits.shape)}")
+
+# %% ../nbs/03_heuristics_hf.ipynb #af4429be
+def cast_logits(
+    values: Float[Tensor, "batch vocab"],  # logits computed in a wider dtype (float32/float64)
+    dtype: torch.dtype,  # the dtype to return (the input logits' dtype)
+) -> Float[Tensor, "batch vocab"]:
+    "`values` in `dtype` without overflow: rows that do not fit are shifted by their max (softmax unchanged), finite stays finite."
+    if values.dtype == dtype: return values
+    big = torch.finfo(dtype).max
+    fin = torch.isfinite(values)
+    over = ((values.abs() > big) & fin).any(-1, keepdim=True)
+    if bool(over.any()):
+        top = values.masked_fill(~fin, -math.inf).amax(-1, keepdim=True)
+        values = torch.where(over, values - top, values)
+    return torch.where(fin, values.clamp(-big, big), values).to(dtype)
 
 # %% ../nbs/03_heuristics_hf.ipynb #95d1563a
 _NEG = float("-inf")
@@ -78,7 +111,7 @@ def _floats(value, name: str, logits: Tensor, **kw) -> Tensor:
 # %% ../nbs/03_heuristics_hf.ipynb #9eb408b7
 def _rowsum(t: Float[Tensor, "b v"], nan: bool = False) -> Float[Tensor, "b 1"]:
     "Row sums (`nansum` if `nan`) in the same order whatever the batch size."
-    two = t if t.shape[0] > 1 else t.expand(2, -1).contiguous()
+    two = t if t.shape[0] != 1 else t.expand(2, -1).contiguous()
     return (torch.nansum if nan else torch.sum)(two, -1, keepdim=True)[:t.shape[0]]
 
 # %% ../nbs/03_heuristics_hf.ipynb #1bc325eb
@@ -112,7 +145,7 @@ def _top_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
 # %% ../nbs/03_heuristics_hf.ipynb #0c66466f
 def _keep_first(remove: Tensor, logits: Tensor, m: Tensor) -> Tensor:
     "Clear `remove` (in place) for each row's `m` largest logits (ties: lower id first)."
-    mmax = int(m.max())
+    mmax = int(m.max()) if m.numel() else 0
     if mmax > 1:
         cols = _top_sorted(logits, mmax)[1]
         first = torch.arange(mmax, device=logits.device) < m
@@ -153,18 +186,28 @@ def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
     i = logits.argmax(-1, keepdim=True)
     return logits.new_full(logits.shape, _NEG).scatter_(1, i, logits.gather(1, i))
 
+def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b v"]:
+    "`logits / t` for t > 0 (number or `[b, 1]`): removed tokens stay -inf (t = inf: flat), no overflow in the dtype."
+    wide = lambda x, t: cast_logits((x.double() / t).masked_fill(x == _NEG, _NEG), x.dtype)
+    if logits.dtype not in (torch.float32, torch.float64): return wide(logits, t)  # half: computed in float64
+    out = logits / t
+    if not isinstance(t, Tensor) and 1 <= t <= torch.finfo(logits.dtype).max: return out  # |l / t| <= |l|: no overflow
+    bad = ~torch.isfinite(out.amax(-1))  # rows that over/underflowed, or -inf / inf (row by row: batch-independent)
+    if bool(bad.any()): out[bad] = wide(logits[bad], t[bad].double() if isinstance(t, Tensor) else t)
+    return out
+
 def temperature(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
-    t: float | Tensor,  # temperature >= 0 (number or per-row `[batch]`); 0 = greedy
+    t: float | Tensor,  # temperature in [0, inf] (number or per-row `[batch]`); 0 = greedy, inf = flat
 ) -> Float[Tensor, "batch vocab"]:
-    "Divide logits by `t`; `t = 0` keeps only the argmax (first index on ties)."
+    "Divide logits by `t`; `t = 0` keeps only the argmax (first index on ties), `t = inf` makes the kept tokens equally likely."
     check_logits(logits)
     if isinstance(t, (int, float)) and not isinstance(t, bool):  # a number: validated without tensors
         if not t >= 0: raise ValueError(f"`t` must be a number in [0, inf), got {t}")
-        return _greedy(logits) if t == 0 else logits / t
+        return _greedy(logits) if t == 0 else _divide(logits, t)
     tc = _floats(t, "t", logits, low=0)
     zero = (tc == 0).squeeze(1)
-    out = (logits / tc.masked_fill(tc == 0, 1)).to(logits.dtype)
+    out = _divide(logits, tc.masked_fill(tc == 0, 1))
     if zero.any(): out[zero] = _greedy(logits[zero])
     return out
 
@@ -177,6 +220,7 @@ def top_k(
     "Keep the `k` largest logits per row (and every token tied with the k-th)."
     check_logits(logits)
     kk = torch.maximum(_ints(k, "k", logits), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
+    if not len(kk): return logits.clone()  # an empty batch
     kmax = int(kk.max())
     if not _blocks_ok(logits, kmax):
         return logits.masked_fill(logits < logits.topk(kmax).values.gather(1, kk - 1), _NEG)
@@ -248,6 +292,7 @@ def min_p(
     pc, m = _floats(p, "p", logits, low=0, high=1), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     cut = logits.amax(-1, keepdim=True) + pc.log().to(logits.dtype)  # p_i < p max_j p_j  <=>  l_i < max_j l_j + log p
     # the top logit always passes, so with m = 1 the rank guard is void; a NaN row (NaN max) keeps everything, as in transformers
+    if not len(m): return logits.clone()  # an empty batch
     if int(m.max()) == 1 and not bool(cut.isnan().any()): return _keep_from(logits, cut)
     return logits.masked_fill(_keep_first(logits < cut, logits, m), _NEG)
 
@@ -400,7 +445,8 @@ def top_h(
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise ValueError(f"`top_n` must be a positive integer or None, got {top_n!r}")
     vals, cols = _top_sorted(logits, min(top_n or logits.shape[1], logits.shape[1]))
-    norm = vals - vals.logsumexp(-1, keepdim=True)  # as torch.distributions.Categorical
+    wide = vals.float() if vals.dtype in (torch.float16, torch.bfloat16) else vals  # half: entropies in float32
+    norm = wide - wide.logsumexp(-1, keepdim=True)  # as torch.distributions.Categorical
     q = norm.softmax(-1)
     tau = -(norm.clamp(min=torch.finfo(norm.dtype).min) * q).sum(-1, keepdim=True) * hc
     keep = (-q * q.log()).cumsum(-1) <= tau
