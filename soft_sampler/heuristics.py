@@ -21,7 +21,7 @@ from .heuristics_ext import __all__ as _ext_all
 from .sampling import StepContext, sample_parser, check_sample_args, run_sample
 
 # %% auto #0
-__all__ = ['STEPS', 'TOKEN_ID_PARAMS', 'NEUTRAL_WARPERS', 'register_step', 'SpecError', 'Step', 'Pipeline',
+__all__ = ['STEPS', 'TOKEN_ID_PARAMS', 'NEUTRAL_WARPERS', 'VLLM_PIPELINE_ARG', 'register_step', 'SpecError', 'Step', 'Pipeline',
            'generate_with_pipeline', 'to_request', 'pipeline_name', 'expand', 'grid', 'add_pipeline_args',
            'pipeline_from_args', 'sample_cli']
 
@@ -353,14 +353,25 @@ def to_request(
     pipeline: Pipeline,  # the steps to express (a `Pipeline` or anything `Pipeline` accepts)
     server: str = "llama.cpp",  # 'llama.cpp', 'vllm' or 'openai'
     history: int = 32768,  # llama.cpp: how many tokens its penalties and DRY look back (>= the server's context)
+    in_engine: bool = False,  # vllm only: ship the whole spec to soft_sampler's in-engine processor (chapter 17)
 ) -> dict:
     "Sampling parameters of an OpenAI-compatible request that make `server` apply exactly `pipeline`."
     if server not in ("llama.cpp", "vllm", "openai"): raise ValueError(f"`server` must be 'llama.cpp', 'vllm' or 'openai', got {server!r}")
     if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history < 2**31:
         raise ValueError(f"`history` must be an integer in [1, 2**31), got {history!r}")
+    if in_engine and server != "vllm": raise ValueError(f"`in_engine` needs server='vllm' (its logits processor), got {server!r}")
     steps = list(Pipeline(pipeline) if not isinstance(pipeline, Pipeline) else pipeline)
     _scalar_params(steps, server)
+    if in_engine: return _to_vllm_processor(steps)
     return _to_llama(steps, history) if server == "llama.cpp" else _to_fixed(steps, server)
+
+# %% ../nbs/05_heuristics.ipynb #fb881fe2
+VLLM_PIPELINE_ARG = "soft_sampler_pipeline"  # the vllm_xargs key VLLMLogitsProcessor reads
+
+def _to_vllm_processor(steps: list) -> dict:
+    "vLLM's neutral native parameters and the spec for the in-engine processor."
+    if not steps: return dict(_FIXED_NEUTRAL["vllm"])  # plain sampling: nothing for the processor to do
+    return {**_FIXED_NEUTRAL["vllm"], "vllm_xargs": {VLLM_PIPELINE_ARG: json.dumps(Pipeline(steps).to_spec())}}
 
 # %% ../nbs/05_heuristics.ipynb #738821b9
 def _fmt(v) -> str:
