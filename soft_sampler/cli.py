@@ -38,6 +38,7 @@ COMMANDS: dict[str, Command] = {
     "fidelity": Command("soft_sampler.train:fidelity_cli", "Regenerate the fidelity table: networks x heuristics, trained on synthetic, measured on real logits."),
     "curate": Command("soft_sampler.curation:curate_cli", "Data curation: prompts, candidates, verify, labels, score, train (resumable JSONL stages)."),
     "sweep": Command("soft_sampler.sweeps:sweep_cli", "Accuracy and diversity per sampler as temperature rises (resumable cells; the papers' figure)."),
+    "train-rl": Command("soft_sampler.sampler_rl:train_rl_cli", "Train a sampler network by reward (arithmetic verifier or VADER), the LM frozen; checkpoints in --out."),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8
