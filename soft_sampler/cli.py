@@ -29,6 +29,8 @@ COMMANDS: dict[str, Command] = {
                      demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response", "I loved it!"]),
     "qalign": Command("soft_sampler.qalign:qalign_cli", "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
                       demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16", "--no-progress"]),
+    "mcmc": Command("soft_sampler.mcmc:mcmc_cli", "MH, block-wise power sampling (Karan & Du) or SMC towards p^α·exp(r/β) (--method mh|power|smc).",
+                    demo=["--method", "power", "--n", "2", "--blocks", "2", "--steps", "1", "--max-new-tokens", "8", "--no-progress"]),
     "soft": Command("soft_sampler.soft:soft_cli", "Soft decoding: feed back mixtures of token embeddings; per-step table.",
                     demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k", "50"]),
     "analyze": Command("soft_sampler.plots:analyze_cli", "Compare a learned sampler with a pipeline token by token; self-contained HTML report."),
@@ -36,6 +38,8 @@ COMMANDS: dict[str, Command] = {
                      demo=["--min-p", "0.1", "--net", "SimpleDistributionAwareTransform", "--steps", "40", "--vocab", "512", "--batch-size", "8", "--no-progress"]),
     "fidelity": Command("soft_sampler.train:fidelity_cli", "Regenerate the fidelity table: networks x heuristics, trained on synthetic, measured on real logits."),
     "curate": Command("soft_sampler.curation:curate_cli", "Data curation: prompts, candidates, verify, labels, score, train (resumable JSONL stages)."),
+    "sweep": Command("soft_sampler.sweeps:sweep_cli", "Accuracy and diversity per sampler as temperature rises (resumable cells; the papers' figure)."),
+    "train-rl": Command("soft_sampler.sampler_rl:train_rl_cli", "Train a sampler network by reward (arithmetic verifier or VADER), the LM frozen; checkpoints in --out."),
 }
 
 # %% ../nbs/01_cli.ipynb #82a2fea8

@@ -21,9 +21,9 @@ from .heuristics_ext import __all__ as _ext_all
 from .sampling import StepContext, sample_parser, check_sample_args, run_sample
 
 # %% auto #0
-__all__ = ['STEPS', 'TOKEN_ID_PARAMS', 'NEUTRAL_WARPERS', 'register_step', 'SpecError', 'Step', 'Pipeline',
-           'generate_with_pipeline', 'to_request', 'pipeline_name', 'expand', 'grid', 'add_pipeline_args',
-           'pipeline_from_args', 'sample_cli']
+__all__ = ['STEPS', 'TERMINAL_STEPS', 'TOKEN_ID_PARAMS', 'NEUTRAL_WARPERS', 'VLLM_PIPELINE_ARG', 'PRESETS', 'register_step',
+           'SpecError', 'Step', 'Pipeline', 'generate_with_pipeline', 'to_request', 'pipeline_name', 'expand', 'grid',
+           'add_pipeline_args', 'pipeline_from_args', 'sample_cli']
 
 # %% ../nbs/05_heuristics.ipynb #c5b8ee9b
 STEPS: dict[str, Callable] = dict(
@@ -38,6 +38,10 @@ def register_step(name: str, fn: Callable) -> Callable:
     if not callable(fn): raise TypeError(f"step {name!r} must be a function or a class, got {type(fn).__name__}")
     STEPS[name] = fn
     return fn
+
+# %% ../nbs/05_heuristics.ipynb #c3921a0e
+STEPS.update(p_less=p_less, p_less_norm=p_less_norm, adaptive_p=AdaptiveP)
+TERMINAL_STEPS = ("mirostat", "adaptive_p")  # steps that choose the token: only last in a pipeline
 
 # %% ../nbs/05_heuristics.ipynb #a9b17ca1
 class SpecError(ValueError):
@@ -157,9 +161,9 @@ class Pipeline(LogitsProcessor):
     def __init__(self, steps: Iterable = ()):
         if isinstance(steps, (dict, str, Step)): steps = [steps]
         self.steps = [_as_step(s, i) for i, s in enumerate(steps)]
-        ms = [i for i, s in enumerate(self.steps) if isinstance(s, Step) and s.name == "mirostat"]
+        ms = [i for i, s in enumerate(self.steps) if isinstance(s, Step) and s.name in TERMINAL_STEPS]
         if ms and ms != [len(self.steps) - 1]:
-            raise SpecError(f"mirostat must be the last step (its μ update uses the distribution the token is drawn from); it is entry {ms[0]} of {len(self.steps)}")
+            raise SpecError(f"{self.steps[ms[0]].name} must be the last step (its state update uses the distribution the token is drawn from); it is entry {ms[0]} of {len(self.steps)}")
 
     def __len__(self): return len(self.steps)
     def __iter__(self): return iter(self.steps)
@@ -353,14 +357,46 @@ def to_request(
     pipeline: Pipeline,  # the steps to express (a `Pipeline` or anything `Pipeline` accepts)
     server: str = "llama.cpp",  # 'llama.cpp', 'vllm' or 'openai'
     history: int = 32768,  # llama.cpp: how many tokens its penalties and DRY look back (>= the server's context)
+    in_engine: bool = False,  # vllm only: ship the whole spec to soft_sampler's in-engine processor (chapter 17)
 ) -> dict:
     "Sampling parameters of an OpenAI-compatible request that make `server` apply exactly `pipeline`."
     if server not in ("llama.cpp", "vllm", "openai"): raise ValueError(f"`server` must be 'llama.cpp', 'vllm' or 'openai', got {server!r}")
     if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history < 2**31:
         raise ValueError(f"`history` must be an integer in [1, 2**31), got {history!r}")
+    if in_engine and server != "vllm": raise ValueError(f"`in_engine` needs server='vllm' (its logits processor), got {server!r}")
     steps = list(Pipeline(pipeline) if not isinstance(pipeline, Pipeline) else pipeline)
     _scalar_params(steps, server)
+    if in_engine: return _to_vllm_processor(steps)
     return _to_llama(steps, history) if server == "llama.cpp" else _to_fixed(steps, server)
+
+# %% ../nbs/05_heuristics.ipynb #fb881fe2
+VLLM_PIPELINE_ARG = "soft_sampler_pipeline"  # the vllm_xargs key VLLMLogitsProcessor reads
+
+def _to_vllm_processor(steps: list) -> dict:
+    "vLLM's neutral native parameters and the spec for the in-engine processor."
+    if not steps: return dict(_FIXED_NEUTRAL["vllm"])  # plain sampling: nothing for the processor to do
+    return {**_FIXED_NEUTRAL["vllm"], "vllm_xargs": {VLLM_PIPELINE_ARG: json.dumps(Pipeline(steps).to_spec())}}
+
+# %% ../nbs/05_heuristics.ipynb #2bcf9d80
+PRESETS = {"llama.cpp": [  # (step, parameters); None: off by default, present only when overridden
+    ("repetition_penalty", {"penalty": 1.0}), ("dry", {"multiplier": 0.0, "base": 1.75, "allowed_length": 2, "penalty_last_n": 64}),
+    ("top_n_sigma", {"n": 0.0}), ("top_k", {"k": 40}), ("typical", None), ("top_p", {"p": 0.95}),
+    ("min_p", {"p": 0.05}), ("xtc", {"threshold": 0.1, "probability": 0.0, "keep_ties": False}), ("temperature", {"t": 0.8})]}
+
+def _pipe_preset(cls, name: str = "llama.cpp",  # a key of `PRESETS`
+                 **overrides: dict) -> Pipeline:  # step name -> parameters replacing the preset's, e.g. top_k={"k": 20}
+    "A named engine chain with its default values: `Pipeline.preset('llama.cpp', temperature={'t': 1.0})`."
+    if name not in PRESETS: raise ValueError(f"`name` must be one of {sorted(PRESETS)}, got {name!r}")
+    chain = PRESETS[name]
+    unknown = [k for k in overrides if k not in dict(chain)]
+    if unknown: raise ValueError(f"preset {name!r} has no step(s) {unknown}; its steps: {[s for s, _ in chain]}")
+    steps = [{"name": s, **(p or {}), **overrides.get(s, {})} for s, p in chain if p is not None or s in overrides]
+    return cls(steps)
+
+Pipeline.preset = classmethod(_pipe_preset)
+
+# %% ../nbs/05_heuristics.ipynb #d388b4f4
+_LLAMA["adaptive_p"] = ("adaptive_p", lambda p: {"adaptive_target": p.get("target", 0.5), "adaptive_decay": p.get("decay", 0.9)})
 
 # %% ../nbs/05_heuristics.ipynb #738821b9
 def _fmt(v) -> str:

@@ -18,7 +18,8 @@ __all__ = ['XTC_STREAM', 'top_n_sigma', 'check_token_ids', 'xtc', 'dynamic_tempe
            'logit_bias', 'history_mask', 'token_counts', 'repetition_penalty', 'presence_penalty', 'frequency_penalty',
            'no_repeat_ngram', 'dry', 'dry_sequence_breakers', 'HistoryProcessor', 'RepetitionPenalty',
            'PresencePenalty', 'FrequencyPenalty', 'NoRepeatNGram', 'DRY', 'XTC', 'mirostat_v2', 'mirostat_v1',
-           'Mirostat']
+           'Mirostat', 'p_less', 'p_less_norm', 'adaptive_p', 'AdaptiveP', 'ClassifierFreeGuidance', 'negative_context',
+           'dola_contrast', 'dola_layers', 'DoLa']
 
 # %% ../nbs/04_heuristics_ext.ipynb #8833053a
 _NEG_INF = float("-inf")
@@ -683,3 +684,240 @@ def _mirostat_call(self: Mirostat, input_ids: Tensor, scores: Tensor, ctx: StepC
     return out
 
 Mirostat.__call__ = _two_arg_call(_mirostat_call)
+
+# %% ../nbs/04_heuristics_ext.ipynb #b432699f
+def _collision(logits: Tensor) -> tuple[Tensor, Tensor]:
+    "Per-row probabilities (float64) and Σp², [rows, 1]."
+    p = torch.softmax(logits.double(), -1).nan_to_num(0.0)
+    return p, p.square().sum(-1, keepdim=True)
+
+def p_less(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
+) -> Float[Tensor, "batch vocab"]:
+    "Keep tokens with p ≥ Σp² (p-less sampling, no hyperparameter)."
+    check_logits(logits)
+    p, s = _collision(logits)
+    return logits.masked_fill(p < s, _NEG_INF)
+
+# %% ../nbs/04_heuristics_ext.ipynb #bb67222f
+def p_less_norm(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
+) -> Float[Tensor, "batch vocab"]:
+    "Keep tokens with p ≥ (n·Σp² − 1)/(n − 1), n = the row's candidates (p-less-norm)."
+    check_logits(logits)
+    p, s = _collision(logits)
+    n = _finite(logits).sum(-1, keepdim=True).double()
+    cut = (n * s - 1) / (n - 1).clamp_min(1)
+    return logits.masked_fill(p < cut, _NEG_INF)
+
+# %% ../nbs/04_heuristics_ext.ipynb #b95415b7
+_AP_WIDTH, _AP_PEAK, _AP_SHARP = 0.3, 5.0, 10.0  # llama.cpp's DISTRIBUTION_WIDTH, PEAK_LOGIT_VALUE, SHARPNESS
+
+def adaptive_p(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
+    target: float | Tensor,  # τ: the probability to steer towards, ≤ 1 (negative: off, per row)
+    weighted_sum: float | Tensor | None = None,  # S: decayed sum of chosen tokens' original probabilities (None: τ/(1-γ))
+    total_weight: float | Tensor | None = None,  # W: decayed count (None: 1/(1-γ)); with S gives the adapted target
+    decay: float | Tensor = 0.9,  # γ in [0, 0.99], used only for the default S and W
+) -> Float[Tensor, "batch vocab"]:
+    "llama.cpp's adaptive-p transform: logits 5 − 10d²/(1+d), d = |p − τ_t|/0.3, τ_t = clip(2τ − S/W, 0, 1)."
+    check_logits(logits)
+    tau = per_row(target, "target", logits, high=1, dtype=torch.float64)
+    g = per_row(decay, "decay", logits, low=0, high=0.99, dtype=torch.float64)
+    s = tau.clamp_min(0) / (1 - g) if weighted_sum is None else per_row(weighted_sum, "weighted_sum", logits, low=0, dtype=torch.float64)
+    w = 1 / (1 - g) if total_weight is None else per_row(total_weight, "total_weight", logits, low=0, dtype=torch.float64)
+    adapted = torch.where(w > 0, 2 * tau.clamp(0, 1) - s / w.clamp_min(1e-300), tau.clamp(0, 1)).clamp(0, 1)
+    d = (torch.softmax(logits.double(), -1).nan_to_num(0.0) - adapted).abs() / _AP_WIDTH
+    out = (_AP_PEAK - _AP_SHARP * d.square() / (1 + d)).to(logits.dtype)
+    return torch.where(_finite(logits) & (tau >= 0), out, logits)
+
+# %% ../nbs/04_heuristics_ext.ipynb #d29bc581
+class AdaptiveP:
+    "Adaptive-p as a stateful loop processor: per-row decayed average of the chosen tokens' original probability."
+    def __init__(self, target: float | Sequence[float] = 0.5,  # τ ≤ 1 (negative: off), a number or one per row
+                 decay: float | Sequence[float] = 0.9):  # γ in [0, 0.99], a number or one per row
+        t, g = torch.as_tensor(target, dtype=torch.float64), torch.as_tensor(decay, dtype=torch.float64)
+        if t.isnan().any() or (t > 1).any(): raise ValueError(f"`target` must be a number ≤ 1 (negative: off), got {target}")
+        if g.isnan().any() or (g < 0).any() or (g > 0.99).any(): raise ValueError(f"`decay` must be a number in [0, 0.99], got {decay}")
+        self.target, self.decay, self.__signature__ = target, decay, _LOOP_SIGNATURE
+        self.reset()
+
+    def reset(self):
+        "Start over: every row from S = τ/(1-γ), W = 1/(1-γ) at the next call."
+        self.weighted_sum, self.total_weight, self._probs, self._ids, self._rows, self.chosen_probs = None, None, None, None, None, []
+
+# %% ../nbs/04_heuristics_ext.ipynb #c08065c8
+def _ap_params(self: AdaptiveP, scores: Tensor) -> tuple[Tensor, Tensor]:
+    "τ and γ as per-row [rows] float64 tensors (a list parameter is one value per row)."
+    t, g = (torch.as_tensor(v, dtype=torch.float64).reshape(-1) for v in (self.target, self.decay))
+    b = scores.shape[0]
+    if any(x.numel() not in (1, b) for x in (t, g)): raise ValueError(f"AdaptiveP: `target`/`decay` lists need one value per row ({b})")
+    return tuple(x.expand(b).clone() for x in (t, g))
+
+def _ap_update(self: AdaptiveP, idx: Tensor, chosen: Tensor) -> None:
+    "S ← p_orig(chosen) + γS, W ← 1 + γW for the rows `idx` of the last call (others: finished, dropped)."
+    p = self._probs[idx].gather(1, chosen.reshape(-1, 1).cpu())[:, 0]
+    g = self._gamma[idx]
+    on = self._tau[idx] >= 0
+    self.weighted_sum = torch.where(on, p + g * self.weighted_sum[idx], self.weighted_sum[idx])
+    self.total_weight = torch.where(on, 1 + g * self.total_weight[idx], self.total_weight[idx])
+    self._tau, self._gamma, self._rows = self._tau[idx], self._gamma[idx], self._rows[idx]
+    self.chosen_probs.append(p)
+
+AdaptiveP._params, AdaptiveP._update = _ap_params, _ap_update
+
+# %% ../nbs/04_heuristics_ext.ipynb #3284ca64
+def _ap_follow(self: AdaptiveP, input_ids: Tensor, ctx: StepContext | None) -> None:
+    "Match this call's rows to the last call's and record the token each chose (the last column now)."
+    rows = ctx.row_ids.cpu() if ctx is not None else torch.arange(input_ids.shape[0])
+    prev = {int(r): i for i, r in enumerate(self._rows.tolist())}
+    if any(int(r) not in prev for r in rows.tolist()) or input_ids.shape[1] != self._ids.shape[1] + 1:
+        raise ValueError("AdaptiveP keeps one state per sampled row: the rows or the sequence length changed "
+                         "(beam search, a skipped step, or a new generation without `reset()`)")
+    idx = torch.tensor([prev[int(r)] for r in rows.tolist()], dtype=torch.long)
+    self._update(idx, input_ids[:, -1])
+
+def _ap_call(self: AdaptiveP, input_ids: Tensor, scores: Tensor, ctx: StepContext | None = None) -> Tensor:
+    check_logits(scores, "scores")
+    if self.weighted_sum is None:
+        self._tau, self._gamma = self._params(scores)
+        self.weighted_sum, self.total_weight = self._tau.clamp_min(0) / (1 - self._gamma), 1 / (1 - self._gamma)
+        self._rows = ctx.row_ids.cpu() if ctx is not None else torch.arange(scores.shape[0])
+    else: self._follow(input_ids, ctx)
+    self._probs, self._ids = torch.softmax(scores.double(), -1).nan_to_num(0.0).cpu(), input_ids.cpu()
+    return adaptive_p(scores, self._tau.to(scores.device), self.weighted_sum.to(scores.device),
+                      self.total_weight.to(scores.device), self._gamma.to(scores.device))
+
+AdaptiveP._follow, AdaptiveP.__call__ = _ap_follow, _two_arg_call(_ap_call)
+
+# %% ../nbs/04_heuristics_ext.ipynb #019a76b0
+class ClassifierFreeGuidance:
+    "CFG for LMs: log p_u + s·(log p_c − log p_u), with p_u from a negative/unconditional context and its own KV cache."
+    def __init__(self, model,  # the causal LM the loop samples from
+                 guidance_scale: float | Sequence[float] = 1.5,  # s ≥ 0 (1: off), a number or one per row
+                 negative_prompt_ids: Sequence[int] | Sequence[Sequence[int]] | None = None,  # one id list, one per row, or None
+                 ):
+        s = torch.as_tensor(guidance_scale, dtype=torch.float64)
+        if s.isnan().any() or (s < 0).any(): raise ValueError(f"`guidance_scale` must be a number ≥ 0 (or one per row), got {guidance_scale}")
+        self.model, self.guidance_scale, self.negative_prompt_ids = model, guidance_scale, negative_prompt_ids
+        self.__signature__ = _LOOP_SIGNATURE
+        self.reset()
+
+    def reset(self):
+        "Forget the negative context's KV cache (a new generation starts from the negative prompt again)."
+        self.cache, self.mask, self._len = None, None, None
+
+# %% ../nbs/04_heuristics_ext.ipynb #60748ee6
+def _negative_rows(self: ClassifierFreeGuidance, input_ids: Tensor) -> list[list[int]]:
+    b, neg = input_ids.shape[0], self.negative_prompt_ids
+    if neg is None: return [[int(t)] for t in input_ids[:, -1].tolist()]
+    rows = [list(neg)] * b if len(neg) and isinstance(neg[0], (int, np.integer)) else [list(r) for r in neg]
+    if len(rows) != b or any(len(r) == 0 for r in rows):
+        raise ValueError(f"`negative_prompt_ids` must be one non-empty id list or {b} of them (one per row), got {len(rows)}")
+    return rows
+
+def negative_context(rows: list[list[int]], device=None) -> tuple[Tensor, Tensor]:
+    "Left-padded ids and attention mask of the negative prompts (pad id 0, masked)."
+    w = max(len(r) for r in rows)
+    ids = torch.zeros(len(rows), w, dtype=torch.long); mask = torch.zeros(len(rows), w, dtype=torch.long)
+    for i, r in enumerate(rows): ids[i, w - len(r):] = torch.tensor(r); mask[i, w - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+ClassifierFreeGuidance._negative_rows = _negative_rows
+
+# %% ../nbs/04_heuristics_ext.ipynb #009058ef
+@torch.no_grad()
+def _uncond_logits(self: ClassifierFreeGuidance, input_ids: Tensor) -> Tensor:
+    "Next-token log-probs of the negative context, advanced by the token each row chose since the last call."
+    dev = self.model.device
+    if self.cache is None: ids, self.mask = negative_context(self._negative_rows(input_ids), dev)
+    else:
+        if input_ids.shape[1] != self._len + 1: raise ValueError("ClassifierFreeGuidance follows one generation step by step: call `reset()` before a new one")
+        ids = input_ids[:, -1:].to(dev); self.mask = torch.cat([self.mask, torch.ones_like(ids)], 1)
+    pos = (self.mask.cumsum(-1) - 1).clamp_min(0)[:, -ids.shape[1]:]
+    out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=self.cache, use_cache=True)
+    self.cache, self._len = out.past_key_values, input_ids.shape[1]
+    return torch.log_softmax(out.logits[:, -1].float(), -1)
+
+def _cfg_call(self: ClassifierFreeGuidance, input_ids: Tensor, scores: Tensor, ctx: StepContext | None = None) -> Tensor:
+    check_logits(scores, "scores")
+    s = per_row(self.guidance_scale if not isinstance(self.guidance_scale, (list, tuple)) else torch.tensor(self.guidance_scale),
+                "guidance_scale", scores, low=0, dtype=scores.dtype)
+    cond, uncond = torch.log_softmax(scores, -1), self._uncond_logits(input_ids).to(scores.device, scores.dtype)
+    return torch.where(cond > _NEG_INF, uncond + s * (cond - uncond), cond)
+
+ClassifierFreeGuidance._uncond_logits, ClassifierFreeGuidance.__call__ = _uncond_logits, _two_arg_call(_cfg_call)
+
+# %% ../nbs/04_heuristics_ext.ipynb #e2d6e080
+def dola_contrast(
+    final_logits: Float[Tensor, "batch vocab"],  # q_N's logits (the loop's scores)
+    premature_logits: Float[Tensor, "layers batch vocab"],  # early-exit logits of the candidate layers J
+    alpha: float = 0.1,  # plausibility: keep tokens with q_N ≥ alpha · max q_N, in (0, 1]
+) -> tuple[Float[Tensor, "batch vocab"], Int[Tensor, "batch"]]:
+    "DoLa's contrast: log q_N − log q_M on V_head, M the candidate with the largest JSD(q_N ‖ q_j); also M's index in J."
+    check_logits(final_logits, "final_logits")
+    if premature_logits.dim() != 3 or premature_logits.shape[1:] != final_logits.shape:
+        raise ValueError(f"`premature_logits` must have shape [layers, {', '.join(map(str, final_logits.shape))}], got {tuple(premature_logits.shape)}")
+    if not 0 < alpha <= 1: raise ValueError(f"`alpha` must be a number in (0, 1], got {alpha}")
+    lq, lp = torch.log_softmax(final_logits.double(), -1), torch.log_softmax(premature_logits.double(), -1)
+    q, p = lq.exp(), lp.exp()
+    lm = ((q + p) / 2).clamp_min(1e-300).log()
+    jsd = 0.5 * ((torch.xlogy(q, q) - q * lm).sum(-1) + (torch.xlogy(p, p) - p * lm).sum(-1))  # [layers, batch]
+    best = jsd.argmax(0)
+    contrast = lq - lp[best, torch.arange(lq.shape[0], device=lq.device)]
+    head = lq >= lq.amax(-1, keepdim=True) + math.log(alpha)
+    return contrast.masked_fill(~head, _NEG_INF).to(final_logits.dtype), best
+
+# %% ../nbs/04_heuristics_ext.ipynb #36096204
+def dola_layers(layers: str | Sequence[int], num_layers: int, tied: bool = False) -> list[int]:
+    "Candidate premature layers: 'low'/'high' (every second layer of the lower/upper half) or explicit indices."
+    if isinstance(layers, str):
+        if layers not in ("low", "high"): raise ValueError(f"`layers` must be 'low', 'high' or a list of layer indices, got {layers!r}")
+        start, half = (2 if tied else 0), num_layers // 2
+        out = list(range(start, half, 2)) if layers == "low" else list(range(half, num_layers, 2))
+        return out or [min(start, num_layers - 1)]
+    out = [int(j) for j in layers]
+    if not out or any(not 0 <= j < num_layers for j in out): raise ValueError(f"`layers` must be indices in [0, {num_layers}) (premature: not the last), got {list(layers)}")
+    return out
+
+# %% ../nbs/04_heuristics_ext.ipynb #36185b62
+class DoLa:
+    "DoLa as a loop processor: early-exit logits of the candidate layers from its own KV-cached forward, then `dola_contrast`."
+    def __init__(self, model,  # the causal LM the loop samples from
+                 layers: str | Sequence[int] = "high",  # 'low', 'high' or hidden-state indices of the candidates
+                 alpha: float = 0.1,  # adaptive plausibility constraint, in (0, 1]
+                 final_norm: bool = True):  # early exit through the model's final norm (False: the LM head only)
+        if not 0 < alpha <= 1: raise ValueError(f"`alpha` must be a number in (0, 1], got {alpha}")
+        cfg = model.config.get_text_config() if hasattr(model.config, "get_text_config") else model.config
+        self.layers = dola_layers(layers, cfg.num_hidden_layers, bool(getattr(cfg, "tie_word_embeddings", False)))
+        self.model, self.alpha, self.final_norm, self.__signature__ = model, alpha, final_norm, _LOOP_SIGNATURE
+        self.reset()
+
+    def reset(self):
+        "Forget the KV cache and the layers chosen (call between generations; the loop does)."
+        self.cache, self._len, self.chosen = None, None, []
+
+# %% ../nbs/04_heuristics_ext.ipynb #71450282
+@torch.no_grad()
+def _premature_logits(self: DoLa, input_ids: Tensor, mask: Tensor | None) -> Float[Tensor, "layers batch vocab"]:
+    "Early-exit logits of the candidate layers at the last position (advancing the processor's KV cache)."
+    dev = self.model.device
+    mask = (torch.ones_like(input_ids) if mask is None else mask).to(dev)
+    new = input_ids if self.cache is None else input_ids[:, -1:]
+    if self.cache is not None and input_ids.shape[1] != self._len + 1: raise ValueError("DoLa follows one generation step by step: call `reset()` before a new one")
+    pos = (mask.cumsum(-1) - 1).clamp_min(0)[:, -new.shape[1]:]
+    out = self.model(input_ids=new.to(dev), attention_mask=mask, position_ids=pos, past_key_values=self.cache,
+                     use_cache=True, output_hidden_states=True)
+    self.cache, self._len = out.past_key_values, input_ids.shape[1]
+    h = torch.stack([out.hidden_states[j][:, -1] for j in self.layers])
+    norm = getattr(self.model.get_decoder(), "norm", None) if self.final_norm else None
+    return self.model.get_output_embeddings()(norm(h) if norm is not None else h).float()
+
+def _dola_call(self: DoLa, input_ids: Tensor, scores: Tensor, ctx: StepContext | None = None) -> Tensor:
+    check_logits(scores, "scores")
+    mask = getattr(ctx, "attention_mask", None) if ctx is not None else None
+    out, best = dola_contrast(scores, self.premature_logits(input_ids, mask).to(scores.device), self.alpha)
+    self.chosen.append(torch.tensor(self.layers)[best.cpu()])
+    return out
+
+DoLa.premature_logits, DoLa.__call__ = _premature_logits, _two_arg_call(_dola_call)

@@ -5,7 +5,7 @@
 # %% ../nbs/08_networks.ipynb #9c5be6d3
 from __future__ import annotations
 import json, math, os, tempfile
-from dataclasses import dataclass, asdict, fields, replace
+from dataclasses import dataclass, asdict, field, fields, replace
 from pathlib import Path
 import numpy as np
 import torch, yaml
@@ -19,10 +19,12 @@ from transformers import LogitsProcessor
 from .heuristics_hf import check_logits
 
 # %% auto #0
-__all__ = ['STATS', 'NETWORK_LIMITS', 'NETWORKS', 'read_logits', 'row_stats', 'SoftTruncation', 'TokenMLP', 'NetworkConfig',
-           'LogitsNetwork', 'load_network', 'NetworkProcessor', 'describe', 'LocalConfig', 'LocalProbabilityTransform',
-           'RowHead', 'DistributionAwareConfig', 'SimpleDistributionAwareTransform', 'SamplingNetworkConfig',
-           'SamplingNetwork', 'linear_attention']
+__all__ = ['STATS', 'NETWORK_LIMITS', 'NETWORKS', 'STEP_STATS', 'read_logits', 'row_stats', 'SoftTruncation', 'TokenMLP',
+           'NetworkConfig', 'LogitsNetwork', 'load_network', 'NetworkProcessor', 'describe', 'LocalConfig',
+           'LocalProbabilityTransform', 'RowHead', 'DistributionAwareConfig', 'SimpleDistributionAwareTransform',
+           'SamplingNetworkConfig', 'SamplingNetwork', 'linear_attention', 'SamplerInputs', 'sampler_logits',
+           'step_stats', 'LayerReadout', 'ContextAwareConfig', 'ContextAwareTransform', 'HiddenStateConfig',
+           'HiddenStateHead']
 
 # %% ../nbs/08_networks.ipynb #31692da7
 def read_logits(logits: Float[Tensor, "batch vocab"]) -> tuple[Tensor, Tensor, Tensor]:
@@ -436,3 +438,169 @@ def transform(self: SamplingNetwork, logp, u, kept):
     r = self.row_head(torch.cat([s, pooled], -1))
     h = self.head_out @ _channels_first(self.head_token, e).add_(context).add_(r["db"][..., None]).relu_()
     return u + h + self.gates(f[:, :len(self.gates.names)], r["threshold"][..., None])
+
+# %% ../nbs/08_networks.ipynb #b1ba0df4
+@dataclass
+class SamplerInputs:
+    "What a sampler may read at one step besides the logits (each optional)."
+    hidden: Float[Tensor, "batch dim"] | None = None  # the model's last hidden state at this step
+    channels: Float[Tensor, "batch channels vocab"] | None = None  # extra per-token channels (`LayerReadout`)
+    context: Float[Tensor, "batch state"] | None = None  # recurrent summary of the generation so far
+
+def sampler_logits(net, logits: Float[Tensor, "batch vocab"], inputs: SamplerInputs | None = None) -> Tensor:
+    "`net`'s logits for one step (None: the identity); networks with `reads_inputs` also get `inputs`."
+    if net is None: return logits
+    return net(logits, inputs) if getattr(net, "reads_inputs", False) else net(logits)
+
+# %% ../nbs/08_networks.ipynb #7d38827a
+STEP_STATS = ("surprisal", "entropy", "max_log_prob")
+
+def step_stats(logits: Float[Tensor, "batch vocab"], tokens: Int[Tensor, "batch"]) -> Float[Tensor, "batch 3"]:
+    "Per row: surprisal −log p of the chosen token, entropy and max log-prob of softmax(`logits`) (nats)."
+    logp, u, kept = read_logits(logits)
+    h = -(torch.where(kept, u.exp(), 0) * u).sum(-1)
+    return torch.stack([-u.gather(-1, tokens[:, None].to(u.device))[:, 0], h, logp.amax(-1)], -1)
+
+# %% ../nbs/08_networks.ipynb #33925d44
+class LayerReadout:
+    "Logit-lens log-probs of chosen layers: final norm + unembedding of `hidden_states[l]` (no parameters of its own)."
+    def __init__(self, model, layers: list[int]):  # a causal LM with `.model.norm`; layer indices into `hidden_states`
+        n = model.config.num_hidden_layers
+        bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n]
+        if not layers or bad: raise ValueError(f"`layers` must be a non-empty list of integers in [0, {n}), got {layers!r}")
+        norm = getattr(getattr(model, "model", None), "norm", None)
+        if norm is None: raise TypeError(f"{type(model).__name__} has no `.model.norm` (the final norm) to read layers with")
+        self.layers, self.norm, self.head = list(layers), norm, model.get_output_embeddings()
+
+    @torch.no_grad()
+    def __call__(self, hidden_states) -> Float[Tensor, "batch layers vocab"]:
+        "Readouts at the last position from a model output's `hidden_states` (tuple of `[batch, seq, dim]`)."
+        h = torch.stack([hidden_states[l][:, -1] for l in self.layers], 1)
+        return self.head(self.norm(h)).float().log_softmax(-1)
+
+# %% ../nbs/08_networks.ipynb #05e261aa
+@dataclass
+class ContextAwareConfig(NetworkConfig):
+    "Configuration of a `ContextAwareTransform`."
+    hidden: int = 8  # width of the per-token MLP
+    stats_hidden: int = 16  # hidden ReLU units of the row head
+    state_size: int = 8  # width of the recurrent summary (0: stateless)
+    layers: list = field(default_factory=list)  # `LayerReadout` layers read as extra channels (empty: none)
+    n_gates: int = 2  # surprisal gates with statistics-dependent thresholds
+    gate_threshold: float = 10.0  # initial θ of every gate (inactive at init: strength 0)
+    seed: int = 0  # initialisation of the random layers
+
+    def __post_init__(self):
+        for n, low in (("hidden", 1), ("stats_hidden", 1), ("state_size", 0), ("n_gates", 1), ("seed", 0)):
+            _check_int(self, n, low)
+        ok = isinstance(self.layers, (list, tuple)) and all(isinstance(l, int) and not isinstance(l, bool) for l in self.layers)
+        if not ok:
+            raise ValueError(f"`layers` must be a list of layer indices, got {self.layers!r}")
+        self.layers = list(self.layers)
+
+# %% ../nbs/08_networks.ipynb #6037a492
+class ContextAwareTransform(LogitsNetwork):
+    "Per-token MLP over log-prob + logit-lens channels, conditioned on row statistics and a GRU summary of the history."
+    config_class, reads_inputs = ContextAwareConfig, True
+
+    def __init__(self, config: ContextAwareConfig | None = None, **overrides):
+        super().__init__(config, **overrides)
+        c, n_ch = self.config, 1 + len(self.config.layers)
+        self.scale, self.mlp = nn.Parameter(torch.ones(())), TokenMLP(c.hidden)
+        self.w_channels = nn.Parameter(torch.zeros(len(c.layers), c.hidden))  # extra channels' first-layer weights
+        names = tuple(f"surprisal_{j}" for j in range(c.n_gates))
+        self.gates = SoftTruncation(names, [c.gate_threshold] * c.n_gates, signs=[-1.0] * c.n_gates)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            self.cell = nn.GRUCell(len(STEP_STATS), c.state_size) if c.state_size else None
+            outputs = dict(scale=1, threshold=c.n_gates, db=c.hidden)
+            self.row_head = RowHead(len(STATS) + c.state_size, outputs, c.stats_hidden)
+
+# %% ../nbs/08_networks.ipynb #bbbadff3
+@patch
+def init_state(self: ContextAwareTransform, batch: int) -> Float[Tensor, "batch state"]:
+    "The summary before any token: zeros."
+    return torch.zeros(batch, self.config.state_size, device=self._device())
+
+@patch
+def update_state(self: ContextAwareTransform, state: Tensor, stats: Float[Tensor, "batch 3"]) -> Tensor:
+    "The summary after one more token, from its `step_stats` (clipped to ±30)."
+    return state if self.cell is None else self.cell(stats.clamp(-30, 30).to(state), state)
+
+# %% ../nbs/08_networks.ipynb #7d4aead1
+@patch
+def forward(self: ContextAwareTransform, logits: Float[Tensor, "batch vocab"], inputs: SamplerInputs | None = None
+           ) -> Float[Tensor, "batch vocab"]:
+    "New logits from `logits` and the optional channels and context of `inputs`."
+    check_logits(logits)
+    inputs = inputs or SamplerInputs()
+    logp, u, kept = read_logits(logits.to(self._device()))
+    y = torch.where(kept, self.transform(logp, u, kept, inputs), -math.inf)
+    return y.to(logits.dtype)
+
+# %% ../nbs/08_networks.ipynb #368f2e7a
+@patch
+def transform(self: ContextAwareTransform, logp, u, kept, inputs: SamplerInputs):
+    "(scale + r)·u + MLP(u, channels; row shift) + gates, r from the row statistics and the context."
+    c, b = self.config, u.shape[0]
+    ctx = inputs.context if inputs.context is not None else torch.zeros(b, c.state_size, device=u.device)
+    r = self.row_head(torch.cat([row_stats(logp, u, kept), ctx.to(u)], -1))
+    db = r["db"][:, None]
+    if c.layers:
+        if inputs.channels is None or inputs.channels.shape[1] != len(c.layers):
+            raise ValueError(f"this network reads {len(c.layers)} channel(s) (layers {c.layers}): "
+                             f"pass `inputs.channels` [batch, {len(c.layers)}, vocab]")
+        ch = torch.where(kept[:, None], inputs.channels.to(u).clamp_min(-50), 0)
+        db = db + ch.mT @ self.w_channels  # [b, v, hidden]
+    y = (self.scale + r["scale"]) * u + self.mlp(u, None, db)
+    return y + self.gates(u[:, None, :].expand(-1, c.n_gates, -1), r["threshold"][..., None])
+
+# %% ../nbs/08_networks.ipynb #ef069c16
+@dataclass
+class HiddenStateConfig(NetworkConfig):
+    "Configuration of a `HiddenStateHead`."
+    hidden_size: int = 576  # the language model's hidden width (576 for the embedded model)
+    head_hidden: int = 32  # hidden units of the head
+    top_p_sharpness: float = 50.0  # β of the soft top-p gate, per unit of probability mass
+    seed: int = 0  # initialisation of the head's first layer
+
+    def __post_init__(self):
+        for n in ("hidden_size", "head_hidden"): _check_int(self, n, 1)
+        _check_int(self, "seed", 0); _check_pos(self, "top_p_sharpness")
+
+# %% ../nbs/08_networks.ipynb #b413ad24
+class HiddenStateHead(LogitsNetwork):
+    "Temperature and soft top-p per token, predicted from the last hidden state; the identity at initialisation."
+    config_class, reads_inputs = HiddenStateConfig, True
+
+    def __init__(self, config: HiddenStateConfig | None = None, **overrides):
+        super().__init__(config, **overrides)
+        c = self.config
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(c.seed)
+            self.body = nn.Linear(c.hidden_size, c.head_hidden)
+        self.out = nn.Linear(c.head_hidden, 2)  # log 1/temperature, top-p offset: zero at init
+        nn.init.zeros_(self.out.weight); nn.init.zeros_(self.out.bias)
+        self.gate = SoftTruncation(("mass_above",), [1.05], c.top_p_sharpness)  # top-p 1.05 at init: nothing cut
+
+# %% ../nbs/08_networks.ipynb #035e9ff9
+@patch
+def heads(self: HiddenStateHead, hidden: Float[Tensor, "batch dim"]) -> tuple[Tensor, Tensor]:
+    "(temperature, top-p) per row."
+    o = self.out(self.body(hidden.to(self._device()).float()).relu())
+    return (-o[:, 0]).exp(), self.gate.threshold + o[:, 1]
+
+# %% ../nbs/08_networks.ipynb #f07e3437
+@patch
+def forward(self: HiddenStateHead, logits: Float[Tensor, "batch vocab"], inputs: SamplerInputs | None = None) -> Tensor:
+    "logits / T, then the soft top-p gate on the mass above each token (rank order of the tempered distribution)."
+    check_logits(logits)
+    if inputs is None or inputs.hidden is None:
+        raise ValueError("HiddenStateHead needs `inputs.hidden` (the last hidden state [batch, dim])")
+    _, u, kept = read_logits(logits.to(self._device()))
+    o = self.out(self.body(inputs.hidden.to(u).float()).relu())
+    removed = torch.where(kept.any(-1, keepdim=True), -math.inf, 0.0)
+    logp = torch.where(kept, u * o[:, :1].exp(), removed).log_softmax(-1)
+    _, above = _ranked_mass(logp, torch.where(kept, logp.exp(), 0), descending=True)
+    y = torch.where(kept, logp, 0) + self.gate(above[:, None], o[:, 1:, None])
+    return torch.where(kept, y, -math.inf).to(logits.dtype)

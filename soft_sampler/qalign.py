@@ -22,11 +22,12 @@ from .sampling import keyed_uniform, StepContext, sample_from_logits, _is_chat, 
 from .rewards import NumericAnswer, FormatReward, last_number
 
 # %% auto #0
-__all__ = ['TOKEN_STREAM', 'CUT_STREAM', 'ACCEPT_STREAM', 'log_acceptance', 'choose_cuts', 'prompt_cache', 'sample_suffixes',
-           'reference_suffix', 'enumerate_responses', 'token_logprobs', 'KeepTokens', 'QAlign', 'encode_prompts',
-           'QAlignResult', 'effective_sample_size', 'ChainCheckpointError', 'describe', 'transition_matrix',
-           'aligned_distribution', 'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1',
-           'majority_vote', 'softmax_weights', 'mbr_index', 'Answer', 'IndependentSamples', 'qalign_cli']
+__all__ = ['TOKEN_STREAM', 'CUT_STREAM', 'ACCEPT_STREAM', 'Checkpoint', 'gc_paused', 'resolve_stop_ids', 'check_int',
+           'log_acceptance', 'choose_cuts', 'prompt_cache', 'sample_suffixes', 'reference_suffix',
+           'enumerate_responses', 'token_logprobs', 'KeepTokens', 'QAlign', 'encode_prompts', 'QAlignResult',
+           'effective_sample_size', 'ChainCheckpointError', 'describe', 'transition_matrix', 'aligned_distribution',
+           'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1', 'majority_vote', 'softmax_weights',
+           'mbr_index', 'Answer', 'IndependentSamples', 'qalign_cli']
 
 # %% ../nbs/10_qalign.ipynb #cef3a380
 def log_acceptance(
@@ -504,6 +505,9 @@ def run(
         out = [self._run_prompt(k, p, chains, steps, max_new_tokens, pipeline, seed, warm and warm[k], ck, bar)
                for k, p in enumerate(ids)]
     return out[0] if single else out
+
+# %% ../nbs/10_qalign.ipynb #a1b2c3d5
+Checkpoint, gc_paused, resolve_stop_ids, check_int = _Checkpoint, _gc_paused, _stop_ids, _check_int  # for mcmc
 
 # %% ../nbs/10_qalign.ipynb #37e00ab1
 @patch

@@ -63,6 +63,7 @@ class StepContext:
     row_ids: Int[Tensor, "batch"]  # stable id of each row (prompt index * n + sample index)
     seed: int = 0  # the run's seed
     attempt: Int[Tensor, "batch"] | int = 0  # retries at this position (backtracking samplers)
+    attention_mask: Int[Tensor, "batch seq"] | None = None  # the loop's mask of `input_ids` (0: left padding), this step
 
     def positions(self, input_ids: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch"]:
         "Index, within each row's response, of the token being chosen now."
@@ -413,6 +414,7 @@ def _run(model, plan: _Plan, n, max_new_tokens, procs, do_sample, keep_logits, k
         logits, cache = _forward(model, accepts, b.ids[:, :w], b.mask[:, :w], b.pos, None)
         pos = b.pos[:, -1:]
         for t in trange(max_new_tokens, disable=not progress, desc="generate", leave=False):
+            ctx.attention_mask = b.mask[:, :w + t]
             proc = apply_processors(procs, b.ids[:, :w + t], logits, ctx)
             sm = _Softmax(proc)
             bad = ~torch.isfinite(sm.max[:, 0]) & ~finished

@@ -23,11 +23,12 @@ from .networks import NETWORKS, LogitsNetwork, load_network
 # %% auto #0
 __all__ = ['FIDELITY_TARGETS', 'FIDELITY_NETWORKS', 'EVAL_PROMPTS', 'FIDELITY_COLUMNS', 'synthetic_logits', 'LogitsSource',
            'SyntheticLogits', 'LogitsDataset', 'ReplayedLogits', 'replay_logits', 'as_target', 'pipeline_targets',
-           'TrainConfig', 'make_optimizer', 'TrainState', 'save_checkpoint', 'CheckpointError', 'checkpoint_candidates',
-           'latest_checkpoint', 'load_checkpoint', 'TrainResult', 'run_fingerprint', 'check_resumable', 'resume_run',
-           'clear_checkpoints', 'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits',
-           'evaluate_sampler', 'fidelity_table', 'pipeline_name_of', 'write_csv_atomic', 'train_cli', 'fidelity_cli',
-           'read_fidelity', 'plot_fidelity', 'fidelity_over_seeds', 'plot_fidelity_spread']
+           'TrainConfig', 'make_optimizer', 'optimizer_tensors', 'load_optimizer_tensors', 'write_text_atomic',
+           'TrainState', 'save_checkpoint', 'CheckpointError', 'checkpoint_candidates', 'latest_checkpoint',
+           'load_checkpoint', 'TrainResult', 'run_fingerprint', 'check_resumable', 'resume_run', 'clear_checkpoints',
+           'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits', 'evaluate_sampler',
+           'fidelity_table', 'pipeline_name_of', 'write_csv_atomic', 'train_cli', 'fidelity_cli', 'read_fidelity',
+           'plot_fidelity', 'fidelity_over_seeds', 'plot_fidelity_spread']
 
 # %% ../nbs/09_train.ipynb #f714bc5c
 def synthetic_logits(
@@ -261,6 +262,19 @@ def _load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], grou
         _, i, k = name.split(".", 2)
         state.setdefault(int(i), {})[k] = v
     opt.load_state_dict({"state": state, "param_groups": groups})
+
+# %% ../nbs/09_train.ipynb #ef2dab88
+def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict[str, Tensor], list]:
+    "The optimiser's per-parameter state as flat named tensors (for safetensors) and its JSON-able param groups."
+    return _optimizer_tensors(opt)
+
+def load_optimizer_tensors(opt: torch.optim.Optimizer, tensors: dict[str, Tensor], groups: list) -> None:
+    "Restore (in place) what `optimizer_tensors` returned."
+    _load_optimizer(opt, tensors, groups)
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    "Write `text` to `path` via a temporary file and a rename."
+    _atomic_write_text(Path(path), text)
 
 # %% ../nbs/09_train.ipynb #617b7ea3
 @dataclass
