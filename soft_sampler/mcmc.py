@@ -798,7 +798,8 @@ def plot_arithmetic(obj: dict,  # `mcmc_arithmetic`'s records
 
 # %% ../nbs/18_mcmc.ipynb #508d4448
 def _cli_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler mcmc",
+    from soft_sampler.cli import ArgumentParser  # one-line errors, exit code 2
+    p = ArgumentParser(prog="soft-sampler mcmc",
                                 description="MH, block-wise power sampling or SMC towards π ∝ p^α·exp(r/β).")
     p.add_argument("--method", choices=["mh", "power", "smc"], default="power")
     p.add_argument("--prompt", default="What is 7 + 5? Answer with just the number.", help="user message")

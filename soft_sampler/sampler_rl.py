@@ -751,7 +751,8 @@ def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
 
 # %% ../nbs/20_sampler_rl.ipynb #d59a8057
 def _rl_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler train-rl",
+    from soft_sampler.cli import ArgumentParser  # one-line errors, exit code 2
+    p = ArgumentParser(prog="soft-sampler train-rl",
                                 description="Train a sampler network by reward (LM frozen).")
     p.add_argument("--task", choices=("arithmetic", "vader"), default="arithmetic",
                    help="reward: the arithmetic verifier or VADER sentiment")

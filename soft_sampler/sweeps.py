@@ -196,7 +196,8 @@ def network_sampler(path: str | Path | None = None,  # a saved network (`LogitsN
 
 # %% ../nbs/19_sweeps.ipynb #0c603e99
 def _sweep_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="soft-sampler sweep", description="Accuracy and diversity per sampler as temperature rises (resumable).")
+    from soft_sampler.cli import ArgumentParser  # one-line errors, exit code 2
+    p = ArgumentParser(prog="soft-sampler sweep", description="Accuracy and diversity per sampler as temperature rises (resumable).")
     p.add_argument("--out", required=True, help="work folder: one JSON file per cell (resumes)")
     p.add_argument("--results", default=None, help="write cells + summary to this JSON file at the end")
     p.add_argument("--samplers", default=",".join([*SWEEP_SAMPLERS, "network"]), help="comma-separated names (default: all + network)")

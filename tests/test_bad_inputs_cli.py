@@ -149,6 +149,14 @@ CASES = [  # (command, argv, what the one-line message says)
     ("curate", ["prompts", "--source", D], "is a directory"),
     ("curate", ["prompts", "--dir", T], "--dir"),
     ("curate", ["harvest"], "invalid choice"),
+    # lessons 18-20 (argparse-level checks only so far)
+    ("mcmc", ["--method", "gibbs"], "invalid choice: 'gibbs'"),
+    ("mcmc", ["--seed", "x"], "argument --seed: invalid int value"),
+    ("mcmc", ["--bogus"], "unrecognized arguments"),
+    ("sweep", ["--seeds", "a"], "argument --seeds: invalid int value"),
+    ("sweep", [], "required: --out"),
+    ("train-rl", ["--task", "chess"], "invalid choice: 'chess'"),
+    ("train-rl", ["--net", "Transformer"], "invalid choice"),
 ]
 
 
