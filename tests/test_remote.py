@@ -197,7 +197,7 @@ def test_qalign_cli_proposes_from_a_server(tmp_path, capsys):
         assert len(s.requests) >= 2 + 2 * 2, "initial states and every proposal went to the server"
     out = capsys.readouterr().out
     assert "acceptance rate" in out and out.count("chain ") == 2 and "best_of_n" in out
-    for bad, msg in ((["--server", s.url, "--llama-server"], "not both"), (["--llama-server", "--model", "x"], "leave out --model")):
+    for bad, msg in ((["--server", s.url, "--llama-server"], "not both"), (["--llama-server", "--model", str(tmp_path)], "leave out --model")):
         with pytest.raises(SystemExit): qalign_cli(bad)
         assert msg in capsys.readouterr().err
 
