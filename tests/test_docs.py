@@ -131,14 +131,30 @@ def test_api_index_links_its_entries():
 
 # --- slow tier: the real site in a browser ---------------------------------------------------------------
 
+# The site fixture renders the notebooks that tests/test_notebooks.py executed earlier in this run (from the docs
+# cache); only a notebook missing there runs here, each under the build's own per-notebook limit (as a notebook test).
+# pytest-timeout's limit therefore covers the test functions only, never this fixture's set-up (`func_only`).
+SITE = [pytest.mark.slow, pytest.mark.timeout(300, func_only=True)]
+
+
+def site_tests(f):
+    for m in SITE: f = m(f)
+    return f
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
-    "The whole site, built once per session into a temporary folder."
+    "The whole site, built once per session into a temporary folder; a notebook that fails is rendered unexecuted."
     out = tmp_path_factory.mktemp("docs")
     t0 = time.time()
-    bd.build(site=out/"site", work=out/"work")
+    bd.build(site=out/"site", work=out/"work", keep_going=True, reuse_failures=True)
     print(f"docs built in {time.time() - t0:.0f}s")
     return out/"site"
+
+
+def failed_notebooks(site: Path) -> dict:
+    "Page stem -> traceback of the notebooks that failed to execute (their pages are rendered unexecuted)."
+    return json.loads((site.parent/"work"/"failed.json").read_text())
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -188,9 +204,12 @@ def _open(page, url):
     page.wait_for_selector(".jp-Notebook", timeout=30_000)
 
 
-@pytest.mark.slow
+@site_tests
 @pytest.mark.parametrize("name", PAGES)
 def test_page_renders(page, server, site, name):
+    stem = next((Path(n).stem for n in NOTEBOOKS if page_name(n) == name), name)
+    if stem in failed_notebooks(site):
+        pytest.fail(f"{name}: its notebook failed to execute (see test_notebook[{stem}]):\n{failed_notebooks(site)[stem][-2000:]}")
     _open(page, f"{server}/{name}.html")
     want = _expected(site, name)
     text = page.inner_text(".md-content")
@@ -212,7 +231,7 @@ def test_page_renders(page, server, site, name):
     assert not page.outside, f"{name}: requests outside the site {page.outside[:5]}"
 
 
-@pytest.mark.slow
+@site_tests
 def test_navigation_in_lesson_order(page, server):
     _open(page, f"{server}/index.html")
     hrefs = page.eval_on_selector_all("nav.md-nav--primary a.md-nav__link[href$='.html']", "els => els.map(a => a.getAttribute('href'))")
@@ -221,7 +240,7 @@ def test_navigation_in_lesson_order(page, server):
     assert [h for h in seen if h in want] == want, seen
 
 
-@pytest.mark.slow
+@site_tests
 def test_search_finds_a_heuristic(page, server):
     _open(page, f"{server}/index.html")
     for _ in range(12):  # the search index loads in a web worker: retype until it answers (60 s at most)
@@ -234,7 +253,7 @@ def test_search_finds_a_heuristic(page, server):
     assert not page.outside
 
 
-@pytest.mark.slow
+@site_tests
 def test_api_reference_index_resolves(page, server):
     _open(page, f"{server}/api.html")
     ids = set(page.eval_on_selector_all("[id]", "els => els.map(e => e.id)"))
@@ -245,7 +264,7 @@ def test_api_reference_index_resolves(page, server):
     assert page.locator("h3#load_model").count() == 1
 
 
-@pytest.mark.slow
+@site_tests
 @pytest.mark.parametrize("name", ["index", "heuristics_hf", "tutorial_sampling", "tutorial_learning", "tutorial_qalign",
                                   "tutorial_soft", "api"])
 def test_screenshot(page, server, screenshots, name):
