@@ -199,6 +199,23 @@ def _expected(site: Path, name: str) -> dict:
             "math": bool(re.search(r"\$[^$\n]+\$", md))}
 
 
+PAGE_BUDGET = 2_500_000  # bytes of HTML per page (plotly.js, MathJax and images files are shared, not counted)
+
+TOC_AND_HEADINGS = """() => {
+  const clean = s => s.replace(/\u00b6/g, '').replace(/\\s+/g, ' ').trim();
+  return [...document.querySelectorAll('nav.md-nav--secondary a.md-nav__link')].map(a => {
+    const id = decodeURIComponent(a.getAttribute('href').split('#')[1] || '');
+    const h = document.getElementById(id);
+    return [clean(a.textContent), h ? clean(h.textContent) : null, id];
+  });
+}"""
+
+
+def toc_mismatches(page) -> list:
+    "Right-hand table-of-contents entries whose text is not their heading's (or whose heading is missing)."
+    return [(toc, head, id) for toc, head, id in page.evaluate(TOC_AND_HEADINGS) if toc != head]
+
+
 def _open(page, url):
     page.goto(url, wait_until="load")
     page.wait_for_selector(".jp-Notebook", timeout=30_000)
@@ -229,6 +246,15 @@ def test_page_renders(page, server, site, name):
         page.wait_for_selector("mjx-container", state="attached", timeout=30_000)
     assert not page.errors, f"{name}: JavaScript errors {page.errors[:3]}"
     assert not page.outside, f"{name}: requests outside the site {page.outside[:5]}"
+    body = page.inner_text("body")
+    assert "{target=" not in body and "{style=" not in body, f"{name}: quarto attribute text on the page"
+    if page.locator("a:text-is('source')").count():
+        link = page.locator("a:text-is('source')").first
+        assert link.get_attribute("target") == "_blank" and link.evaluate("a => getComputedStyle(a).cssFloat") == "right"
+    bad = toc_mismatches(page)
+    assert not bad, f"{name}: table-of-contents entries differ from their headings (toc, heading, id): {bad[:5]}"
+    size = (site/f"{name}.html").stat().st_size
+    assert size <= PAGE_BUDGET, f"{name}.html is {size / 1e6:.1f} MB (budget {PAGE_BUDGET / 1e6:.1f} MB): share plotly.js, shrink figures"
 
 
 @site_tests

@@ -224,8 +224,9 @@ def _site_links(text: str) -> str:
 
 def _fix(obj, key=None):
     "Apply `_site_links` and `_offline_html` to every HTML or markdown output in `obj` (a cell, or part of one)."
-    if isinstance(obj, str):
-        return _offline_html(_site_links(obj)) if key in ("text/html", "text/markdown") else obj
+    html_like = key in ("text/html", "text/markdown")
+    if isinstance(obj, list) and html_like and all(isinstance(o, str) for o in obj): obj = "".join(obj)  # one text, not lines
+    if isinstance(obj, str): return _offline_html(_site_links(obj)) if html_like else obj
     if isinstance(obj, list): return [_fix(o, key) for o in obj]
     if isinstance(obj, dict): return {k: _fix(v, k) for k, v in obj.items()}
     return obj
