@@ -91,6 +91,56 @@ def test_offline_html_rewrites_cdns():
     assert bd._offline_html(cdn + mj) == '<script src="plotly.min.js"></script><div>x</div>'
 
 
+def test_inlined_plotly_js_becomes_the_sites_one_copy():
+    "`include_plotlyjs=True` puts 4.8 MB of plotly.js into every figure; on the site all share plotly.min.js."
+    import plotly.graph_objects as go
+    frag = go.Figure(go.Bar(x=[1], y=[2])).to_html(include_plotlyjs=True, full_html=False)
+    out = bd._offline_html(frag)
+    assert len(frag) > 1_000_000 and len(out) < 20_000 and '<script src="plotly.min.js"></script>' in out
+    assert "Plotly.newPlot" in out
+    # outputs come as lists of lines: the rewrite sees the whole text
+    cell = {"cell_type": "code", "source": "", "outputs": [{"output_type": "display_data", "metadata": {},
+                                                            "data": {"text/html": frag.splitlines(keepends=True)}}]}
+    assert len(bd._fix(cell)["outputs"][0]["data"]["text/html"]) < 20_000
+
+
+def test_source_links_render_as_intended_and_headings_keep_their_code():
+    md = '[source](https://x.org/a.py#L3){target="_blank" style="float:right; font-size:smaller"}\n\n### f'
+    assert bd._site_links(md).startswith('<a href="https://x.org/a.py#L3" target="_blank" style="float:right; font-size:smaller">source</a>')
+    assert "{target=" not in bd._site_links(md + ' and {target="_blank"} alone')
+    assert bd._heading_code("## A pipeline inside transformers' `generate`\nsome `code`") == \
+        "## A pipeline inside transformers' <code>generate</code>\nsome `code`"
+
+
+def test_cache_entries_are_keyed_by_content_and_skipped_flags(tmp_path):
+    nb = tmp_path/"x.ipynb"; nb.write_text(json.dumps(TINY_NB))
+    a, b = bd.cache_entry(nb, "lib", skip=("heavy",)), bd.cache_entry(nb, "lib", skip=("slow", "heavy"))
+    assert a != b and a == bd.cache_entry(nb, "lib", skip=("heavy",)) and a.name.startswith("x.")
+    nb.write_text(json.dumps({**TINY_NB, "cells": TINY_NB["cells"][:2]}))
+    assert bd.cache_entry(nb, "lib", skip=("heavy",)) != a, "an edited notebook is run again"
+
+
+def _nb(*sources):
+    return {**TINY_NB, "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": s}
+                                 for s in sources]}
+
+
+def test_a_failing_notebook_is_recorded_with_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(bd, "CACHE", tmp_path/"cache")
+    nb = tmp_path/"bad.ipynb"; nb.write_text(json.dumps(_nb("x = 1", "#| slow\nraise ValueError('slow cell ran')",
+                                                            "raise RuntimeError('cell 3 fails')")))
+    entry, failure = bd.run_notebook(nb, skip=("slow", "heavy"))
+    assert "RuntimeError" in failure and "cell 3 fails" in failure and "slow cell ran" not in failure
+    assert not entry.exists() and bd.failure_of(entry).read_text() == failure
+
+
+def test_a_notebook_past_its_limit_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(bd, "CACHE", tmp_path/"cache")
+    nb = tmp_path/"slow.ipynb"; nb.write_text(json.dumps(_nb("import time; time.sleep(600)")))
+    entry, failure = bd.run_notebook(nb, timeout=5)
+    assert "ran past 5s and was stopped" in failure and not entry.exists()
+
+
 def test_widget_html_nested_and_unknown():
     state = {"a": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_b", "IPY_MODEL_c"]}},
              "b": {"model_name": "CheckboxModel", "state": {"value": True, "description": "log"}},
