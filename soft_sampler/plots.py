@@ -105,7 +105,7 @@ def distribution_metrics(
     nan = torch.full_like(out["kept"], math.nan)
     if target is None: return {**out, "kl": nan, "removed_mass": nan, "jaccard": nan, "jaccard_tau": nan}
     kl, removed = truncated_kl_parts(logits.double(), target.double())
-    jaccard = lambda a, b: torch.where((a | b).any(-1), (a & b).sum(-1) / (a | b).sum(-1).clamp_min(1), 1.0).double()
+    jaccard = lambda a, b: torch.where((a | b).any(-1), (a & b).sum(-1).double() / (a | b).sum(-1).clamp_min(1).double(), 1.0)
     return {**out, "kl": kl, "removed_mass": removed, "jaccard": jaccard(kept, target > -math.inf),
             "jaccard_tau": jaccard(tkept, target.double().softmax(-1) >= tau)}
 

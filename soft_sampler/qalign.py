@@ -648,7 +648,7 @@ ARITH_INSTRUCTION = " Answer with just the number."
 
 def load_arithmetic() -> list[dict]:
     "The shipped arithmetic word problems: dicts with id, question, answer (int) and operation."
-    path = Path(__file__).parent/"data"/"arithmetic.jsonl"
+    path = Path(sampling.__file__).parent/"data"/"arithmetic.jsonl"  # the package's data folder
     return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
 
 # %% ../nbs/10_qalign.ipynb #ec348ddc
