@@ -11,7 +11,7 @@ STAMP := $(VENV)/.soft_sampler-installed
 PIPC := $(PIP) install -q -c constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme docs llama-server
+.PHONY: setup demo test test-fast heavy lab sync docs bench clean-venv readme docs llama-server vllm
 
 setup: $(STAMP)
 	@$(VENV)/bin/soft-sampler prepare
@@ -29,7 +29,7 @@ $(STAMP): settings.ini setup.py constraints.txt
 demo: setup
 	$(VENV)/bin/soft-sampler tour
 
-test: setup llama-server
+test: setup llama-server vllm
 	$(PY) -m pytest tests $(PYTEST_ARGS)
 
 test-fast: setup
@@ -58,3 +58,7 @@ docs: setup
 # llama.cpp's llama-server built from the llama-cpp-python sdist, cached in ~/.cache/soft_sampler (issue 11)
 llama-server: setup
 	$(PY) tools/build_llama_server.py
+
+# vLLM 0.32 (CPU build) in its own venv under ~/.cache/soft_sampler/vllm (issue 22); says so and skips on other platforms
+vllm: setup
+	$(PY) tools/build_vllm.py

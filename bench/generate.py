@@ -73,4 +73,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    import machine; machine.report()  # threads and load average beside the figures
     main()

@@ -1,11 +1,17 @@
 """Speed of the logit transforms vs their transformers counterparts and vs one plain softmax (the floor).
 
-Run: `.venv/bin/python bench/heuristics.py [--min-time 0.5] [--shapes 64x49152,8x128256]`
+Run: `.venv/bin/python bench/heuristics.py [--rounds 15] [--shapes 64x49152,8x128256] [--clock thread|wall] [--json F]`
 Rows: next-token logits of the embedded model (SmolLM2-135M) at 64 positions of a real text; for the
 128256 vocabulary (Llama 3's) 8 of those rows widened with two shuffled copies shifted down by 2 and 4
 nats. Without the model, synthetic Zipf-like rows. Timings side by side in one process: ours, transformers'
-and one softmax in interleaved rounds (so all three see the same machine load), best of the rounds; ratios < 1 mean
-we are faster. The CPU may be shared: figures are noisy.
+and one softmax in interleaved rounds (so all three see the same machine load), the median of the rounds; ratios < 1
+mean we are faster. Each row prints its goals (issue #29) beside the ratios. One thread by default (`--threads`).
+
+Clock: `thread` (default) is this thread's CPU time (`time.thread_time`), `wall` is `perf_counter`. On a shared,
+loaded machine (load average above the core count) a function that runs for several ms is preempted part way far
+more often than a 1 ms softmax, so wall-clock ratios against the softmax inflate with the load; CPU time does not
+count the time other processes hold the core (caches and memory bandwidth are still shared). The header prints
+the load average before and after: compare runs at similar loads.
 
 Each round times each function over a block of back-to-back calls (`--block-ms`, default 10 ms), so each is
 measured in its own steady state. With single calls (`--block-ms 0`) a function runs right after another one
@@ -19,7 +25,7 @@ CASES is a table of (name, our transform, transformers' counterpart or None); ot
 add their rows to it.
 """
 from __future__ import annotations
-import argparse, sys, time
+import argparse, json, os, statistics, sys, time
 import torch
 from transformers.generation import logits_process as hf
 from soft_sampler.heuristics_hf import temperature, top_k, top_p, min_p, typical, epsilon, eta, top_h
@@ -32,6 +38,7 @@ def _w(warper):
 CASES = [  # (name, ours, transformers or None)
     ("temperature 0.7", lambda x: temperature(x, 0.7), _w(hf.TemperatureLogitsWarper(0.7))),
     ("top_k 50", lambda x: top_k(x, 50), _w(hf.TopKLogitsWarper(50))),
+    ("top_k 1000", lambda x: top_k(x, 1000), _w(hf.TopKLogitsWarper(1000))),
     ("top_p 0.9", lambda x: top_p(x, 0.9), _w(hf.TopPLogitsWarper(0.9))),
     ("top_p 0.95", lambda x: top_p(x, 0.95), _w(hf.TopPLogitsWarper(0.95))),
     ("min_p 0.05", lambda x: min_p(x, 0.05), _w(hf.MinPLogitsWarper(0.05))),
@@ -41,6 +48,21 @@ CASES = [  # (name, ours, transformers or None)
     ("top_h 0.4", lambda x: top_h(x, 0.4), _w(hf.TopHLogitsWarper(0.4))),
 ]
 SORT_FREE = {"temperature 0.7", "min_p 0.05", "epsilon 3e-4", "eta 3e-4"}
+GOALS = {  # name prefix: (ours / one softmax, ours / transformers), issue #29
+    "top_k": (3.0, 0.5), "top_p": (5.0, 0.5), "typical": (6.0, 0.5), "min_p": (2.5, 1.0),
+    "epsilon": (3.0, 1.0), "eta": (3.0, 1.0), "temperature": (None, 1.0), "top_h": (None, 1.0),
+}
+
+
+def goals(name: str) -> tuple:
+    return GOALS.get(name.split()[0], (None, None))
+
+
+def machine() -> str:
+    "Threads and load average: print them with every figure (the machine may be shared)."
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+    import machine as m  # bench/machine.py
+    return m.line()
 
 
 TEXT = ("The old lighthouse keeper climbed the stairs every evening, counting the steps as his father had "
@@ -78,43 +100,64 @@ def rows_for(b: int, v: int, real: torch.Tensor | None) -> torch.Tensor:
     return x[:, :v].contiguous()
 
 
-def median_ms(fns: list, x: torch.Tensor, min_time: float, min_rounds: int = 9, block: float = 0.01) -> list[float]:
-    "Best ms per call of each fn over interleaved rounds of `block`-second blocks (the minimum is the least disturbed)."
+def median_ms(fns: list, x: torch.Tensor, rounds: int = 15, block: float = 0.01, clock=time.thread_time) -> list[float]:
+    "Median ms per call of each fn over `rounds` interleaved rounds, each a block of ~`block` s of back-to-back calls."
     for f in fns: f(x)  # warm-up
-    times, start, r = [[] for _ in fns], time.perf_counter(), 0
-    while r < min_rounds or (time.perf_counter() - start < min_time * len(fns) and r < 500):
+    times = [[] for _ in fns]
+    for _ in range(rounds):
         for f, ts in zip(fns, times):
-            n = max(1, int(block / max(min(ts, default=1e-3), 1e-6)))  # back-to-back calls filling ~`block` s
-            t0 = time.perf_counter()
+            n = max(1, int(block / max(statistics.median(ts) if ts else 1e-3, 1e-6)))  # calls filling ~`block` s
+            t0 = clock()
             for _ in range(n): f(x)
-            ts.append((time.perf_counter() - t0) / n)
-        r += 1
-    return [min(ts) * 1e3 for ts in times]  # best of the rounds: the least disturbed by other load
+            ts.append((clock() - t0) / n)
+    return [statistics.median(ts) * 1e3 for ts in times]
+
+
+def _goal(r: float, g) -> str:
+    return f"{r:6.2f} <= {g:<4g}{' ok' if r <= g else ' --'}" if g is not None else f"{r:6.2f}{'':11}"
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--min-time", type=float, default=0.5, help="seconds of timing per measurement")
+    ap.add_argument("--rounds", type=int, default=15, help="interleaved rounds (the median is reported)")
     ap.add_argument("--shapes", default="64x49152,8x128256")
     ap.add_argument("--block-ms", type=float, default=10.0, help="back-to-back calls per timed block (0: single calls)")
+    ap.add_argument("--clock", choices=["thread", "wall"], default="thread", help="thread CPU time or wall clock")
+    ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1: the machine may be shared)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (cuda: wall clock with synchronisation)")
     ap.add_argument("--only", default="", help="comma-separated case names (prefix match)")
+    ap.add_argument("--json", default="", help="also write the ratios to this JSON file")
     args = ap.parse_args(argv)
+    torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     real = model_rows()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads; anchors: transformers' warper and one softmax; "
-          f"blocks of {args.block_ms:g} ms")
-    print(f"{'shape':>10} {'transform':<16} {'ours ms':>9} {'hf ms':>9} {'softmax ms':>10} {'ours/hf':>8} {'ours/softmax':>12}")
+    clock = time.thread_time if args.clock == "thread" and args.device == "cpu" else time.perf_counter
+    if args.device != "cpu":
+        sync = lambda f: (lambda y: (f(y), torch.cuda.synchronize()))
+    else:
+        sync = lambda f: f
+    print(f"torch {torch.__version__}, {args.device}, {machine()}; clock {clock.__name__}; anchors: one softmax and "
+          f"transformers' warper; median of {args.rounds} interleaved rounds of {args.block_ms:g} ms blocks")
+    print(f"{'shape':>10} {'transform':<16} {'ours ms':>8} {'softmax':>8} {'hf ms':>8}  {'ours/softmax (goal)':<20} "
+          f"{'ours/hf (goal)':<20}")
+    out = {"machine": machine(), "clock": clock.__name__, "device": args.device, "rows": []}
     for shape in args.shapes.split(","):
         b, v = map(int, shape.split("x"))
-        x = rows_for(b, v, real)
+        x = rows_for(b, v, real).to(args.device)
         for name, ours, theirs in CASES:
             if args.only and not any(name.startswith(o) for o in args.only.split(",")): continue
-            fns = [lambda y: y.softmax(-1), ours] + ([theirs] if theirs is not None else [])
-            soft, t_ours, *t_hf = median_ms(fns, x, args.min_time, block=args.block_ms / 1e3)
+            fns = [sync(lambda y: y.softmax(-1)), sync(ours)] + ([sync(theirs)] if theirs is not None else [])
+            soft, t_ours, *t_hf = median_ms(fns, x, args.rounds, block=args.block_ms / 1e3, clock=clock)
             t_hf = t_hf[0] if t_hf else float("nan")
-            flag = " *" if name in SORT_FREE else ""
-            print(f"{shape:>10} {name:<16} {t_ours:9.3f} {t_hf:9.3f} {soft:10.3f} {t_ours / t_hf:8.2f} {t_ours / soft:12.2f}{flag}")
-    print("* sort-free transform (goal: <= 3x one softmax); goal for all: ours/hf <= 1 (top-k, top-p, typical <= 0.5)")
+            gs, gh = goals(name)
+            print(f"{shape:>10} {name:<16} {t_ours:8.3f} {soft:8.3f} {t_hf:8.3f}  {_goal(t_ours / soft, gs):<20} "
+                  f"{_goal(t_ours / t_hf, gh):<20}", flush=True)
+            out["rows"].append(dict(shape=shape, transform=name, ours_ms=t_ours, softmax_ms=soft, hf_ms=t_hf,
+                                    ours_per_softmax=t_ours / soft, ours_per_hf=t_ours / t_hf,
+                                    goal_softmax=gs, goal_hf=gh))
+    print(f"after: {machine()}")
+    if args.json:
+        with open(args.json, "w") as f: json.dump(out, f, indent=1)
     return 0
 
 

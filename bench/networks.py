@@ -96,6 +96,7 @@ def gpu_table(vocab: int = 128256, n: int = 200) -> None:
 
 
 if __name__ == "__main__":
+    import machine; machine.report()  # threads and load average beside the figures
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--rounds", type=int, default=15, help="interleaved measurement rounds")
     ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")

@@ -61,4 +61,5 @@ def main(argv=None):
 
 
 if __name__ == "__main__":
+    import machine; machine.report()  # threads and load average beside the figures
     main()

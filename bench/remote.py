@@ -47,4 +47,5 @@ def main():
 
 
 if __name__ == "__main__":
+    import machine; machine.report()  # threads and load average beside the figures
     main()

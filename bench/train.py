@@ -66,4 +66,5 @@ def main(argv=None) -> None:
 
 
 if __name__ == "__main__":
+    import machine; machine.report()  # threads and load average beside the figures
     main()

@@ -149,10 +149,12 @@ def tiny_model(
     num_heads: int = 4,  # attention heads (2 key/value heads)
     seed: int = 0,  # weights are a function of the seed
     max_position_embeddings: int = 512,
+    init_std: float | None = None,  # std of the random weights; None: transformers' 0.02 (greedy output repeats one token)
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     "A random-weight Llama (and the tiny tokenizer) built from a config in milliseconds, for tests."
     tok = tiny_tokenizer()
-    cfg = LlamaConfig(vocab_size=vocab_size or len(tok), hidden_size=hidden_size, intermediate_size=2*hidden_size,
+    extra = {} if init_std is None else dict(initializer_range=init_std)
+    cfg = LlamaConfig(**extra, vocab_size=vocab_size or len(tok), hidden_size=hidden_size, intermediate_size=2*hidden_size,
                       num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads//2),
                       max_position_embeddings=max_position_embeddings, pad_token_id=tok.pad_token_id,
                       bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)

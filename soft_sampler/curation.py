@@ -173,7 +173,8 @@ def _check_config(c: dict) -> dict:
     u = c["engine"]["urls"]
     if u is not None and (not isinstance(u, list) or not u or not all(isinstance(x, str) and re.match(r"https?://", x) for x in u)):
         raise ConfigError(f"config key 'engine.urls' must be null or a non-empty list of http(s) URLs, got {u!r}")
-    if c["engine"]["server"] not in ("llama.cpp", "vllm", "openai"): raise ConfigError(f"config key 'engine.server' must be 'llama.cpp', 'vllm' or 'openai', got {c['engine']['server']!r}")
+    if c["engine"]["server"] not in ("llama.cpp", "vllm", "openai", "vllm-processor"):  # vllm-processor: pipelines run in vLLM (ch. 17)
+        raise ConfigError(f"config key 'engine.server' must be 'llama.cpp', 'vllm', 'openai' or 'vllm-processor', got {c['engine']['server']!r}")
     _pos_int(c["engine"]["concurrency"], "engine.concurrency")
     h = c["train"]["holdout"]
     if isinstance(h, bool) or not isinstance(h, (int, float)) or h < 0: raise ConfigError(f"config key 'train.holdout' must be a fraction in [0, 1) or a count >= 1, got {h!r}")

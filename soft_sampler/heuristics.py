@@ -7,7 +7,9 @@ from __future__ import annotations
 import argparse, inspect, itertools, json, math
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Any, Callable, Iterable
+import warnings
 import torch, yaml
 from torch import Tensor
 from jaxtyping import Float, Int
@@ -19,8 +21,9 @@ from .heuristics_ext import __all__ as _ext_all
 from .sampling import StepContext, sample_parser, check_sample_args, run_sample
 
 # %% auto #0
-__all__ = ['STEPS', 'NEUTRAL_WARPERS', 'register_step', 'SpecError', 'Step', 'Pipeline', 'generate_with_pipeline', 'to_request',
-           'pipeline_name', 'expand', 'grid', 'add_pipeline_args', 'pipeline_from_args', 'sample_cli']
+__all__ = ['STEPS', 'TOKEN_ID_PARAMS', 'NEUTRAL_WARPERS', 'VLLM_PIPELINE_ARG', 'register_step', 'SpecError', 'Step', 'Pipeline',
+           'generate_with_pipeline', 'to_request', 'pipeline_name', 'expand', 'grid', 'add_pipeline_args',
+           'pipeline_from_args', 'sample_cli']
 
 # %% ../nbs/05_heuristics.ipynb #c5b8ee9b
 STEPS: dict[str, Callable] = dict(
@@ -54,6 +57,32 @@ def _check_names(name: str, params: dict, where: str) -> None:
     missing = [k for k, p in allowed.items() if p.default is p.empty and k not in params]
     if missing: raise SpecError(f"{where}: step {name!r} needs parameter(s) {missing}")
 
+# %% ../nbs/05_heuristics.ipynb #02e19595
+TOKEN_ID_PARAMS: dict[str, tuple[str, ...]] = dict(logit_bias=("bias",), xtc=("keep_tokens",), dry=("sequence_breakers",))
+
+def _per_row_len(v) -> int | None:
+    "The batch size a per-row value implies (a tensor or a list of numbers), or None for a scalar."
+    if isinstance(v, Tensor): return v.shape[0] if v.dim() else None
+    if isinstance(v, (list, tuple)) and v and all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in v): return len(v)
+    return None
+
+def _dummy_params(name: str, params: dict) -> tuple[dict, int, int]:
+    "Parameters for the dummy run (token ids out, sparse biases on ids 0..n-1), its batch size and vocabulary."
+    ids, vocab = TOKEN_ID_PARAMS.get(name, ()), 8
+    out = {k: v for k, v in params.items() if k not in ids}
+    if name == "logit_bias" and isinstance(params.get("bias"), Mapping):
+        keys = list(params["bias"])
+        bad = [k for k in keys if isinstance(k, bool) or not isinstance(k, int) or k < 0]
+        if bad: raise ValueError(f"`bias` keys must be token ids (integers >= 0), got {bad[:5]}")
+        out["bias"], vocab = dict(zip(range(len(keys)), params["bias"].values())), max(8, len(keys))
+    elif name == "logit_bias":  # a dense [vocab] / [batch, vocab] bias: the dummy takes its shape
+        bias = params.get("bias")
+        shape = tuple(torch.as_tensor(bias).shape) if isinstance(bias, (Tensor, list, tuple)) else ()
+        vocab, out["bias"] = (shape[-1] if shape and shape[-1] else vocab), params.get("bias")
+    lens = {k: n for k, v in out.items() if k != "bias" and (n := _per_row_len(v)) is not None}
+    if len(set(lens.values())) > 1: raise ValueError(f"per-row parameters must have one length (the batch size), got {lens}")
+    return out, next(iter(lens.values()), 1), vocab
+
 # %% ../nbs/05_heuristics.ipynb #06f6b877
 class Step:
     "One named step of a pipeline: a transform or processor class from `STEPS` with its parameters."
@@ -63,14 +92,16 @@ class Step:
         _check_names(name, self.params, where)
         try:
             self.proc = self.fn(**self.params) if isinstance(self.fn, type) else None
-            if not any(isinstance(v, Tensor) for v in self.params.values()): self._dry_run()
+            self._dry_run()
         except (ValueError, TypeError) as e:
             raise SpecError(f"{where} ({name}): {e}") from e
 
     def _dry_run(self):
-        "Apply once to a dummy row so bad parameter values fail now."
-        self(torch.zeros(1, 1, dtype=torch.long), torch.linspace(0, 1, 8).reshape(1, 8), None)
-        self.reset()
+        "Apply once to a dummy batch shaped by the parameters (token ids left out), so bad values fail now."
+        params, b, v = _dummy_params(self.name, self.params)
+        logits, ids = torch.linspace(0, 1, v).expand(b, v).contiguous(), torch.zeros(b, 1, dtype=torch.long)
+        if isinstance(self.fn, type): _call_with_ctx(self.fn(**params), ids, logits, None)
+        else: self.fn(logits, **params)
 
 # %% ../nbs/05_heuristics.ipynb #c5619838
 def _accepts_ctx(fn) -> bool:
@@ -196,7 +227,7 @@ def generate_with_pipeline(model, pipeline: Pipeline | Callable, **kwargs):
     return model.generate(**{**NEUTRAL_WARPERS, **kwargs}, do_sample=True, logits_processor=procs)
 
 # %% ../nbs/05_heuristics.ipynb #857fcbfe
-_LLAMA = dict(  # step -> (llama.cpp sampler name, params mapping)
+_LLAMA = dict(  # step -> (llama.cpp sampler name, params mapping); `h` = how far back penalties and DRY look
     temperature=("temperature", lambda p: {"temperature": p["t"]}),
     dynamic_temperature=("temperature", lambda p: {"temperature": (p["low"] + p["high"]) / 2,
                                                    "dynatemp_range": (p["high"] - p["low"]) / 2,
@@ -206,12 +237,45 @@ _LLAMA = dict(  # step -> (llama.cpp sampler name, params mapping)
     top_n_sigma=("top_n_sigma", lambda p: {"top_n_sigma": p["n"]}),
     xtc=("xtc", lambda p: {"xtc_threshold": p["threshold"], "xtc_probability": p["probability"]}),
     dry=("dry", lambda p: {"dry_multiplier": p["multiplier"], "dry_base": p.get("base", 1.75),
-                           "dry_allowed_length": p.get("allowed_length", 2), "dry_penalty_last_n": p.get("penalty_last_n", -1)}),
-    repetition_penalty=("penalties", lambda p: {"repeat_penalty": p["penalty"], "repeat_last_n": -1}),
+                           "dry_allowed_length": p.get("allowed_length", 2), "dry_sequence_breakers": [""],  # none
+                           "dry_penalty_last_n": p.get("penalty_last_n", -1)}),
+    repetition_penalty=("penalties", lambda p: {"repeat_penalty": p["penalty"]}),
+    presence_penalty=("penalties", lambda p: {"presence_penalty": p["penalty"]}),
+    frequency_penalty=("penalties", lambda p: {"frequency_penalty": p["penalty"]}),
 )
+# parameters a server cannot express must keep the value that means what the server does; `None`: any value
+_LLAMA_FIXED = dict(top_k=dict(min_tokens_to_keep=1), top_p=dict(min_tokens_to_keep=1), min_p=dict(min_tokens_to_keep=1),
+                    typical=dict(min_tokens_to_keep=1), xtc=dict(keep_tokens=(), min_keep=1, seed=None, keep_ties=False),
+                    dry=dict(sequence_breakers=(), include_prompt=True, pad_token_id=None),
+                    repetition_penalty=dict(include_prompt=True, pad_token_id=None),
+                    presence_penalty=dict(include_prompt=True, pad_token_id=None),
+                    frequency_penalty=dict(include_prompt=True, pad_token_id=None), mirostat=dict(m=100))
 _LLAMA_NEUTRAL = dict(temperature=1.0, dynatemp_range=0.0, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, top_n_sigma=-1.0,
                       xtc_probability=0.0, dry_multiplier=0.0, repeat_penalty=1.0, presence_penalty=0.0,
                       frequency_penalty=0.0, mirostat=0)
+
+# %% ../nbs/05_heuristics.ipynb #6ad491c1
+_WHY = dict(include_prompt=lambda want: f"{'counts' if want else 'does not count'} the prompt's tokens",
+            keep_ties=lambda want: "keeps one of the tied least likely top choices (the distributions differ where they tie)",
+            sequence_breakers=lambda want: "takes DRY sequence breakers as strings, not token ids",
+            keep_tokens=lambda want: "has no XTC keep_tokens", min_keep=lambda want: "applies one min_keep to every sampler",
+            min_tokens_to_keep=lambda want: "applies one min_keep to every sampler",
+            m=lambda want: "estimates mirostat v1's Zipf exponent from 100 tokens")
+
+def _same(a, b) -> bool:
+    norm = lambda v: [] if v is None else list(v) if isinstance(v, (list, tuple)) else v
+    return norm(a) == norm(b)
+
+def _check_fixed(steps: list, server: str, fixed: dict) -> None:
+    "Refuse parameter values whose meaning the server does not share (XTC's tie rule: a warning)."
+    for i, s in enumerate(steps):
+        for k, want in fixed.get(s.name, {}).items():
+            if want is None: continue  # any value means what the server does (e.g. pad_token_id: no padding there)
+            have = s.params.get(k, _params_of(s.fn)[k].default)
+            if _same(have, want): continue
+            msg = f"{server}: entry {i} ({s.name}) has {k}={have!r}, but {server} {_WHY[k](want)}; set {k}={want!r} for its semantics"
+            if k == "keep_ties": warnings.warn(msg, stacklevel=4)
+            else: raise SpecError(msg)
 
 # %% ../nbs/05_heuristics.ipynb #4e682ded
 _FIXED_ORDER = {  # engines with a fixed order: step -> (rank, params mapping)
@@ -224,6 +288,12 @@ _FIXED_ORDER = {  # engines with a fixed order: step -> (rank, params mapping)
                    frequency_penalty=(0, lambda p: {"frequency_penalty": p["penalty"]}),
                    temperature=(1, lambda p: {"temperature": p["t"]}), top_p=(2, lambda p: {"top_p": p["p"]})),
 }
+_FIXED_SEMANTICS = {  # as _LLAMA_FIXED: vLLM's repetition penalty sees the prompt, its presence/frequency do not
+    "vllm": dict(repetition_penalty=dict(include_prompt=True, pad_token_id=None), top_k=dict(min_tokens_to_keep=1),
+                 top_p=dict(min_tokens_to_keep=1), min_p=dict(min_tokens_to_keep=1),
+                 presence_penalty=dict(include_prompt=False, pad_token_id=None), frequency_penalty=dict(include_prompt=False, pad_token_id=None)),
+    "openai": dict(presence_penalty=dict(include_prompt=False, pad_token_id=None), frequency_penalty=dict(include_prompt=False, pad_token_id=None),
+                   top_p=dict(min_tokens_to_keep=1))}
 _FIXED_NEUTRAL = {"vllm": dict(temperature=1.0, top_k=-1, top_p=1.0, min_p=0.0, repetition_penalty=1.0,
                                presence_penalty=0.0, frequency_penalty=0.0),
                   "openai": dict(temperature=1.0, top_p=1.0, presence_penalty=0.0, frequency_penalty=0.0)}
@@ -232,11 +302,12 @@ _FIXED_NEUTRAL = {"vllm": dict(temperature=1.0, top_k=-1, top_p=1.0, min_p=0.0, 
 def _scalar_params(steps: list, server: str) -> None:
     for i, s in enumerate(steps):
         if not isinstance(s, Step): raise SpecError(f"{server} cannot run entry {i}: a plain logits processor ({type(s).__name__}) has no request form")
-        if any(isinstance(v, Tensor) for v in s.params.values()):
-            raise SpecError(f"{server}: entry {i} ({s.name}) has per-row tensor parameters; a request carries one value per parameter")
+        if any(_per_row_len(v) is not None for k, v in s.params.items() if k not in TOKEN_ID_PARAMS.get(s.name, ())):
+            raise SpecError(f"{server}: entry {i} ({s.name}) has per-row parameters; a request carries one value per parameter")
 
-def _to_llama(steps: list) -> dict:
+def _to_llama(steps: list, history: int) -> dict:
     out, order = dict(_LLAMA_NEUTRAL), []
+    _check_fixed(steps, "llama.cpp", _LLAMA_FIXED)
     if any(s.name == "mirostat" for s in steps):
         names = [s.name for s in steps]
         if names not in (["mirostat"], ["temperature", "mirostat"]):
@@ -249,13 +320,25 @@ def _to_llama(steps: list) -> dict:
     if bad: raise SpecError(f"llama.cpp cannot express entries {bad}; it supports {sorted(_LLAMA)} (and mirostat)")
     for i, s in enumerate(steps):
         name, conv = _LLAMA[s.name]
-        if name in order: raise SpecError(f"llama.cpp applies each sampler once; entry {i} ({s.name}) repeats {name!r}")
-        order.append(name); out.update(conv(s.params))
+        if name == "penalties" and order[-1:] == ["penalties"] and _joins_penalties(steps[i - 1].name, s.name): pass
+        elif name == "penalties" and name in order:
+            raise SpecError(f"llama.cpp has one penalties sampler: repetition, then presence/frequency, as consecutive steps; "
+                            f"entry {i} ({s.name}) cannot join it")
+        elif name in order: raise SpecError(f"llama.cpp applies each sampler once; entry {i} ({s.name}) repeats {name!r}")
+        else: order.append(name)
+        out.update(conv(s.params))
+    if "penalties" in order: out["repeat_last_n"] = history  # the whole history, prompt included (its -1 is refused)
+    if "dry" in order: out["dry_penalty_last_n"] = history if out["dry_penalty_last_n"] == -1 else out["dry_penalty_last_n"]
     return {**out, "samplers": order}
+
+def _joins_penalties(prev: str, name: str) -> bool:
+    "llama.cpp's one penalties sampler: repetition first, then presence/frequency (each once), as consecutive steps."
+    return name != "repetition_penalty" and prev != name
 
 # %% ../nbs/05_heuristics.ipynb #9aac0f30
 def _to_fixed(steps: list, server: str) -> dict:
     table, out = _FIXED_ORDER[server], dict(_FIXED_NEUTRAL[server])
+    _check_fixed(steps, server, _FIXED_SEMANTICS[server])
     bad = [f"{i} ({s.name})" for i, s in enumerate(steps) if s.name not in table]
     if bad: raise SpecError(f"{server} cannot express entries {bad}; it supports {sorted(table)}")
     ranks = [table[s.name][0] for s in steps]
@@ -266,12 +349,29 @@ def _to_fixed(steps: list, server: str) -> dict:
     for s in steps: out.update(table[s.name][1](s.params))
     return out
 
-def to_request(pipeline: Pipeline, server: str = "llama.cpp") -> dict:
+def to_request(
+    pipeline: Pipeline,  # the steps to express (a `Pipeline` or anything `Pipeline` accepts)
+    server: str = "llama.cpp",  # 'llama.cpp', 'vllm' or 'openai'
+    history: int = 32768,  # llama.cpp: how many tokens its penalties and DRY look back (>= the server's context)
+    in_engine: bool = False,  # vllm only: ship the whole spec to soft_sampler's in-engine processor (chapter 17)
+) -> dict:
     "Sampling parameters of an OpenAI-compatible request that make `server` apply exactly `pipeline`."
     if server not in ("llama.cpp", "vllm", "openai"): raise ValueError(f"`server` must be 'llama.cpp', 'vllm' or 'openai', got {server!r}")
+    if isinstance(history, bool) or not isinstance(history, int) or not 1 <= history < 2**31:
+        raise ValueError(f"`history` must be an integer in [1, 2**31), got {history!r}")
+    if in_engine and server != "vllm": raise ValueError(f"`in_engine` needs server='vllm' (its logits processor), got {server!r}")
     steps = list(Pipeline(pipeline) if not isinstance(pipeline, Pipeline) else pipeline)
     _scalar_params(steps, server)
-    return _to_llama(steps) if server == "llama.cpp" else _to_fixed(steps, server)
+    if in_engine: return _to_vllm_processor(steps)
+    return _to_llama(steps, history) if server == "llama.cpp" else _to_fixed(steps, server)
+
+# %% ../nbs/05_heuristics.ipynb #fb881fe2
+VLLM_PIPELINE_ARG = "soft_sampler_pipeline"  # the vllm_xargs key VLLMLogitsProcessor reads
+
+def _to_vllm_processor(steps: list) -> dict:
+    "vLLM's neutral native parameters and the spec for the in-engine processor."
+    if not steps: return dict(_FIXED_NEUTRAL["vllm"])  # plain sampling: nothing for the processor to do
+    return {**_FIXED_NEUTRAL["vllm"], "vllm_xargs": {VLLM_PIPELINE_ARG: json.dumps(Pipeline(steps).to_spec())}}
 
 # %% ../nbs/05_heuristics.ipynb #738821b9
 def _fmt(v) -> str:

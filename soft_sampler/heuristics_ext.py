@@ -10,14 +10,15 @@ import numpy as np
 import torch
 from torch import Tensor
 from jaxtyping import Bool, Float, Int
-from .heuristics_hf import per_row, check_logits
+from .heuristics_hf import per_row, check_logits, check_real, cast_logits
 from .sampling import StepContext, keyed_uniform
 
 # %% auto #0
-__all__ = ['XTC_STREAM', 'top_n_sigma', 'xtc', 'dynamic_temperature', 'quadratic', 'top_a', 'tfs', 'logit_bias', 'history_mask',
-           'token_counts', 'repetition_penalty', 'presence_penalty', 'frequency_penalty', 'no_repeat_ngram', 'dry',
-           'dry_sequence_breakers', 'HistoryProcessor', 'RepetitionPenalty', 'PresencePenalty', 'FrequencyPenalty',
-           'NoRepeatNGram', 'DRY', 'XTC', 'mirostat_v2', 'mirostat_v1', 'Mirostat']
+__all__ = ['XTC_STREAM', 'top_n_sigma', 'check_token_ids', 'xtc', 'dynamic_temperature', 'quadratic', 'top_a', 'tfs',
+           'logit_bias', 'history_mask', 'token_counts', 'repetition_penalty', 'presence_penalty', 'frequency_penalty',
+           'no_repeat_ngram', 'dry', 'dry_sequence_breakers', 'HistoryProcessor', 'RepetitionPenalty',
+           'PresencePenalty', 'FrequencyPenalty', 'NoRepeatNGram', 'DRY', 'XTC', 'mirostat_v2', 'mirostat_v1',
+           'Mirostat']
 
 # %% ../nbs/04_heuristics_ext.ipynb #8833053a
 _NEG_INF = float("-inf")
@@ -29,6 +30,29 @@ def _probs(logits: Tensor) -> Tensor:
 def _finite(logits: Tensor) -> Tensor:
     "Tokens still in the running (logit > -inf)."
     return logits > _NEG_INF
+
+def _wide(f, logits: Tensor) -> Tensor:
+    "`f(logits)` computed in float32 (float64 where a finite logit would leave float32's range), in `logits.dtype`."
+    x = logits if logits.dtype == torch.float64 else logits.float()
+    out = f(x)
+    if x.dtype == torch.float32 and bool((torch.isinf(out) & torch.isfinite(logits)).any()): out = f(logits.double())
+    return cast_logits(out, logits.dtype)
+
+def _check_int(value, name: str, low: int) -> int:
+    "A Python/numpy integer >= low (never a bool), or a `ValueError`/`TypeError` naming the parameter."
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float is a wrong value, a str a wrong type
+        err = ValueError if isinstance(value, (float, np.floating)) else TypeError
+        raise err(f"`{name}` must be an integer >= {low}, got {type(value).__name__} {value!r:.40}")
+    if value < low: raise ValueError(f"`{name}` must be an integer >= {low}, got {value}")
+    return int(value)
+
+def _check_number(value, name: str, low: float, low_open: bool = False) -> float:
+    "A finite real number >= low (> low if `low_open`), or a `ValueError`/`TypeError` naming the parameter."
+    check_real(value, name)
+    if isinstance(value, (list, tuple, np.ndarray, Tensor)): raise TypeError(f"`{name}` must be a single number, got {value!r:.40}")
+    if not (math.isfinite(value) and (value > low if low_open else value >= low)):
+        raise ValueError(f"`{name}` must be a finite number in {'(' if low_open else '['}{low}, inf), got {value}")
+    return float(value)
 
 # %% ../nbs/04_heuristics_ext.ipynb #706bcfc3
 def _finite_std(logits: Tensor) -> Tensor:
@@ -45,16 +69,38 @@ def top_n_sigma(
 ) -> Float[Tensor, "batch vocab"]:
     "Keep tokens whose logit is at least `max - n·σ` (σ over the finite logits), as llama.cpp."
     check_logits(logits)
-    n = per_row(n, "n", logits, low=0, dtype=logits.dtype)
-    mean = logits.mean(-1, keepdim=True)  # rows without -inf (the usual case)
-    std = (logits - mean).square().mean(-1, keepdim=True).sqrt()
-    part = ~_finite(logits).all(-1)
-    if bool(part.any()): std[part] = _finite_std(logits[part])  # rows with removed tokens
-    cut = logits.amax(-1, keepdim=True) - n * std
+    x = logits.double() if logits.dtype in (torch.float16, torch.bfloat16) else logits  # half: σ in float64 (bf16's range)
+    n = per_row(n, "n", logits, low=0, dtype=x.dtype)
+    mean = x.mean(-1, keepdim=True)  # rows without -inf (the usual case)
+    std = (x - mean).square().mean(-1, keepdim=True).sqrt()
+    part = ~_finite(x).all(-1)
+    if bool(part.any()): std[part] = _finite_std(x[part])  # rows with removed tokens
+    cut = (x.amax(-1, keepdim=True) - n * std).to(logits.dtype)
     return logits.masked_fill((logits < cut) & (n > 0), _NEG_INF)
 
 # %% ../nbs/04_heuristics_ext.ipynb #feaf0bbf
 XTC_STREAM = 1  # the keyed-randomness stream XTC's coin comes from (0 is the loop's token choice)
+
+def check_token_ids(
+    ids: Iterable[int] | None,  # token ids (a list, tuple, set or 1-d tensor), or None
+    name: str,  # parameter name, used in error messages
+    vocab_size: int | None = None,  # ids must be < this (None: only >= 0, e.g. when a spec is built)
+) -> list[int]:
+    "The ids as a list of ints; a `TypeError`/`ValueError` naming the parameter unless they are token ids in range."
+    if ids is None: return []
+    if isinstance(ids, (str, bytes, Mapping)) or not isinstance(ids, (Iterable, Tensor)):
+        raise TypeError(f"`{name}` must be a list of token ids, got {type(ids).__name__} {ids!r:.40}")
+    out = ids.tolist() if isinstance(ids, Tensor) else list(ids)
+    bad = [t for t in out if isinstance(t, bool) or not isinstance(t, (int, np.integer))]
+    if bad: raise TypeError(f"`{name}` must be a list of token ids (integers), got {bad[:3]}")
+    hi = f"[0, {vocab_size})" if vocab_size is not None else "[0, vocab)"
+    bad = [t for t in out if t < 0 or (vocab_size is not None and t >= vocab_size)]
+    if bad: raise ValueError(f"`{name}` must be token ids in {hi}, got {bad[:5]}")
+    return [int(t) for t in out]
+
+def _check_bool(value, name: str) -> bool:
+    if not isinstance(value, (bool, np.bool_)): raise TypeError(f"`{name}` must be True or False, got {type(value).__name__} {value!r:.40}")
+    return bool(value)
 
 def _row_uniforms(u, logits: Tensor, generator=None) -> Tensor:
     "Validate `u` (None, a number or [batch]) and return it as a float64 [batch, 1] column."
@@ -72,9 +118,12 @@ def xtc(
     keep_tokens: Sequence[int] | None = None,  # ids (e.g. EOS, newline) XTC may never remove: such rows stay
     min_keep: int = 1,  # leave a row unchanged if fewer tokens would remain
     generator: torch.Generator | None = None,  # used only when `u` is None
+    keep_ties: bool = True,  # keep every token tied with the least likely top choice; False: one (lowest id), as llama.cpp
 ) -> Float[Tensor, "batch vocab"]:
     "Exclude Top Choices: where `u < probability`, drop all tokens with p ≥ threshold but the least likely."
     check_logits(logits)
+    keep_tokens = check_token_ids(keep_tokens, "keep_tokens", logits.shape[1])
+    _check_int(min_keep, "min_keep", 0); _check_bool(keep_ties, "keep_ties")
     t = per_row(threshold, "threshold", logits, low=0, high=1, dtype=torch.float64)
     fire = _row_uniforms(u, logits, generator).to(logits.device) < per_row(probability, "probability", logits, 0, 1, dtype=torch.float64)
     if not bool(fire.any()): return logits.clone()
@@ -82,9 +131,12 @@ def xtc(
     above = (logits >= cut) & _finite(logits)
     last = logits.where(above, float("inf")).amin(-1, keepdim=True)  # the least probable top choice
     remove = above & (logits > last)
+    if not keep_ties:  # llama.cpp keeps exactly one of the tied least likely top choices (here: the lowest id)
+        one = (above & (logits == last)).int().argmax(-1, keepdim=True)
+        remove = above & ~torch.zeros_like(above).scatter_(1, one, True)
     ok = fire & (above.sum(-1, keepdim=True) >= 2) & ((_finite(logits) & ~remove).sum(-1, keepdim=True) >= min_keep)
-    if keep_tokens is not None and len(keep_tokens):
-        ok = ok & ~remove[:, list(keep_tokens)].any(-1, keepdim=True)
+    if keep_tokens:
+        ok = ok & ~remove[:, keep_tokens].any(-1, keepdim=True)
     return logits.masked_fill(remove & ok, _NEG_INF)
 
 # %% ../nbs/04_heuristics_ext.ipynb #2efae7ab
@@ -96,14 +148,14 @@ def dynamic_temperature(
 ) -> Float[Tensor, "batch vocab"]:
     "Divide logits by `low + (high-low)·(H/log n)^exponent` (llama.cpp temp-ext / webui dynatemp)."
     check_logits(logits)
-    lo, hi = per_row(low, "low", logits, low=0, dtype=torch.float64), per_row(high, "high", logits, low=0, dtype=torch.float64)
+    lo, hi = per_row(low, "low", logits, low=0, dtype=torch.float64, finite=True), per_row(high, "high", logits, low=0, dtype=torch.float64, finite=True)
     if (hi < lo).any(): raise ValueError(f"`high` must be ≥ `low`, got low={low}, high={high}")
-    ex = per_row(exponent, "exponent", logits, low=0, dtype=torch.float64)
+    ex = per_row(exponent, "exponent", logits, low=0, dtype=torch.float64, finite=True)
     lp = torch.log_softmax(logits.float(), -1)
     h = -(lp.exp() * lp).nan_to_num(0.0).sum(-1, keepdim=True).double()  # 0·log 0 = 0
     n = _finite(logits).sum(-1, keepdim=True)
     temp = lo + (hi - lo) * (h / n.clamp_min(2).double().log()).pow(ex)
-    out = logits / temp.clamp_min(1e-300).to(logits.dtype)
+    out = cast_logits(logits.double() / temp.clamp_min(1e-300), logits.dtype)  # a small T must not overflow the dtype
     if bool((temp <= 0).any()):  # T = 0: greedy (every token tied with the maximum kept)
         greedy = logits.masked_fill(logits < logits.amax(-1, keepdim=True), _NEG_INF)
         out = torch.where(temp > 0, out, greedy)
@@ -117,13 +169,14 @@ def quadratic(
 ) -> Float[Tensor, "batch vocab"]:
     "text-generation-webui's quadratic sampling: ℓ ↦ max − k·f·d² + s·f·d³ with d = ℓ − max (per row)."
     check_logits(logits)
-    f = per_row(factor, "factor", logits, low=0, dtype=logits.dtype)
-    c = per_row(curve, "curve", logits, dtype=logits.dtype)
-    if not torch.isfinite(c).all(): raise ValueError(f"`curve` must be a finite number, got {curve}")
-    top = logits.amax(-1, keepdim=True)
-    d = logits - top
-    out = top + f * d.square() * ((c - 1) / 2 * d - (3 - c) / 2)  # = top − k·f·d² + s·f·d³
-    return torch.where(_finite(logits), out, logits)
+    f = per_row(factor, "factor", logits, low=0, finite=True, dtype=torch.float64)
+    c = per_row(curve, "curve", logits, finite=True, dtype=torch.float64)
+    def smooth(x):
+        top = x.amax(-1, keepdim=True)
+        d = x - top
+        out = top + f.to(x.dtype) * d.square() * ((c.to(x.dtype) - 1) / 2 * d - (3 - c.to(x.dtype)) / 2)  # = top − k·f·d² + s·f·d³
+        return torch.where(_finite(x), out, x)
+    return _wide(smooth, logits)
 
 # %% ../nbs/04_heuristics_ext.ipynb #1da9c0e0
 def _keep_top(remove: Tensor, logits: Tensor, m: int) -> Tensor:
@@ -132,8 +185,7 @@ def _keep_top(remove: Tensor, logits: Tensor, m: int) -> Tensor:
     idx = logits.topk(min(m, logits.shape[-1]), dim=-1).indices
     return remove.scatter(-1, idx, False)
 
-def _check_min_keep(m, name="min_tokens_to_keep"):
-    if not isinstance(m, int) or isinstance(m, bool) or m < 1: raise ValueError(f"`{name}` must be an integer ≥ 1, got {m!r}")
+def _check_min_keep(m, name="min_tokens_to_keep"): _check_int(m, name, 1)
 
 def top_a(
     logits: Float[Tensor, "batch vocab"],
@@ -176,13 +228,19 @@ def logit_bias(
     check_logits(logits)
     b, v = logits.shape
     if isinstance(bias, Mapping):  # sparse: touch only the listed columns
-        bad = [t for t in bias if not isinstance(t, (int, np.integer)) or not 0 <= t < v]
+        bad = [t for t in bias if isinstance(t, bool) or not isinstance(t, (int, np.integer)) or not 0 <= t < v]
         if bad: raise ValueError(f"`bias` keys must be token ids in [0, {v}), got {bad[:5]}")
-        vals = torch.tensor([float(x) for x in bias.values()], dtype=logits.dtype)
+        bad = [t for t in bias.values() if isinstance(t, bool) or not isinstance(t, (int, float, np.integer, np.floating))]
+        if bad: raise TypeError(f"`bias` values must be numbers, got {bad[:3]}")
+        vals = torch.tensor([float(x) for x in bias.values()], dtype=torch.float64)
         if torch.isnan(vals).any() or (vals == float("inf")).any(): raise ValueError("`bias` values must be numbers in [-inf, inf), got NaN or +inf")
-        out, idx = logits.clone(), torch.tensor(list(bias.keys()), dtype=torch.long, device=logits.device)
-        out[:, idx] += vals.to(logits.device)
+        idx = torch.tensor(list(bias.keys()), dtype=torch.long, device=logits.device)
+        if logits.dtype in (torch.float16, torch.bfloat16): return _wide(lambda x: logit_bias(x, bias), logits)
+        out = logits.clone()
+        out[:, idx] += vals.to(logits.device, logits.dtype)
         return out
+    check_real(bias, "bias")
+    if logits.dtype in (torch.float16, torch.bfloat16): return _wide(lambda x: logit_bias(x, bias), logits)
     bias = torch.as_tensor(bias, dtype=logits.dtype, device=logits.device)
     if bias.shape not in ((v,), (b, v)): raise ValueError(f"`bias` must have shape [vocab]=[{v}] or [batch, vocab]=[{b}, {v}], got {tuple(bias.shape)}")
     if torch.isnan(bias).any() or (bias == float("inf")).any(): raise ValueError("`bias` values must be numbers in [-inf, inf), got NaN or +inf")
@@ -195,7 +253,12 @@ def history_mask(
     include_prompt: bool = True,  # count prompt tokens as history
     pad_token_id: int | None = None,  # left padding to ignore (leading run of this id in the prompt part)
 ) -> Bool[Tensor, "batch seq"]:
-    "Boolean mask of the positions of `input_ids` that count as history."
+    "Boolean mask of the positions of `input_ids` that count as history (a negative `pad_token_id`: nowhere)."
+    _check_bool(include_prompt, "include_prompt")
+    if pad_token_id is not None: _check_int(pad_token_id, "pad_token_id", -2**63)
+    if not isinstance(input_ids, Tensor) or input_ids.dim() != 2 or input_ids.is_floating_point() or input_ids.dtype == torch.bool:
+        raise TypeError(f"`input_ids` must be an integer tensor of shape [batch, seq], got {getattr(input_ids, 'dtype', type(input_ids).__name__)} "
+                        f"{tuple(getattr(input_ids, 'shape', ()))}")
     b, L = input_ids.shape
     if prompt_lengths is None:
         if not include_prompt: raise ValueError("`prompt_lengths` is needed when `include_prompt=False`")
@@ -206,10 +269,21 @@ def history_mask(
     if pad_token_id is not None:
         lead = (input_ids == pad_token_id).long().cumprod(1).bool() & (pos < pl)
         mask = mask & ~lead
+        if pad_token_id < 0: mask = mask & (input_ids != pad_token_id)  # cannot be a token: padding wherever it is
     return mask
+
+def _check_history_ids(input_ids: Tensor, mask: Tensor, batch: int | None = None) -> None:
+    "Refuse negative ids at history positions (they are no token; declare them as a negative `pad_token_id`)."
+    if batch is not None and input_ids.shape[0] != batch:
+        raise ValueError(f"`input_ids` must have one row per logits row ({batch}), got shape {tuple(input_ids.shape)}")
+    neg = (input_ids < 0) & mask
+    if bool(neg.any()):
+        raise ValueError(f"`input_ids` must be token ids >= 0 at history positions, got {input_ids[neg][:5].tolist()}; "
+                         "if they are padding, pass them as `pad_token_id` (a negative pad id is never history)")
 
 def _history_ids(input_ids: Tensor, mask: Tensor, vocab_size: int) -> Tensor:
     "History ids; positions outside the history (and ids ≥ vocab_size) go to a spare column `vocab_size`."
+    _check_history_ids(input_ids, mask)
     return torch.where(mask, input_ids.clamp(0, vocab_size), vocab_size)
 
 def _pad1(logits: Tensor) -> Tensor:
@@ -238,38 +312,53 @@ def repetition_penalty(
 ) -> Float[Tensor, "batch vocab"]:
     "CTRL's repetition penalty with transformers' semantics: ℓ·θ if ℓ < 0 else ℓ/θ, for tokens in the history."
     check_logits(logits)
-    th = per_row(penalty, "penalty", logits, low=0, low_open=True, dtype=logits.dtype)
-    ids = _history_ids(input_ids, history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id), logits.shape[1])
-    padded = _pad1(logits)
-    s = padded.gather(1, ids)  # O(batch·seq), like transformers: the vocabulary is touched once (the copy)
-    return padded.scatter(1, ids, torch.where(s < 0, s * th, s / th))[:, :-1]
+    th = per_row(penalty, "penalty", logits, low=0, low_open=True, finite=True, dtype=torch.float64)
+    mask = history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id)
+    _check_history_ids(input_ids, mask, logits.shape[0])
+    ids = _history_ids(input_ids, mask, logits.shape[1])
+    def penalise(x):
+        padded = _pad1(x)
+        s, t = padded.gather(1, ids), th.to(x.dtype)  # O(batch·seq), like transformers: the vocabulary is touched once (the copy)
+        return padded.scatter(1, ids, torch.where(s < 0, s * t, s / t))[:, :-1]
+    if logits.dtype == torch.float32 and bool(((th >= 1e-30) & (th <= 1e30)).all()): return penalise(logits)  # cannot overflow
+    return _wide(penalise, logits)
 
 # %% ../nbs/04_heuristics_ext.ipynb #eceb043c
-def _additive_penalty(logits, value, name, input_ids, prompt_lengths, presence):
+def _additive_penalty(logits, value, name, input_ids, prompt_lengths, presence, include_prompt=False, pad_token_id=None):
     check_logits(logits)
-    a = per_row(value, name, logits, low=-2, high=2, dtype=logits.dtype)
-    if prompt_lengths is None: raise ValueError(f"`prompt_lengths` is required: {name} counts generated tokens only")
-    ids, padded = _history_ids(input_ids, history_mask(input_ids, prompt_lengths, False), logits.shape[1]), _pad1(logits)
-    if presence: return padded.scatter(1, ids, padded.gather(1, ids) - a)[:, :-1]  # once per distinct token
-    return padded.scatter_add(1, ids, (-a).expand(ids.shape).contiguous())[:, :-1]  # once per occurrence
+    a = per_row(value, name, logits, low=-2, high=2, dtype=torch.float64)
+    if prompt_lengths is None and not include_prompt:
+        raise ValueError(f"`prompt_lengths` is required: {name} counts generated tokens only (unless include_prompt=True)")
+    mask = history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id)
+    _check_history_ids(input_ids, mask, logits.shape[0])
+    ids = _history_ids(input_ids, mask, logits.shape[1])
+    def penalise(x):
+        padded, ax = _pad1(x), a.to(x.dtype)
+        if presence: return padded.scatter(1, ids, padded.gather(1, ids) - ax)[:, :-1]  # once per distinct token
+        return padded.scatter_add(1, ids, (-ax).expand(ids.shape).contiguous())[:, :-1]  # once per occurrence
+    return penalise(logits) if logits.dtype in (torch.float32, torch.float64) else _wide(penalise, logits)
 
 def presence_penalty(
     logits: Float[Tensor, "batch vocab"],
     penalty: float | Tensor,  # α_presence in [-2, 2], subtracted once from every generated token
     input_ids: Int[Tensor, "batch seq"],  # prompt + generated so far (left-padded)
-    prompt_lengths: int | Tensor,  # column where each row's response starts: only tokens from there count
+    prompt_lengths: int | Tensor | None,  # column where each row's response starts: only tokens from there count
+    include_prompt: bool = False,  # False: OpenAI/vLLM (generated tokens only); True: llama.cpp (the prompt counts too)
+    pad_token_id: int | None = None,  # left padding, never history
 ) -> Float[Tensor, "batch vocab"]:
-    "OpenAI/vLLM presence penalty: ℓ − α·[token occurs in the generated text]."
-    return _additive_penalty(logits, penalty, "penalty", input_ids, prompt_lengths, True)
+    "OpenAI/vLLM presence penalty: ℓ − α·[token occurs in the generated text] (with `include_prompt`, llama.cpp's)."
+    return _additive_penalty(logits, penalty, "penalty", input_ids, prompt_lengths, True, include_prompt, pad_token_id)
 
 def frequency_penalty(
     logits: Float[Tensor, "batch vocab"],
     penalty: float | Tensor,  # α_frequency in [-2, 2], subtracted once per occurrence
     input_ids: Int[Tensor, "batch seq"],  # prompt + generated so far (left-padded)
-    prompt_lengths: int | Tensor,  # column where each row's response starts: only tokens from there count
+    prompt_lengths: int | Tensor | None,  # column where each row's response starts: only tokens from there count
+    include_prompt: bool = False,  # False: OpenAI/vLLM (generated tokens only); True: llama.cpp (the prompt counts too)
+    pad_token_id: int | None = None,  # left padding, never history
 ) -> Float[Tensor, "batch vocab"]:
-    "OpenAI/vLLM frequency penalty: ℓ − α·(occurrences of the token in the generated text)."
-    return _additive_penalty(logits, penalty, "penalty", input_ids, prompt_lengths, False)
+    "OpenAI/vLLM frequency penalty: ℓ − α·(occurrences of the token in the generated text) (with `include_prompt`, llama.cpp's)."
+    return _additive_penalty(logits, penalty, "penalty", input_ids, prompt_lengths, False, include_prompt, pad_token_id)
 
 # %% ../nbs/04_heuristics_ext.ipynb #76022b1b
 def no_repeat_ngram(
@@ -282,10 +371,12 @@ def no_repeat_ngram(
 ) -> Float[Tensor, "batch vocab"]:
     "Ban tokens that would repeat an n-gram of the history (transformers' semantics)."
     check_logits(logits)
-    if not isinstance(n, (int, np.integer)) or isinstance(n, bool) or n < 1: raise ValueError(f"`n` must be an integer ≥ 1, got {n!r}")
+    _check_int(n, "n", 1)
+    history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id)  # validates the history arguments
     b, L = input_ids.shape
     if L < n: return logits.clone()
     mask = history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id)
+    _check_history_ids(input_ids, mask, logits.shape[0])
     win, wmask = input_ids.unfold(1, n, 1), mask.unfold(1, n, 1).all(-1)  # [b, L-n+1, n]
     suffix, smask = input_ids[:, L - n + 1:], mask[:, L - n + 1:].all(-1, keepdim=True)
     hit = (win[..., :-1] == suffix.unsqueeze(1)).all(-1) & wmask & smask
@@ -298,10 +389,13 @@ def no_repeat_ngram(
 def _breaker_table(sequence_breakers) -> dict[int, list[tuple[int, ...]]]:
     "Head token → tails, from ids (single-token breakers) or id sequences (head + tail)."
     table: dict[int, list[tuple[int, ...]]] = {}
+    if isinstance(sequence_breakers, (str, bytes, Mapping)) or not isinstance(sequence_breakers, (Iterable, type(None))):
+        raise TypeError(f"`sequence_breakers` must be a list of token ids or id sequences, got {type(sequence_breakers).__name__} "
+                        f"{sequence_breakers!r:.40} (strings: build ids with `dry_sequence_breakers(tokenizer, strings)`)")
     for br in sequence_breakers or ():
-        seq = (int(br),) if isinstance(br, (int, np.integer)) else tuple(int(t) for t in br)
+        seq = check_token_ids([br] if isinstance(br, (int, np.integer)) and not isinstance(br, bool) else br, "sequence_breakers")
         if not seq: raise ValueError("`sequence_breakers` must not contain empty sequences")
-        table.setdefault(seq[0], []).append(seq[1:])
+        table.setdefault(seq[0], []).append(tuple(seq[1:]))
     return table
 
 def _dry_rep_limit(t: list[int], breakers) -> int:
@@ -350,13 +444,14 @@ def dry(
 ) -> Float[Tensor, "batch vocab"]:
     "DRY repetition penalty with llama.cpp's semantics: ℓ_t − m·b^(L(t)−A) for tokens extending a repeat."
     check_logits(logits)
-    m = per_row(multiplier, "multiplier", logits, low=0, dtype=torch.float64)
-    if not (isinstance(base, (int, float)) and base >= 1): raise ValueError(f"`base` must be a number in [1, inf), got {base!r}")
-    if not isinstance(allowed_length, (int, np.integer)) or allowed_length < 1: raise ValueError(f"`allowed_length` must be an integer ≥ 1, got {allowed_length!r}")
-    if not isinstance(penalty_last_n, (int, np.integer)) or penalty_last_n < -1: raise ValueError(f"`penalty_last_n` must be an integer ≥ -1, got {penalty_last_n!r}")
+    m = per_row(multiplier, "multiplier", logits, low=0, finite=True, dtype=torch.float64)
+    _check_number(base, "base", 1)
+    _check_int(allowed_length, "allowed_length", 1); _check_int(penalty_last_n, "penalty_last_n", -1)
     table, v = _breaker_table(sequence_breakers), logits.shape[1]
     max_exp = int(88.7228391 / math.log(base)) if base > 1.000001 else 0
-    mask = history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id).cpu()
+    mask = history_mask(input_ids, prompt_lengths, include_prompt, pad_token_id)
+    _check_history_ids(input_ids, mask, logits.shape[0])
+    mask = mask.cpu()
     penalty = torch.zeros(logits.shape, dtype=torch.float64)
     for r, (row, mk) in enumerate(zip(input_ids.cpu().tolist(), mask.tolist())):
         if penalty_last_n == 0 or m[r].item() == 0: continue
@@ -366,7 +461,10 @@ def dry(
             if tok < v and () not in table.get(tok, []):
                 e = ln - allowed_length
                 penalty[r, tok] = base ** (min(e, max_exp) if max_exp > 0 else e)
-    return logits - (m.cpu() * penalty).to(logits.device, logits.dtype)
+    sub = m.cpu() * penalty  # float64: a huge m · b^e must not overflow the logits' dtype
+    if logits.dtype == torch.float64 or (logits.dtype == torch.float32 and (not sub.numel() or float(sub.max()) < 1e30)):
+        return logits - sub.to(logits.device, logits.dtype)
+    return cast_logits(logits.double() - sub.to(logits.device), logits.dtype)
 
 # %% ../nbs/04_heuristics_ext.ipynb #2d15f71f
 def dry_sequence_breakers(
@@ -432,14 +530,18 @@ class RepetitionPenalty(HistoryProcessor):
         return repetition_penalty(scores, self.penalty, input_ids, pl, self.include_prompt, self.pad_token_id)
 
 class PresencePenalty(HistoryProcessor):
-    "Processor form of `presence_penalty` (generated tokens only)."
-    def __init__(self, penalty, pad_token_id=None): self.penalty = penalty; super().__init__(pad_token_id)
-    def apply(self, input_ids, scores, pl, ctx): return presence_penalty(scores, self.penalty, input_ids, pl)
+    "Processor form of `presence_penalty` (generated tokens only, unless `include_prompt`: llama.cpp's)."
+    def __init__(self, penalty, include_prompt=False, pad_token_id=None):
+        self.penalty, self.include_prompt = penalty, _check_bool(include_prompt, "include_prompt"); super().__init__(pad_token_id)
+    def apply(self, input_ids, scores, pl, ctx):
+        return presence_penalty(scores, self.penalty, input_ids, pl, self.include_prompt, self.pad_token_id)
 
 class FrequencyPenalty(HistoryProcessor):
-    "Processor form of `frequency_penalty` (generated tokens only)."
-    def __init__(self, penalty, pad_token_id=None): self.penalty = penalty; super().__init__(pad_token_id)
-    def apply(self, input_ids, scores, pl, ctx): return frequency_penalty(scores, self.penalty, input_ids, pl)
+    "Processor form of `frequency_penalty` (generated tokens only, unless `include_prompt`: llama.cpp's)."
+    def __init__(self, penalty, include_prompt=False, pad_token_id=None):
+        self.penalty, self.include_prompt = penalty, _check_bool(include_prompt, "include_prompt"); super().__init__(pad_token_id)
+    def apply(self, input_ids, scores, pl, ctx):
+        return frequency_penalty(scores, self.penalty, input_ids, pl, self.include_prompt, self.pad_token_id)
 
 # %% ../nbs/04_heuristics_ext.ipynb #23631c25
 class NoRepeatNGram(HistoryProcessor):
@@ -453,6 +555,7 @@ class DRY(HistoryProcessor):
     "Processor form of `dry`."
     def __init__(self, multiplier, base=1.75, allowed_length=2, sequence_breakers=(), penalty_last_n=-1,
                  include_prompt=True, pad_token_id=None):
+        _breaker_table(sequence_breakers)  # refuse a string or a non-id now, before `list` splits it
         self.kw = dict(base=base, allowed_length=allowed_length, sequence_breakers=list(sequence_breakers),
                        penalty_last_n=penalty_last_n, include_prompt=include_prompt)
         self.multiplier = multiplier; super().__init__(pad_token_id)
@@ -462,14 +565,17 @@ class DRY(HistoryProcessor):
 # %% ../nbs/04_heuristics_ext.ipynb #36f685ec
 class XTC(HistoryProcessor):
     "Processor form of `xtc`; its coin is `ctx.uniform(input_ids, XTC_STREAM)` (or keyed by `seed` without ctx)."
-    def __init__(self, threshold, probability, keep_tokens=None, min_keep=1, seed: int = 0):
+    def __init__(self, threshold, probability, keep_tokens=None, min_keep=1, seed: int = 0, keep_ties: bool = True):
+        check_token_ids(keep_tokens, "keep_tokens"); _check_int(seed, "seed", 0)
         self.threshold, self.probability, self.keep_tokens, self.min_keep, self.seed = threshold, probability, keep_tokens, min_keep, seed
+        self.keep_ties = keep_ties
         super().__init__(None)
     def apply(self, input_ids, scores, pl, ctx):
         b = input_ids.shape[0]
         u = (ctx.uniform(input_ids, XTC_STREAM) if ctx is not None
              else keyed_uniform(self.seed, torch.arange(b), input_ids.shape[1] - pl.cpu(), 0, XTC_STREAM))
-        return xtc(scores, self.threshold, self.probability, u=u, keep_tokens=self.keep_tokens, min_keep=self.min_keep)
+        return xtc(scores, self.threshold, self.probability, u=u, keep_tokens=self.keep_tokens, min_keep=self.min_keep,
+                   keep_ties=self.keep_ties)
 
 # %% ../nbs/04_heuristics_ext.ipynb #5da1b37e
 def mirostat_v2(
@@ -507,7 +613,8 @@ def mirostat_v1(
     "Mirostat v1's truncation: top-k with k from the estimated Zipf exponent and μ (llama.cpp)."
     check_logits(logits)
     mu = per_row(mu, "mu", logits, dtype=torch.float64)
-    if not isinstance(m, int) or m < 2: raise ValueError(f"`m` must be an integer ≥ 2, got {m!r}")
+    _check_int(m, "m", 2)
+    if logits.shape[1] == 1 or not len(logits): return logits.clone()  # one token (or no row): nothing to truncate
     k = _mirostat_k(logits, mu, m)
     kth = logits.topk(int(k.max()), dim=-1).values.gather(1, k - 1)
     return logits.masked_fill(logits < kth, _NEG_INF)
@@ -516,9 +623,8 @@ def mirostat_v1(
 class Mirostat:
     "Mirostat v1/v2 as a stateful processor: per-row μ, updated from the token each row sampled."
     def __init__(self, tau: float = 5.0, eta: float = 0.1, version: int = 2, m: int = 100):
-        if version not in (1, 2): raise ValueError(f"`version` must be 1 or 2, got {version!r}")
-        if not tau > 0: raise ValueError(f"`tau` must be a number in (0, inf), got {tau!r}")
-        if not eta > 0: raise ValueError(f"`eta` must be a number in (0, inf), got {eta!r}")
+        if isinstance(version, bool) or version not in (1, 2): raise ValueError(f"`version` must be 1 or 2, got {version!r}")
+        _check_number(tau, "tau", 0, low_open=True); _check_number(eta, "eta", 0, low_open=True); _check_int(m, "m", 2)
         self.tau, self.eta, self.version, self.m = float(tau), float(eta), version, m
         self.__signature__ = _LOOP_SIGNATURE
         self.reset()

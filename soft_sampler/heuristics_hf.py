@@ -5,18 +5,30 @@
 # %% ../nbs/03_heuristics_hf.ipynb #a99a0c7c
 from __future__ import annotations
 import functools, math
+import numpy as np
 import torch
 from torch import Tensor
 from jaxtyping import Float
 
 # %% auto #0
-__all__ = ['per_row', 'check_logits', 'temperature', 'top_k', 'top_p', 'min_p', 'typical', 'epsilon', 'eta', 'top_h']
+__all__ = ['check_real', 'per_row', 'check_logits', 'cast_logits', 'temperature', 'top_k', 'top_p', 'min_p', 'typical', 'epsilon',
+           'eta', 'top_h']
 
 # %% ../nbs/03_heuristics_hf.ipynb #1ce48705
 def _fmt_range(low, high, low_open, high_open) -> str:
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
     return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
+
+def check_real(
+    value,  # a parameter value: a number, or a per-row tensor / list of numbers
+    name: str,  # parameter name, used in the error message
+) -> None:
+    "Raise a `TypeError` naming the parameter unless `value` is a real number or a tensor/list/tuple of them."
+    num = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
+    ok = (num(value) or (isinstance(value, Tensor) and not (value.dtype == torch.bool or value.is_complex()))
+          or (isinstance(value, (list, tuple, np.ndarray)) and all(num(x) for x in np.asarray(value, dtype=object).flat)))
+    if not ok: raise TypeError(f"`{name}` must be a real number (or a per-row tensor/list of them), got {type(value).__name__} {value!r:.60}")
 
 def per_row(
     value: float | int | Tensor,  # a Python number or a tensor of shape [batch] (or [batch, 1])
@@ -28,17 +40,21 @@ def per_row(
     high_open: bool = False,  # exclude `high` itself
     integer: bool = False,  # require whole numbers
     dtype: torch.dtype | None = None,  # result dtype (default: float32, or int64 when `integer`)
+    finite: bool = False,  # also refuse ±inf (where an infinite value has no meaning)
 ) -> Tensor:
     "Validate a scalar or per-row parameter and return it as a `[batch, 1]` column on `logits.device`."
     b = logits.shape[0]
     dtype = dtype or (torch.long if integer else torch.float32)
-    what = lambda: f"{'an integer' if integer else 'a number'} in {_fmt_range(low, high, low_open, high_open)}"
+    what = lambda: (f"{'an integer' if integer else 'a finite number' if finite else 'a number'} in "
+                    f"{_fmt_range(low, high, low_open, high_open)}")
     if type(value) in (int, float):  # a Python number: checked in Python, one tensor op (validation stays O(1))
-        bad = (value != value or (integer and not (type(value) is int or value.is_integer()))
+        bad = (value != value or (finite and abs(value) == math.inf)
+               or (integer and not (type(value) is int or value.is_integer()))
                or (low is not None and (value <= low if low_open else value < low))
                or (high is not None and (value >= high if high_open else value > high)))
         if bad: raise ValueError(f"`{name}` must be {what()}, got {value}")
         return torch.full((b, 1), int(value) if integer else value, dtype=dtype, device=logits.device)
+    check_real(value, name)
     v = torch.as_tensor(value, device=logits.device)
     if v.dim() == 2 and v.shape[1] == 1: v = v[:, 0]
     if v.dim() > 1 or (v.dim() == 1 and v.shape[0] != b):
@@ -46,6 +62,7 @@ def per_row(
     if v.dtype == torch.bool or v.is_complex():
         raise TypeError(f"`{name}` must be a real number, got {v.dtype}")
     bad = torch.isnan(v) if v.is_floating_point() else torch.zeros_like(v, dtype=torch.bool)
+    if (integer or finite) and v.is_floating_point(): bad = bad | torch.isinf(v)
     if integer and v.is_floating_point(): bad = bad | (v != v.round())
     if low is not None: bad = bad | ((v <= low) if low_open else (v < low))
     if high is not None: bad = bad | ((v >= high) if high_open else (v > high))
@@ -60,6 +77,22 @@ def check_logits(logits: Tensor, name: str = "logits") -> None:
     if not isinstance(logits, Tensor): raise TypeError(f"`{name}` must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2: raise ValueError(f"`{name}` must have shape [batch, vocab], got {tuple(logits.shape)}")
     if not logits.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {logits.dtype}")
+    if logits.shape[1] == 0: raise ValueError(f"`{name}` must have at least one token (vocab >= 1), got shape {tuple(logits.shape)}")
+
+# %% ../nbs/03_heuristics_hf.ipynb #af4429be
+def cast_logits(
+    values: Float[Tensor, "batch vocab"],  # logits computed in a wider dtype (float32/float64)
+    dtype: torch.dtype,  # the dtype to return (the input logits' dtype)
+) -> Float[Tensor, "batch vocab"]:
+    "`values` in `dtype` without overflow: rows that do not fit are shifted by their max (softmax unchanged), finite stays finite."
+    if values.dtype == dtype: return values
+    big = torch.finfo(dtype).max
+    fin = torch.isfinite(values)
+    over = ((values.abs() > big) & fin).any(-1, keepdim=True)
+    if bool(over.any()):
+        top = values.masked_fill(~fin, -math.inf).amax(-1, keepdim=True)
+        values = torch.where(over, values - top, values)
+    return torch.where(fin, values.clamp(-big, big), values).to(dtype)
 
 # %% ../nbs/03_heuristics_hf.ipynb #95d1563a
 _NEG = float("-inf")
@@ -78,7 +111,7 @@ def _floats(value, name: str, logits: Tensor, **kw) -> Tensor:
 # %% ../nbs/03_heuristics_hf.ipynb #9eb408b7
 def _rowsum(t: Float[Tensor, "b v"], nan: bool = False) -> Float[Tensor, "b 1"]:
     "Row sums (`nansum` if `nan`) in the same order whatever the batch size."
-    two = t if t.shape[0] > 1 else t.expand(2, -1).contiguous()
+    two = t if t.shape[0] != 1 else t.expand(2, -1).contiguous()
     return (torch.nansum if nan else torch.sum)(two, -1, keepdim=True)[:t.shape[0]]
 
 # %% ../nbs/03_heuristics_hf.ipynb #1bc325eb
@@ -112,40 +145,12 @@ def _top_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
 # %% ../nbs/03_heuristics_hf.ipynb #0c66466f
 def _keep_first(remove: Tensor, logits: Tensor, m: Tensor) -> Tensor:
     "Clear `remove` (in place) for each row's `m` largest logits (ties: lower id first)."
-    mmax = int(m.max())
+    mmax = int(m.max()) if m.numel() else 0
     if mmax > 1:
         cols = _top_sorted(logits, mmax)[1]
         first = torch.arange(mmax, device=logits.device) < m
         remove.scatter_(1, cols, remove.gather(1, cols) & ~first)
     return remove
-
-def _bin_mass(key: Tensor, probs: Tensor, hi: Tensor, width: float, nb: int) -> Tensor:
-    "Mass per row in bins: 0 = above hi, 1..nb = equal slices of (hi - width, hi] from the top, nb+1 = below."
-    d = key.mul(-nb / width).add_(hi * (nb / width)).nan_to_num_(nan=nb + 1.0)
-    idx = d.clamp_(-1.0, nb + 1.0).floor_().add_(1).clamp_(0, nb + 1).long()
-    return probs.new_zeros(key.shape[0], nb + 2).scatter_add_(1, idx, probs)
-
-def _band(key: Float[Tensor, "b v"], probs: Tensor, p: Tensor, nb: int = 1024, width: float = 24.0, cap: int = 1024):
-    "Cuts lo < hi on `key` with mass(key > hi) < p <= mass(key > lo). Returns hi, mass above hi, the band sorted, ok."
-    top = key.amax(-1, keepdim=True)  # tokens `width` nats below the best hold < 1e-5 of the mass
-    j = (_bin_mass(key, probs, top, width, nb).cumsum(-1) < p).sum(-1, keepdim=True).clamp_(1, nb)
-    hi, lo = top - (j - 1) * (width / nb), top - j * (width / nb)  # the bin where the mass crosses p
-    above_hi = _rowsum(torch.where(key > hi, probs, 0.0))  # checked exactly: the bins only proposed the cuts
-    band = (key > lo) & (key <= hi)
-    n = band.sum(-1)
-    c = int(n.max()) if len(n) else 1
-    vals, cols = _top_sorted(key.masked_fill(~band, _NEG), max(min(c, cap), 1))
-    mass_lo = above_hi + torch.where(vals > _NEG, probs.gather(1, cols), 0.0).sum(-1, keepdim=True)
-    ok = ((above_hi < p) & (mass_lo >= p) & (p > 0) & (p < 1)).squeeze(1) & (n <= cap)
-    return hi, above_hi, vals, cols, ok
-
-def _staged(logits: Tensor, band, full) -> Tensor:
-    "Solve all rows with `band(rows)`; the rows it could not decide with `full(rows)` (a full sort)."
-    out, rows = torch.empty_like(logits), torch.arange(logits.shape[0], device=logits.device)
-    o, ok = band(rows)
-    out[ok] = o[ok]
-    if not bool(ok.all()): out[~ok] = full(rows[~ok])[0]
-    return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #446b5984
 def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
@@ -153,18 +158,28 @@ def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
     i = logits.argmax(-1, keepdim=True)
     return logits.new_full(logits.shape, _NEG).scatter_(1, i, logits.gather(1, i))
 
+def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b v"]:
+    "`logits / t` for t > 0 (number or `[b, 1]`): removed tokens stay -inf (t = inf: flat), no overflow in the dtype."
+    wide = lambda x, t: cast_logits((x.double() / t).masked_fill(x == _NEG, _NEG), x.dtype)
+    if logits.dtype not in (torch.float32, torch.float64): return wide(logits, t)  # half: computed in float64
+    out = logits / t
+    if not isinstance(t, Tensor) and 1 <= t <= torch.finfo(logits.dtype).max: return out  # |l / t| <= |l|: no overflow
+    bad = ~torch.isfinite(out.amax(-1))  # rows that over/underflowed, or -inf / inf (row by row: batch-independent)
+    if bool(bad.any()): out[bad] = wide(logits[bad], t[bad].double() if isinstance(t, Tensor) else t)
+    return out
+
 def temperature(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
-    t: float | Tensor,  # temperature >= 0 (number or per-row `[batch]`); 0 = greedy
+    t: float | Tensor,  # temperature in [0, inf] (number or per-row `[batch]`); 0 = greedy, inf = flat
 ) -> Float[Tensor, "batch vocab"]:
-    "Divide logits by `t`; `t = 0` keeps only the argmax (first index on ties)."
+    "Divide logits by `t`; `t = 0` keeps only the argmax (first index on ties), `t = inf` makes the kept tokens equally likely."
     check_logits(logits)
     if isinstance(t, (int, float)) and not isinstance(t, bool):  # a number: validated without tensors
         if not t >= 0: raise ValueError(f"`t` must be a number in [0, inf), got {t}")
-        return _greedy(logits) if t == 0 else logits / t
+        return _greedy(logits) if t == 0 else _divide(logits, t)
     tc = _floats(t, "t", logits, low=0)
     zero = (tc == 0).squeeze(1)
-    out = (logits / tc.masked_fill(tc == 0, 1)).to(logits.dtype)
+    out = _divide(logits, tc.masked_fill(tc == 0, 1))
     if zero.any(): out[zero] = _greedy(logits[zero])
     return out
 
@@ -177,6 +192,7 @@ def top_k(
     "Keep the `k` largest logits per row (and every token tied with the k-th)."
     check_logits(logits)
     kk = torch.maximum(_ints(k, "k", logits), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
+    if not len(kk): return logits.clone()  # an empty batch
     kmax = int(kk.max())
     if not _blocks_ok(logits, kmax):
         return logits.masked_fill(logits < logits.topk(kmax).values.gather(1, kk - 1), _NEG)
@@ -193,7 +209,7 @@ def _excl_cumsum(pc: Tensor) -> Tensor:
     return torch.cat([pc.new_zeros(pc.shape[0], 1), pc.cumsum(-1)[:, :-1]], 1)
 
 def _top_p_solve(x, probs, p, m, c):
-    "Top-p from the `c` best candidates; `ok` says where they provably sufficed."
+    "Top-p from the `c` best candidates (`c` = vocabulary: the full sort); `ok` says where they provably sufficed."
     vals, cols = _top_sorted(x, c)
     pc = probs.gather(1, cols)
     pos = torch.arange(vals.shape[1], device=x.device)
@@ -202,29 +218,52 @@ def _top_p_solve(x, probs, p, m, c):
     ok = (keep.sum(-1) < vals.shape[1]) & ((vals.gather(1, n) > vals[:, -1:]) | (pc.gather(1, n) == 0)).squeeze(1)
     return x.new_full(x.shape, _NEG).scatter_(1, cols, vals.masked_fill(~keep, _NEG)), ok
 
-def _top_p_band(x, probs, p, m):
-    "Top-p by cuts: tokens above `hi` kept, the band sorted and accumulated from the mass above `hi`."
-    hi, above_hi, vals, cols, ok = _band(x, probs, p)
-    pc = probs.gather(1, cols)
-    keep_band = ((above_hi + _excl_cumsum(pc) < p) | (p >= 1)) & (pc > 0) & (vals > _NEG)
-    keep = (x > hi).scatter_(1, cols, keep_band | (x > hi).gather(1, cols))
-    return x.masked_fill(_keep_first(~keep, x, m), _NEG), ok
+# %% ../nbs/03_heuristics_hf.ipynb #7fb1e6cb
+_SHIFT = 19  # a float32's top 13 bits: sign, exponent and 4 mantissa bits (bins of 1/16 octave)
+_NBINS = 1 << (31 - _SHIFT)  # every non-negative float32 (inf and NaN included) has its bin below this
+_CAP = 4096  # rows whose crossing bin holds more tokens (huge ties) take the full sort
 
-def top_p(
-    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
-    p: float | Tensor,  # nucleus mass in [0, 1] (number or per-row `[batch]`)
-    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens
-) -> Float[Tensor, "batch vocab"]:
-    "Keep the most likely tokens until their mass reaches `p` (the crossing token included)."
-    check_logits(logits)
-    pc = _floats(p, "p", logits, low=0, high=1)
-    m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
-    x, v, probs = logits, logits.shape[1], logits.softmax(-1)
-    if bool((pc >= 1).all()): return x.masked_fill(_keep_first(probs == 0, x, m), _NEG)  # p = 1
-    return _staged(x, band=lambda r: _top_p_band(x[r], probs[r], pc[r], m[r]),
-                   full=lambda r: _top_p_solve(x[r], probs[r], pc[r], m[r], v))
+def _bins(
+    key: Float[Tensor, "b v"],  # non-negative sort key (NaN rows allowed)
+    per_nat: float | None = None,  # None: bins of 1/16 octave (float bits); else uniform bins of 1/per_nat
+) -> Tensor:
+    "Each entry's bin, monotone in `key`, plus the row times `_NBINS` (one flat `bincount` serves every row)."
+    key = key.float().nan_to_num(0.0) if key.dtype != torch.float32 or bool(key[:, :1].isnan().any()) else key
+    off = torch.arange(0, key.shape[0] * _NBINS, _NBINS, dtype=torch.int32, device=key.device)[:, None]
+    if per_nat is None: return (key.view(torch.int32) >> _SHIFT).add_(off)
+    return key.mul(per_nat).clamp_(max=_NBINS - 1).to(torch.int32).add_(off)  # floor(per_nat * key), capped
 
-# %% ../nbs/03_heuristics_hf.ipynb #2ba268fd
+# %% ../nbs/03_heuristics_hf.ipynb #09fc23a1
+def _crossing_bin(bins, probs, p, descending: bool):
+    "Per row: the bin where the mass (from the top bin if `descending`) reaches `p`, the mass before it, and ok."
+    b = probs.shape[0]
+    hist = torch.bincount(bins.view(-1), weights=probs.reshape(-1), minlength=b * _NBINS).view(b, _NBINS)
+    cum = (hist.flip(-1) if descending else hist).cumsum(-1)  # float64
+    j = (cum < p).sum(-1, keepdim=True)
+    before = torch.where(j > 0, cum.gather(1, (j - 1).clamp_min(0)), 0.0)
+    ok = ((j < _NBINS) & cum[:, -1:].isfinite()).squeeze(1)  # else the mass never reaches p (rounding, NaN rows)
+    j = j.clamp_max(_NBINS - 1)
+    j = (_NBINS - 1 - j if descending else j) + torch.arange(b, device=probs.device)[:, None] * _NBINS
+    return j.to(torch.int32), before, ok
+
+# %% ../nbs/03_heuristics_hf.ipynb #8aa61023
+def _band(bins, j, key, probs, descending: bool):
+    "Tokens of each row's bin `j`, padded to `[b, c]`, sorted by `key` (ties: lower id first): keys, probs, cols, count, fits."
+    b, v = key.shape
+    flat = (bins == j).view(-1).nonzero().squeeze(1)
+    rows, cols = flat // v, flat % v
+    n = torch.bincount(rows, minlength=b)
+    fits = n <= _CAP
+    c = max(int(torch.where(fits, n, 0).max()) if b else 1, 1)
+    pos = torch.arange(len(rows), device=key.device) - (n.cumsum(0) - n)[rows]  # place within the row
+    sel = (pos < c).nonzero().squeeze(1)
+    rows, cols, pos = rows[sel], cols[sel], pos[sel]
+    keys = key.new_full((b, c), _NEG if descending else float("inf")).index_put_((rows, pos), key[rows, cols])
+    ps = probs.new_zeros((b, c)).index_put_((rows, pos), probs[rows, cols])
+    keys, perm = torch.sort(keys, dim=-1, descending=descending, stable=True)
+    return keys, ps.gather(1, perm).double(), cols.new_zeros((b, c)).index_put_((rows, pos), cols).gather(1, perm), n[:, None], fits
+
+# %% ../nbs/03_heuristics_hf.ipynb #7628447c
 def _keep_from(
     x: Float[Tensor, "b v"],  # logits (not modified)
     t: Float[Tensor, "b 1"],  # per-row threshold, in `x`'s dtype
@@ -238,6 +277,41 @@ def _keep_from(
     for a, o, b in zip(x.unbind(0), out.unbind(0), below): torch.threshold(a, b, _NEG, out=o)
     return out
 
+# %% ../nbs/03_heuristics_hf.ipynb #243c9757
+def _top_p_cut(x, probs, p):
+    "Per row: the crossing token's logit `t` (keep `x >= t`), the tied tokens after it (rows, cols) and ok."
+    bins = _bins(probs)
+    j, before, ok = _crossing_bin(bins, probs, p, descending=True)
+    vals, pb, cols, n, fits = _band(bins, j, x, probs, descending=True)
+    k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)  # the crossing token's place in its bin
+    ok = ok & fits & (k < n).squeeze(1) & (p < 1).squeeze(1)
+    k = k.clamp_max(vals.shape[1] - 1)
+    t = torch.where(ok[:, None], vals.gather(1, k), _NEG)
+    pos = torch.arange(vals.shape[1], device=x.device)
+    r, i = ((vals == t) & (pos > k) & (pos < n) & ok[:, None]).nonzero(as_tuple=True)  # ties: lower id first
+    return t, (r, cols[r, i]), ok
+
+# %% ../nbs/03_heuristics_hf.ipynb #b7dce004
+def top_p(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
+    p: float | Tensor,  # nucleus mass in [0, 1] (number or per-row `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens
+) -> Float[Tensor, "batch vocab"]:
+    "Keep the most likely tokens until their mass reaches `p` (the crossing token included)."
+    check_logits(logits)
+    pc = _floats(p, "p", logits, low=0, high=1)
+    m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
+    x, probs = logits, logits.softmax(-1)
+    if bool((pc >= 1).all()): return x.masked_fill(_keep_first(probs == 0, x, m), _NEG)  # p = 1
+    t, drop, ok = _top_p_cut(x, probs, pc)
+    slow = None if bool(ok.all()) else _top_p_solve(x[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
+    out = _keep_from(x, t, out=probs)  # the softmax is no longer needed: its buffer takes the result
+    out[drop] = _NEG
+    if int(m.max()) > 1: out = x.masked_fill(_keep_first(out == _NEG, x, m), _NEG)
+    if slow is not None: out[~ok] = slow
+    return out
+
+# %% ../nbs/03_heuristics_hf.ipynb #2ba268fd
 def min_p(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     p: float | Tensor,  # fraction of the top probability, in [0, 1] (number or per-row `[batch]`)
@@ -248,18 +322,20 @@ def min_p(
     pc, m = _floats(p, "p", logits, low=0, high=1), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     cut = logits.amax(-1, keepdim=True) + pc.log().to(logits.dtype)  # p_i < p max_j p_j  <=>  l_i < max_j l_j + log p
     # the top logit always passes, so with m = 1 the rank guard is void; a NaN row (NaN max) keeps everything, as in transformers
+    if not len(m): return logits.clone()  # an empty batch
     if int(m.max()) == 1 and not bool(cut.isnan().any()): return _keep_from(logits, cut)
     return logits.masked_fill(_keep_first(logits < cut, logits, m), _NEG)
 
 # %% ../nbs/03_heuristics_hf.ipynb #fa5abae2
 def _typical_scores(x: Tensor) -> tuple[Tensor, Tensor]:
-    "transformers' typicality scores |-log p - H| and probabilities, in float32 arithmetic."
+    "transformers' typicality scores |-log p - H| and probabilities, in float32 arithmetic (bit for bit)."
     lp = torch.log_softmax(x, -1)
     p = lp.exp()
-    return (-lp - (-_rowsum(lp * p, nan=True))).abs(), p
+    prod = lp * p
+    return torch.sub(lp, _rowsum(prod, nan=True), out=prod).abs_(), p  # -H = nansum(lp p); fl(-a - b) = -fl(a + b)
 
 def _typical_solve(x, scores, probs, mass, m, c):
-    "Typical sampling from the `c` most typical candidates; `ok` says where they provably sufficed."
+    "Typical sampling from the `c` most typical candidates (`c` = vocabulary: the full sort); `ok` where they sufficed."
     neg, cols = _top_sorted(-scores, c)
     sc, v = -neg, neg.shape[1]
     last = (probs.gather(1, cols).cumsum(-1) < mass).sum(-1, keepdim=True)
@@ -268,13 +344,14 @@ def _typical_solve(x, scores, probs, mass, m, c):
     remove = scores > sc.gather(1, last.clamp_max(v - 1))
     return x.masked_fill(_keep_first(remove, -scores, m), _NEG), ok
 
-def _typical_band(x, scores, probs, mass, m):
-    "Typical sampling by cuts on the score: the crossing token lies in the band."
-    _, above_hi, neg, cols, ok = _band(-scores, probs, mass)
-    cum = above_hi + probs.gather(1, cols).cumsum(-1)
-    last = (cum < mass).sum(-1, keepdim=True).clamp_max(neg.shape[1] - 1)
-    remove = scores > -neg.gather(1, last)
-    return x.masked_fill(_keep_first(remove, -scores, m), _NEG), ok
+# %% ../nbs/03_heuristics_hf.ipynb #1ae27f7a
+def _typical_cut(s, probs, p):
+    "Per row: the crossing score (keep `s <= it`, ties with it included) and ok."
+    bins = _bins(s, per_nat=64)
+    j, before, ok = _crossing_bin(bins, probs, p, descending=False)
+    vals, pb, _, n, fits = _band(bins, j, s, probs, descending=False)
+    k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)
+    return vals.gather(1, k.clamp_max(vals.shape[1] - 1)), ok & fits & (k < n).squeeze(1)
 
 def typical(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -285,10 +362,14 @@ def typical(
     check_logits(logits)
     pc = _floats(p, "p", logits, low=0, high=1, low_open=True, high_open=True)
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
-    x, v = logits, logits.shape[1]
+    x = logits
     s, probs = _typical_scores(x)
-    return _staged(x, band=lambda r: _typical_band(x[r], s[r], probs[r], pc[r], m[r]),
-                   full=lambda r: _typical_solve(x[r], s[r], probs[r], pc[r], m[r], v))
+    cut, ok = _typical_cut(s, probs, pc)
+    slow = None if bool(ok.all()) else _typical_solve(x[~ok], s[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
+    remove = s > cut
+    out = torch.where(_keep_first(remove, -s, m), _NEG, x)
+    if slow is not None: out[~ok] = slow
+    return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #433ef52f
 def _mth(x: Float[Tensor, "b v"], min_tokens_to_keep: int | Tensor) -> tuple[Tensor, Tensor]:
@@ -400,7 +481,8 @@ def top_h(
     if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
         raise ValueError(f"`top_n` must be a positive integer or None, got {top_n!r}")
     vals, cols = _top_sorted(logits, min(top_n or logits.shape[1], logits.shape[1]))
-    norm = vals - vals.logsumexp(-1, keepdim=True)  # as torch.distributions.Categorical
+    wide = vals.float() if vals.dtype in (torch.float16, torch.bfloat16) else vals  # half: entropies in float32
+    norm = wide - wide.logsumexp(-1, keepdim=True)  # as torch.distributions.Categorical
     q = norm.softmax(-1)
     tau = -(norm.clamp(min=torch.finfo(norm.dtype).min) * q).sum(-1, keepdim=True) * hc
     keep = (-q * q.log()).cumsum(-1) <= tau

@@ -26,7 +26,7 @@ __all__ = ['ENGINES', 'REQUEST_STREAM', 'LLAMA_CPP_PYTHON_VERSION', 'CMAKE_FLAGS
            'load_arithmetic', 'ARITH_INSTRUCTION']
 
 # %% ../nbs/11_remote.ipynb #e22f5b28
-ENGINES = ("llama.cpp", "vllm", "openai")
+ENGINES = ("llama.cpp", "vllm", "openai", "vllm-processor")  # vllm-processor: vLLM with soft_sampler's processor (ch. 17)
 
 def sampling_params(pipeline=None, engine: str = "llama.cpp") -> dict:
     "Request fields that make `engine` sample from p after `pipeline` (None: plain sampling, stated explicitly)."
@@ -35,6 +35,7 @@ def sampling_params(pipeline=None, engine: str = "llama.cpp") -> dict:
     if not isinstance(pipeline, Pipeline):
         raise TypeError(f"pipeline: a remote engine runs only a heuristics.Pipeline that to_request can express "
                         f"(or None for plain sampling), not {type(pipeline).__name__}; a Python logits processor cannot run on a server")
+    if engine == "vllm-processor": return to_request(pipeline, server="vllm", in_engine=True)  # the whole spec, in the engine
     return to_request(pipeline, server=engine)
 
 # %% ../nbs/11_remote.ipynb #28e22d1a
@@ -100,7 +101,7 @@ def _payload(self: RemoteEngine, seqs: list[list[int]], max_tokens: int, seed: i
     body = {"prompt": seqs[0] if len(seqs) == 1 else seqs, "max_tokens": max_tokens, "logprobs": 1, "stream": False, **params}
     if seed is not None: body["seed"] = seed
     if self.model is not None: body["model"] = self.model
-    if self.engine == "vllm": body["return_tokens_as_token_ids"] = True
+    if self.engine in ("vllm", "vllm-processor"): body["return_tokens_as_token_ids"] = True
     if self.engine == "llama.cpp": body["cache_prompt"] = True
     return body
 

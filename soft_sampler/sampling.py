@@ -31,15 +31,19 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * _M2
         return z ^ (z >> np.uint64(31))
 
-def _as_u64(x) -> np.ndarray:
+def _as_u64(x, name: str = "key") -> np.ndarray:
+    "`x` as uint64 (negative int64 values wrap); Python ints outside [-2**63, 2**64) are refused, naming `name`."
+    if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
+        if not -2**63 <= x < 2**64: raise ValueError(f"`{name}` must fit in 64 bits ([-2**63, 2**64)), got {x}")
+        return np.asarray(x % 2**64, dtype=np.uint64)
     return np.asarray(x.cpu().numpy() if isinstance(x, Tensor) else x).astype(np.int64).astype(np.uint64)
 
 # %% ../nbs/02_sampling.ipynb #f3abc588
 def keyed_hash(seed: int, row=0, position=0, attempt=0, stream=0) -> np.ndarray:
     "A 64-bit hash of (seed, row, position, attempt, stream); tensors/arrays broadcast."
-    key = _splitmix64(_as_u64(seed))
-    for part in (row, position, attempt, stream):
-        key = _splitmix64(key ^ _splitmix64(_as_u64(part)))
+    key = _splitmix64(_as_u64(seed, "seed"))
+    for part, name in ((row, "row"), (position, "position"), (attempt, "attempt"), (stream, "stream")):
+        key = _splitmix64(key ^ _splitmix64(_as_u64(part, name)))
     return key
 
 def keyed_uniform(seed: int, row=0, position=0, attempt=0, stream=0) -> Float[Tensor, "..."]:
@@ -286,9 +290,9 @@ def _special_ids(model, tokenizer) -> tuple[list[int], int]:
     return eos, pad
 
 # %% ../nbs/02_sampling.ipynb #3d79abff
-def _check_int(x, name, low=0):
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < low:
-        raise ValueError(f"`{name}` must be an integer >= {low}, got {x!r}")
+def _check_int(x, name, low=0, high=None):
+    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < low or (high is not None and x > high):
+        raise ValueError(f"`{name}` must be an integer >= {low}{'' if high is None else f' and < 2**{(high + 1).bit_length() - 1}'}, got {x!r}")
     return int(x)
 
 def _per_row_ints(x, name, rows, low=0) -> list[int]:
@@ -385,7 +389,7 @@ def _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, pr
     for r in range(rows):
         if not prompt_ids[r // n] and not prefixes[r]: raise ValueError(f"prompt {r // n} is empty: the model needs at least one token to condition on")
     row_ids = list(range(rows)) if row_ids is None else _per_row_ints(row_ids, "row_ids", rows)
-    seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else _check_int(seed, "seed")
+    seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else _check_int(seed, "seed", high=2**64 - 1)
     return _Plan(prompt_ids, prefixes, row_ids, _per_row_ints(attempt, "attempt", rows), stop_ids, eos, pad, seed)
 
 # %% ../nbs/02_sampling.ipynb #6bae640f

@@ -50,6 +50,13 @@ def tiny():
 
 
 @pytest.fixture(scope="module")
+def tiny_varied():
+    "A tiny random Llama with larger weights (`init_std=0.5`): its greedy output varies, so position/offset bugs show."
+    from soft_sampler.core import tiny_model
+    return tiny_model(seed=0, init_std=0.5)
+
+
+@pytest.fixture(scope="module")
 def real():
     "The embedded SmolLM2-135M-Instruct and its tokenizer (slow tier), loaded once per test module."
     from soft_sampler.core import load_model

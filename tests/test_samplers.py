@@ -230,8 +230,8 @@ SETTINGS = [(3, 1.0, False, 2), (4, 0.5, True, 4), (2, 2.0, "never", 1), (4, -1.
 
 
 @pytest.mark.parametrize("nb,lp,es,n", SETTINGS)
-def test_beam_search_equals_transformers_tiny(tiny, nb, lp, es, n):
-    model, tok = tiny
+def test_beam_search_equals_transformers_tiny(tiny_varied, nb, lp, es, n):
+    model, tok = tiny_varied
     enc = _enc(tok, ["abc", "hello w", "z"])
     eos = [tok.eos_token_id, tok.convert_tokens_to_ids("L"), tok.convert_tokens_to_ids("!")]  # frequent ends: EOS per beam matters
     ours = BeamSearchSampler(nb, lp, es, eos_token_id=eos).run(model, enc["input_ids"], 12, n, attention_mask=enc["attention_mask"])
