@@ -19,12 +19,12 @@ from .networks import LogitsNetwork
 from .loss import truncated_kl_parts, TruncatedLogitsLoss
 
 # %% auto #0
-__all__ = ['PALETTE', 'RAW_COLOUR', 'TRACE_ROWS', 'CONTROLS', 'parse_pipeline_name', 'as_pipeline', 'as_processor',
-           'apply_sampler', 'distribution_metrics', 'token_str', 'Recording', 'forward_logits', 'record', 'StepView',
-           'compare_logits', 'step_view', 'html_table', 'token_rows', 'metric_rows', 'plot_step', 'generation_trace',
-           'plot_generation', 'compare_pipelines', 'qalign_traces', 'plot_qalign', 'plot_soft_entropy', 'to_html',
-           'write_html', 'PipelineControls', 'TokenInspector', 'StaticHTML', 'fit_sampler', 'Analysis', 'analyze',
-           'analyze_cli']
+__all__ = ['PALETTE', 'RAW_COLOUR', 'TRACE_ROWS', 'CONTROLS', 'ANALYSIS_KEYS', 'ANALYSIS_NOTE', 'parse_pipeline_name',
+           'as_pipeline', 'as_processor', 'apply_sampler', 'distribution_metrics', 'token_str', 'Recording',
+           'forward_logits', 'record', 'StepView', 'compare_logits', 'step_view', 'html_table', 'token_rows',
+           'metric_rows', 'plot_step', 'generation_trace', 'plot_generation', 'compare_pipelines', 'qalign_traces',
+           'plot_qalign', 'plot_soft_entropy', 'to_html', 'write_html', 'PipelineControls', 'TokenInspector',
+           'StaticHTML', 'fit_sampler', 'Analysis', 'analyze', 'analyze_cli']
 
 # %% ../nbs/14_plots.ipynb #78cd0c6e
 _NAME_STEP = re.compile(r"\s*([A-Za-z_]\w*)\s*\((.*?)\)\s*$")
@@ -96,16 +96,18 @@ def distribution_metrics(
     raw: Float[Tensor, "batch vocab"],  # the model's logits
     logits: Float[Tensor, "batch vocab"],  # a sampler's logits (-inf = removed)
     target: Float[Tensor, "batch vocab"] | None = None,  # the target's logits, for kl / removed_mass / jaccard
+    tau: float = 1e-4,  # probability threshold of the τ-kept sets (`kept_tau`, `jaccard_tau`: the fidelity table's)
 ) -> dict[str, Float[Tensor, "batch"]]:
-    "Per-row kept, kept_mass, entropy, and (with a target) kl, removed_mass, jaccard; float64."
-    kept = logits > -math.inf
-    out = dict(kept=kept.sum(-1).double(), kept_mass=(raw.double().softmax(-1) * kept).sum(-1), entropy=_entropy(logits))
+    "Per-row kept, kept_tau, kept_mass, entropy, and (with a target) kl, removed_mass, jaccard, jaccard_tau; float64."
+    kept, tkept = logits > -math.inf, logits.double().softmax(-1) >= tau
+    out = dict(kept=kept.sum(-1).double(), kept_tau=tkept.sum(-1).double(),
+               kept_mass=(raw.double().softmax(-1) * kept).sum(-1), entropy=_entropy(logits))
     nan = torch.full_like(out["kept"], math.nan)
-    if target is None: return {**out, "kl": nan, "removed_mass": nan, "jaccard": nan}
+    if target is None: return {**out, "kl": nan, "removed_mass": nan, "jaccard": nan, "jaccard_tau": nan}
     kl, removed = truncated_kl_parts(logits.double(), target.double())
-    tk = target > -math.inf
-    jac = (kept & tk).sum(-1).double() / (kept | tk).sum(-1).clamp_min(1).double()
-    return {**out, "kl": kl, "removed_mass": removed, "jaccard": jac}
+    jaccard = lambda a, b: torch.where((a | b).any(-1), (a & b).sum(-1).double() / (a | b).sum(-1).clamp_min(1).double(), 1.0)
+    return {**out, "kl": kl, "removed_mass": removed, "jaccard": jaccard(kept, target > -math.inf),
+            "jaccard_tau": jaccard(tkept, target.double().softmax(-1) >= tau)}
 
 # %% ../nbs/14_plots.ipynb #1cdfb3f7
 def token_str(tokenizer, token_id: int) -> str:
@@ -648,6 +650,7 @@ class StaticHTML:
     "Pre-rendered HTML; shows itself in notebooks, `save` writes a full page."
     html: str
     def _repr_html_(self): return self.html
+    def __repr__(self): return f"StaticHTML({len(self.html):,} characters of HTML)"  # not megabytes of text
     def save(self, path: str | Path, title: str = "soft_sampler") -> Path: return write_html(path, self.html, title)
 
 _STATIC_JS = """<script>(function(){const r=document.getElementById('%(id)s-range');const l=document.getElementById('%(id)s-label');
@@ -732,15 +735,20 @@ def table(self: Analysis) -> list[dict]:
     for v in self.views:
         t, p = v.metrics["target"], v.metrics["predicted"]
         rows.append({"t": v.position, "token": token_str(self.recording.tokenizer, v.chosen), "kl": p["kl"], "removed_mass": p["removed_mass"],
-                     "kept target": int(t["kept"]), "kept predicted": int(p["kept"]), "jaccard": p["jaccard"],
+                     "kept target": int(t["kept"]), "kept predicted": int(p["kept_tau"]), "jaccard": p["jaccard_tau"],
+                     "kept predicted (finite)": int(p["kept"]), "jaccard (finite)": p["jaccard"],
                      "entropy target": t["entropy"], "entropy predicted": p["entropy"]})
     return rows
 
+ANALYSIS_KEYS = ("kl", "removed_mass", "jaccard", "kept target", "kept predicted", "jaccard (finite)", "kept predicted (finite)")
+ANALYSIS_NOTE = ("kept predicted / jaccard: tokens with p >= 1e-4, as in the fidelity table; "
+                 "(finite): tokens with a finite logit, which a network almost never removes")
+
 @patch
 def summary(self: Analysis) -> dict[str, float]:
-    "Means over tokens of the table's numeric columns."
+    "Means over tokens of the table's numeric columns (see `ANALYSIS_NOTE` for the two kept-set definitions)."
     rows = self.table()
-    return {f"mean {k}": float(np.mean([r[k] for r in rows])) for k in ("kl", "removed_mass", "jaccard", "kept target", "kept predicted")}
+    return {f"mean {k}": float(np.mean([r[k] for r in rows])) for k in ANALYSIS_KEYS}
 
 # %% ../nbs/14_plots.ipynb #8d7f2b0b
 @patch
@@ -792,7 +800,7 @@ def _analyze_parser() -> argparse.ArgumentParser:
     p.add_argument("--prompt", required=True, help="the prompt text")
     p.add_argument("--raw", action="store_true", help="use the prompt as raw text (default: chat template when the model has one)")
     p.add_argument("--model", default=None, type=model_dir, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
-    p.add_argument("--network", default=None, help="a saved LogitsNetwork (.safetensors); default: fit one quickly (see --fit-steps)")
+    p.add_argument("--network", default=None, metavar="CKPT", help="a trained sampler network: the folder `soft-sampler train` prints, or a .safetensors file; default: fit one quickly (see --fit-steps)")
     p.add_argument("--fit-steps", type=int_at_least(0), default=150, help="Adam steps of the quick in-sample fit when no --network is given (default 150)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=24, help="tokens to generate (default 24)")
     p.add_argument("--seed", type=int_at_least(0), default=0, help="seed (default 0)")
@@ -804,20 +812,21 @@ def _analyze_parser() -> argparse.ArgumentParser:
 def analyze_cli(argv: list[str]) -> int:
     "`soft-sampler analyze`: per-token raw / target / predicted distributions, KL and truncated mass, as an HTML report."
     from soft_sampler.core import load_model
-    from soft_sampler.networks import load_network, SimpleDistributionAwareTransform
+    from soft_sampler.networks import SimpleDistributionAwareTransform
+    from soft_sampler.train import load_sampler
     p = _analyze_parser(); ns = p.parse_args(argv)
     if ns.max_new_tokens < 1: p.error(f"--max-new-tokens must be >= 1, got {ns.max_new_tokens}")
     if ns.fit_steps < 0 or ns.top < 1: p.error("--fit-steps must be >= 0 and --top >= 1")
     try: pipe = pipeline_from_args(ns) or Pipeline([])
     except (SpecError, OSError) as e: p.error(str(e))
     if Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a directory; give the HTML file to write")
-    try: given = load_network(ns.network) if ns.network else None  # checked before the model loads
-    except Exception as e: p.error(f"--network {ns.network}: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
+    try: net = load_sampler(ns.network) if ns.network else None  # a checkpoint folder or a network file, as `sample --sampler`
+    except Exception as e: p.error(f"--network: {str(e).splitlines()[0] if str(e) else type(e).__name__}")
     model, tok = load_model(ns.model)
     prompt = [{"role": "user", "content": ns.prompt}] if not ns.raw and getattr(tok, "chat_template", None) else ns.prompt
-    if given is not None: net = given
-    else: net = fit_sampler(SimpleDistributionAwareTransform(), record(model, tok, prompt, sampler=pipe, max_new_tokens=ns.max_new_tokens, seed=ns.seed), pipe, ns.fit_steps)
+    if net is None: net = fit_sampler(SimpleDistributionAwareTransform(), record(model, tok, prompt, sampler=pipe, max_new_tokens=ns.max_new_tokens, seed=ns.seed), pipe, ns.fit_steps)
     an = analyze(net, pipe, prompt, model, tok, ns.max_new_tokens, ns.seed, ns.top)
     print("  ".join(f"{k}={v:.4g}" for k, v in an.summary().items()))
+    print(f"({ANALYSIS_NOTE})")
     print(f"wrote {an.save(ns.out)}")
     return 0

@@ -23,11 +23,12 @@ from .rewards import NumericAnswer, FormatReward, last_number
 
 # %% auto #0
 __all__ = ['TOKEN_STREAM', 'CUT_STREAM', 'ACCEPT_STREAM', 'Checkpoint', 'gc_paused', 'resolve_stop_ids', 'check_int',
-           'log_acceptance', 'choose_cuts', 'prompt_cache', 'sample_suffixes', 'reference_suffix',
-           'enumerate_responses', 'token_logprobs', 'KeepTokens', 'QAlign', 'encode_prompts', 'QAlignResult',
-           'effective_sample_size', 'ChainCheckpointError', 'describe', 'transition_matrix', 'aligned_distribution',
-           'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1', 'majority_vote', 'softmax_weights',
-           'mbr_index', 'Answer', 'IndependentSamples', 'qalign_cli']
+           'ARITH_INSTRUCTION', 'ARITH_METHODS', 'log_acceptance', 'choose_cuts', 'prompt_cache', 'sample_suffixes',
+           'reference_suffix', 'enumerate_responses', 'token_logprobs', 'KeepTokens', 'QAlign', 'encode_prompts',
+           'QAlignResult', 'effective_sample_size', 'ChainCheckpointError', 'describe', 'transition_matrix',
+           'aligned_distribution', 'total_variation', 'state_histogram', 'tv_noise_quantile', 'unigram_f1',
+           'majority_vote', 'softmax_weights', 'mbr_index', 'Answer', 'IndependentSamples', 'load_arithmetic',
+           'evaluate_arithmetic', 'chain_note', 'format_answer', 'qalign_cli']
 
 # %% ../nbs/10_qalign.ipynb #cef3a380
 def log_acceptance(
@@ -701,6 +702,73 @@ def _baseline_one(self: QAlign, k, prompt_ids, budget, max_new_tokens, pipeline,
     return IndependentSamples(list(prompt_ids), responses, self._score(prompt_ids, responses), self.beta,
                               sum(map(len, responses)), self.tokenizer)
 
+# %% ../nbs/10_qalign.ipynb #e245fe1c
+ARITH_INSTRUCTION = " Answer with just the number."
+
+def load_arithmetic() -> list[dict]:
+    "The shipped arithmetic word problems: dicts with id, question, answer (int) and operation."
+    path = Path(sampling.__file__).parent/"data"/"arithmetic.jsonl"  # the package's data folder
+    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+
+# %% ../nbs/10_qalign.ipynb #ec348ddc
+ARITH_METHODS = ("majority_vote", "weighted_majority_vote", "best_of_n")
+
+def _arith_answers(res: QAlignResult, base: IndependentSamples, burn_in: int) -> dict[str, Any]:
+    "The final answer (a number or None) of each method, QAlign's pool and the baseline's."
+    out = {f"qalign {m}": res.final(m, burn_in=burn_in, extract=last_number).answer for m in ARITH_METHODS}
+    return out | {f"independent {m}": base.final(m, extract=last_number).answer for m in ARITH_METHODS}
+
+# %% ../nbs/10_qalign.ipynb #cae063aa
+def evaluate_arithmetic(
+    model,  # a causal LM, or a remote engine (`soft_sampler.remote.RemoteEngine`)
+    tokenizer,  # its tokenizer (the chat template is used when it has one)
+    problems: int | Sequence[dict] = 6,  # the first N shipped problems, or problem dicts with question and answer
+    chains: int = 4, steps: int = 8, max_new_tokens: int = 24,  # as in `QAlign.run`
+    beta: float = 0.5,  # QAlign's temperature
+    seed: int = 0, burn_in: int = 0,  # as in `QAlign.run` / `QAlignResult.final`
+    progress: bool = True,  # a tqdm bar over problems
+) -> list[dict]:
+    "Accuracy and generated tokens per problem of QAlign's and independent sampling's final answers, at equal tokens."
+    pbs = load_arithmetic()[:problems] if isinstance(problems, int) else list(problems)
+    if not pbs: raise ValueError(f"`problems` must select at least one problem, got {problems!r}")
+    hits, tokens = Counter(), Counter()
+    for pb in tqdm(pbs, desc="arithmetic", disable=not progress):
+        qa = QAlign(model, NumericAnswer(float(pb["answer"]), tokenizer=tokenizer), beta=beta, tokenizer=tokenizer)
+        text = pb["question"] + ARITH_INSTRUCTION
+        prompt = [{"role": "user", "content": text}] if getattr(tokenizer, "chat_template", None) else text
+        res = qa.run(prompt, chains=chains, steps=steps, max_new_tokens=max_new_tokens, seed=seed, progress=False)
+        base = qa.baseline(prompt, res.generated_tokens, max_new_tokens=max_new_tokens, seed=seed + 1, batch=chains)
+        for who, ans in _arith_answers(res, base, burn_in).items():
+            hits[who] += ans is not None and abs(ans - pb["answer"]) < 1e-6
+            tokens[who] += res.generated_tokens if who.startswith("qalign") else base.generated_tokens
+    return [dict(method=k, accuracy=hits[k] / len(pbs), tokens=tokens[k] / len(pbs), problems=len(pbs)) for k in tokens]
+
+# %% ../nbs/10_qalign.ipynb #cd07b372
+def chain_note(res: QAlignResult, burn_in: int = 0) -> str | None:
+    "Why the ESS is nan / the acceptance rate uninformative, when the reward trace is constant; else None."
+    rewards = {r for ch in res.rewards for r in ch[burn_in:]}
+    if len(rewards) > 1: return None
+    r = next(iter(rewards), float("nan"))
+    return (f"every state scored the same reward ({r:+.2f}), so the ESS of the reward trace is undefined (nan) and "
+            "proposals are accepted on their length ratio alone: this reward does not separate these responses")
+
+def format_answer(answer) -> str:
+    "A final answer for a table: numbers as numbers (12, 0.5), texts quoted and cut at 40 characters, None as none."
+    if answer is None: return "none"
+    if isinstance(answer, (int, float)) and not isinstance(answer, bool): return f"{answer:g}"
+    return repr(str(answer)[:40])
+
+# %% ../nbs/10_qalign.ipynb #37542379
+def _print_arithmetic(a, model, tok) -> int:
+    "`qalign --problems N`: the table of `evaluate_arithmetic`."
+    rows = evaluate_arithmetic(model, tok, a.problems, a.chains, a.steps, a.max_new_tokens, a.beta, a.seed, a.burn_in,
+                               progress=not a.no_progress)
+    print(f"arithmetic: the first {a.problems} shipped problems; QAlign {a.chains} chains x {a.steps} steps, beta {a.beta}, "
+          f"verifier reward; independent samples with the same generated tokens; answer: the last number of the selected response")
+    print(f"{'method':<36} {'accuracy':>8} {'tokens/problem':>15}")
+    for r in rows: print(f"{r['method']:<36} {r['accuracy']:>8.2f} {r['tokens']:>15.0f}")
+    return 0
+
 # %% ../nbs/10_qalign.ipynb #7001827c
 def _toy_reward(kind: str, target: str, tok) -> Callable:
     "A VADER-free reward: number (`NumericAnswer` verifier), keyword (`FormatReward`, case-insensitive), brevity (−tokens/8)."
@@ -731,6 +799,8 @@ def _cli_parser() -> argparse.ArgumentParser:
     p.add_argument("--served-model", default=None, help="model name sent to the server (vLLM needs it)")
     p.add_argument("--llama-server", action="store_true",
                    help="start the cached llama-server on the embedded model's GGUF for this run (build: `make llama-server`)")
+    p.add_argument("--problems", type=int, default=None, metavar="N",
+                   help="evaluate on the first N shipped arithmetic problems instead of --prompt (accuracy and tokens of QAlign and its baselines)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     return p
 
@@ -739,6 +809,8 @@ def qalign_cli(argv: list[str]) -> int:
     "Run QAlign chains on a prompt with a toy reward; print the chains, statistics and final answers vs the baseline."
     p = _cli_parser()
     a = p.parse_args(argv)
+    if a.problems is not None and not 1 <= a.problems <= len(load_arithmetic()):
+        p.error(f"--problems must be in 1..{len(load_arithmetic())} (the shipped problems), got {a.problems}")
     if a.server and a.llama_server: p.error("give --server URL or --llama-server, not both")
     if a.llama_server and a.model: p.error("--llama-server serves the embedded model: leave out --model")
     _check_cli_args(p, a)
@@ -771,6 +843,7 @@ def _qalign_cli_run(a, backend) -> int:
     from soft_sampler.core import load_model, load_tokenizer
     tok = load_tokenizer(a.model)
     model = backend(tok) or load_model(a.model)[0]
+    if a.problems: return _print_arithmetic(a, model, tok)
     qa = QAlign(model, _toy_reward(a.reward, a.target, tok), beta=a.beta, tokenizer=tok)
     chat = [{"role": "user", "content": a.prompt}]
     try: res = qa.run(chat, chains=a.chains, steps=a.steps, max_new_tokens=a.max_new_tokens, seed=a.seed,
@@ -784,8 +857,12 @@ def _qalign_cli_run(a, backend) -> int:
     for c in range(res.chains): print(f"chain {c} (r={res.rewards[c][-1]:+.2f}): {tok.decode(res.states[c][-1], skip_special_tokens=True)!r}")
     print(f"acceptance rate {res.acceptance_rate:.2f} | ESS {res.effective_sample_size(a.burn_in):.1f} | "
           f"{res.generated_tokens} tokens; baseline: {len(base.responses)} independent samples, {base.generated_tokens} tokens")
-    ex = None if a.reward == "number" else (lambda t: t.strip())
+    note = chain_note(res, a.burn_in)
+    if note: print(f"  note: {note}")
+    ex, what = (last_number, "the last number of the selected response") if a.reward == "number" else \
+               ((lambda t: t.strip()), "the selected response's text")
+    print(f"final answers ({what}):")
     for m in ("best_of_n", "majority_vote", "weighted_majority_vote", "mbr"):
         q, b = res.final(m, burn_in=a.burn_in, extract=ex), base.final(m, extract=ex)
-        print(f"{m:>23}: qalign {str(q.answer)[:40]!r:<44} baseline {str(b.answer)[:40]!r}")
+        print(f"{m:>23}: qalign {format_answer(q.answer):<44} baseline {format_answer(b.answer)}")
     return 0

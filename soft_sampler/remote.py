@@ -20,10 +20,10 @@ from .sampling import GenerationResult, keyed_hash, encode_prompts
 from .heuristics import Pipeline, to_request
 
 # %% auto #0
-__all__ = ['ENGINES', 'REQUEST_STREAM', 'LLAMA_CPP_PYTHON_VERSION', 'CMAKE_FLAGS', 'ARITH_INSTRUCTION', 'SENTIMENT_PROMPTS',
-           'sampling_params', 'RemoteServerError', 'RemoteEngine', 'Completion', 'parse_choice', 'ToyServer',
-           'llama_server_path', 'build_llama_server', 'free_port', 'LlamaServer', 'load_arithmetic', 'arithmetic_demo',
-           'sentiment_demo', 'arithmetic_curves']
+__all__ = ['ENGINES', 'REQUEST_STREAM', 'LLAMA_CPP_PYTHON_VERSION', 'CMAKE_FLAGS', 'SENTIMENT_PROMPTS', 'sampling_params',
+           'RemoteServerError', 'RemoteEngine', 'Completion', 'parse_choice', 'ToyServer', 'llama_server_path',
+           'build_llama_server', 'free_port', 'LlamaServer', 'arithmetic_demo', 'sentiment_demo', 'arithmetic_curves',
+           'load_arithmetic', 'ARITH_INSTRUCTION']
 
 # %% ../nbs/11_remote.ipynb #e22f5b28
 ENGINES = ("llama.cpp", "vllm", "openai", "vllm-processor")  # vllm-processor: vLLM with soft_sampler's processor (ch. 17)
@@ -360,10 +360,8 @@ def stop(self: LlamaServer) -> None:
     except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
 
 # %% ../nbs/11_remote.ipynb #a36098ef
-def load_arithmetic() -> list[dict]:
-    "The shipped arithmetic word problems: dicts with id, question, answer (int) and operation."
-    path = Path(__file__).parent/"data"/"arithmetic.jsonl"
-    return [json.loads(l) for l in path.read_text().splitlines() if l.strip()]
+from .qalign import load_arithmetic, ARITH_INSTRUCTION  # the shipped problems live with QAlign (re-exported here)
+_all_ = ["load_arithmetic", "ARITH_INSTRUCTION"]
 
 def _write_json(path: Path, obj) -> None:
     "Write JSON atomically (temp file + rename)."
@@ -371,8 +369,6 @@ def _write_json(path: Path, obj) -> None:
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
     with os.fdopen(fd, "w") as f: json.dump(obj, f)
     os.chmod(tmp, 0o644); os.replace(tmp, path)
-
-ARITH_INSTRUCTION = " Answer with just the number."
 
 # %% ../nbs/11_remote.ipynb #cce661ee
 def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 18, chains: int = 4, steps: int = 8, max_new_tokens: int = 24, beta: float = 0.5, seed: int = 0) -> dict:

@@ -4,7 +4,7 @@
 
 # %% ../nbs/15_samplers.ipynb #b2e0d6a8
 from __future__ import annotations
-import argparse, inspect, re
+import argparse, inspect, math, re
 from dataclasses import dataclass, field
 import torch
 from torch import Tensor
@@ -122,6 +122,8 @@ class AntiSlopResult:
     backtracks: list[Backtrack]  # every rewind, in order
     texts: list[str]  # decoded responses
     seed: int  # the seed that keyed the randomness
+    logprobs: list[list[float]] | None = None  # log p of each response token under the distribution it was drawn from
+    entropies: list[list[float]] | None = None  # that distribution's entropy (nats), token by token
     def __repr__(self): return f"AntiSlopResult({len(self.token_ids)} rows, {len(self.backtracks)} rewinds, finish {self.finish_reasons})"
 
 # %% ../nbs/15_samplers.ipynb #fa36107e
@@ -134,13 +136,15 @@ class _Row:
     forbidden: dict = field(default_factory=dict)  # response position -> set of forbidden tokens
     attempt: int = 0  # rewinds so far: the attempt key of the next token
     status: str | None = None
+    logprobs: list[float] = field(default_factory=list)  # of each response token, as drawn (forbidden tokens removed)
+    entropies: list[float] = field(default_factory=list)  # of the distribution each was drawn from
 
     def truncate(self, s: int, mask: Tensor, r: int):
         "Keep the first `s` response tokens; mask the cache columns of the dropped ones and of the new last token."
         keep = len(self.prompt) + s
         for c in self.cols[keep - 1:]:
             if c is not None: mask[r, c] = 0
-        self.cols[keep - 1:] = [None]; self.tokens[s:] = []; self.keys[s:] = []
+        self.cols[keep - 1:] = [None]; self.tokens[s:] = []; self.keys[s:] = []; self.logprobs[s:] = []; self.entropies[s:] = []
         self.forbidden = {p: f for p, f in self.forbidden.items() if p <= s}
 
 # %% ../nbs/15_samplers.ipynb #2c2306ef
@@ -215,12 +219,17 @@ def _choose(self: AntiSlopSampler, rows: list[_Row], logits, seed, row_ids, pad,
     if (torch.isnan(top) | torch.isposinf(top))[active].any(): raise BadLogitsError("NaN or +inf logits after the logits processors")
     dead = torch.isneginf(top) & active
     safe = torch.where(dead[:, None].to(logits.device), torch.zeros_like(logits), logits)
-    return choose_tokens(safe, seed, row_ids, resp, attempts, self.do_sample, check=False).cpu(), dead
+    toks = choose_tokens(safe, seed, row_ids, resp, attempts, self.do_sample, check=False)
+    logp = safe.float().log_softmax(-1)
+    ent = -(logp.exp() * torch.where(logp > -math.inf, logp, 0)).sum(-1)
+    return toks.cpu(), dead, logp.gather(1, toks[:, None])[:, 0].cpu(), ent.cpu()
 
 # %% ../nbs/15_samplers.ipynb #2d0c57d2
 @patch
-def _after_token(self: AntiSlopSampler, row: _Row, r: int, tok: int, mask, stop: dict, max_new: int, log: list):
+def _after_token(self: AntiSlopSampler, row: _Row, r: int, tok: int, mask, stop: dict, max_new: int, log: list,
+                 logprob: float = math.nan, entropy: float = math.nan):
     row.tokens.append(tok); row.keys.append(row.attempt); row.cols.append(None)
+    row.logprobs.append(logprob); row.entropies.append(entropy)
     text = _decode(self.tokenizer, row.tokens)
     m = self.pattern.search(text)
     if m is None:
@@ -277,10 +286,10 @@ def run(self: AntiSlopSampler, model, input_ids, max_new_tokens: int, num_return
     else: logits, cache = _forward(model, ids.to(dev), mask, pos.to(dev), None)
     while any(row.status is None for row in rows):
         active = torch.tensor([row.status is None for row in rows])
-        toks, dead = self._choose(rows, logits, seed, row_ids, pad, active)
+        toks, dead, lps, ents = self._choose(rows, logits, seed, row_ids, pad, active)
         for r in active.nonzero().flatten().tolist():
             if dead[r]: self._backtrack(rows[r], r, len(rows[r].tokens) - 1, _decode(self.tokenizer, rows[r].tokens), "", mask, log)
-            else: self._after_token(rows[r], r, int(toks[r]), mask, stop, max_new_tokens, log)
+            else: self._after_token(rows[r], r, int(toks[r]), mask, stop, max_new_tokens, log, float(lps[r]), float(ents[r]))
         feed, pos, mask = _feed(rows, mask, pad)
         if any(row.status is None for row in rows): logits, cache = _forward(model, feed.to(dev), mask, pos.to(dev), cache)
     return self._result(rows, input_ids, n, pad, seed, log)
@@ -293,7 +302,7 @@ def _result(self: AntiSlopSampler, rows, input_ids, n, pad, seed, log) -> AntiSl
         if (m := self.pattern.search(t)): raise RuntimeError(f"row {r} still contains the banned phrase {m.group()!r}: please report this bug")
     return AntiSlopResult(_with_prompts(input_ids, n, [row.tokens for row in rows], pad), [row.prompt for row in rows],
                           [row.tokens for row in rows], [row.keys for row in rows], [row.forbidden for row in rows],
-                          [row.status for row in rows], log, texts, seed)
+                          [row.status for row in rows], log, texts, seed, [row.logprobs for row in rows], [row.entropies for row in rows])
 
 # %% ../nbs/15_samplers.ipynb #c9a60886
 def antislop_sampler(phrases: list[str], tokenizer, ignore_case: bool = True, max_retries: int = 3, seed: int | None = None,
@@ -426,10 +435,13 @@ def _best(st: _Beams, n: int, w: int) -> BeamSearchOutput:
     return BeamSearchOutput(seqs, st.finished_scores[:, :n].reshape(-1), lens.tolist())
 
 # %% ../nbs/15_samplers.ipynb #1fa82173
-def _print_antislop(res: AntiSlopResult) -> None:
+def _print_antislop(res: AntiSlopResult, tokenizer, chat: bool) -> None:
+    "What `sample` prints, with the rewinds after it: header, text and the per-token table of each sample."
+    from soft_sampler.sampling import token_table
     for r, text in enumerate(res.texts):
-        print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]})")
+        print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]}, {'chat template' if chat else 'raw prompt'})")
         print(text)
+        print(token_table(tokenizer, res.token_ids[r], torch.tensor(res.logprobs[r]), torch.tensor(res.entropies[r])))
     for b in res.backtracks:
         print(f"  rewind row {b.row}: {b.match!r} completed in {b.text[-40:]!r}; token {b.token} forbidden at position {b.position}")
 
@@ -456,5 +468,5 @@ def sample_cli(argv: list[str]) -> int:
     chat = not ns.raw and getattr(tok, "chat_template", None) is not None
     ids = encode_prompts([[{"role": "user", "content": ns.prompt}]] if chat else [ns.prompt], tok)
     sampler = antislop_sampler(ns.ban, tok, ignore_case=not ns.case_sensitive, seed=ns.seed, logits_processor=pipe, do_sample=not ns.greedy)
-    _print_antislop(sampler.run(model, torch.tensor(ids), ns.max_new_tokens, ns.n))
+    _print_antislop(sampler.run(model, torch.tensor(ids), ns.max_new_tokens, ns.n), tok, chat)
     return 0

@@ -18,7 +18,7 @@ from tqdm.auto import trange
 __all__ = ['TOKEN_STREAM', 'keyed_hash', 'keyed_uniform', 'keyed_generator', 'StepContext', 'BadLogitsError',
            'check_logits_finite', 'token_uniform', 'sample_from_logits', 'choose_tokens', 'as_processors',
            'apply_processors', 'encode_prompts', 'KeptLogits', 'GenerationResult', 'generate', 'sample_parser',
-           'check_sample_args', 'run_sample', 'sample_cli']
+           'check_sample_args', 'token_table', 'run_sample', 'sample_cli']
 
 # %% ../nbs/02_sampling.ipynb #82e8f284
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -507,7 +507,13 @@ def _parse_sample_args(argv):
     return ns
 
 # %% ../nbs/02_sampling.ipynb #963e7ae9
-def _token_table(tokenizer, ids, logprobs, entropies) -> str:
+def token_table(
+    tokenizer,  # to show each token as text
+    ids: list[int],  # the response tokens
+    logprobs: Float[Tensor, "tokens"],  # log p of each token under the distribution it was drawn from
+    entropies: Float[Tensor, "tokens"],  # that distribution's entropy (nats)
+) -> str:
+    "The per-token table `soft-sampler sample` prints: token, p and entropy of the distribution it was drawn from."
     lines = [f"{'#':>3}  {'token':<16} {'p':>7} {'entropy':>8}   (p and entropy, in nats, of the distribution each token was drawn from)"]
     for i, (t, lp, h) in enumerate(zip(ids, logprobs.tolist(), entropies.tolist())):
         lines.append(f"{i:>3}  {repr(tokenizer.decode([t]))[:16]:<16} {math.exp(lp):>7.3f} {h:>8.3f}")
@@ -523,7 +529,7 @@ def run_sample(ns: argparse.Namespace, processor=None) -> int:
     for r in range(len(res)):
         print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]}, {'chat template' if chat else 'raw prompt'})")
         print(res.texts[r])
-        print(_token_table(tok, res.token_ids[r], res.logprobs[r], res.entropies[r]))
+        print(token_table(tok, res.token_ids[r], res.logprobs[r], res.entropies[r]))
     return 0
 
 def sample_cli(argv: list[str]) -> int:

@@ -17,9 +17,10 @@ from .sampling import (StepContext, TOKEN_STREAM, apply_processors, as_processor
                                    keyed_generator, sample_from_logits, token_uniform)
 
 # %% auto #0
-__all__ = ['GUMBEL_STREAM', 'NOISE_STREAM', 'mix_embeddings', 'entropy', 'moi_weights', 'gumbel_noise', 'gumbel_softmax_weights',
-           'SoftGenerationResult', 'soft_generate', 'SoftForwardOutput', 'next_token_loss', 'soft_sampling_forward',
-           'GuidanceAlphaScheduler', 'freeze', 'SoftDecodingTrainer', 'format_steps', 'soft_cli']
+__all__ = ['GUMBEL_STREAM', 'NOISE_STREAM', 'STEPS_LEGEND', 'mix_embeddings', 'entropy', 'moi_weights', 'gumbel_noise',
+           'gumbel_softmax_weights', 'SoftGenerationResult', 'soft_generate', 'SoftForwardOutput', 'next_token_loss',
+           'soft_sampling_forward', 'GuidanceAlphaScheduler', 'freeze', 'SoftDecodingTrainer', 'format_steps',
+           'soft_cli']
 
 # %% ../nbs/12_soft.ipynb #36d253a5
 def mix_embeddings(
@@ -75,6 +76,7 @@ class SoftGenerationResult:
     finished: Bool[Tensor, "rows"]  # True for rows that ended at a stop token (False: ran out of steps)
     prompt_ids: Int[Tensor, "rows prompt"]  # the left-padded prompts
     texts: list[str] | None = None  # decoded traces (when a tokenizer was given)
+    fed_entropy: Float[Tensor, "rows steps"] | None = None  # entropy (nats) of the weights fed (0: one hard token)
 
 # %% ../nbs/12_soft.ipynb #ce61e665
 _MODES = ("soft", "hard", "mixture", "gumbel")
@@ -261,16 +263,16 @@ class _Record:
 def add(self: _Record, shown, h, w, soft_rows):
     "Record one step (entropy is nan and nothing is soft for rows that had already finished)."
     top = w.topk(min(self.k, w.shape[-1]), -1)
-    h = torch.where(self.finished, torch.nan, h)
-    self.steps.append((shown, h, top.indices, top.values, soft_rows & ~self.finished))
+    h, fed = torch.where(self.finished, torch.nan, h), torch.where(self.finished, torch.nan, entropy(w))
+    self.steps.append((shown, h, top.indices, top.values, soft_rows & ~self.finished, fed))
 
 @patch
 def result(self: _Record, prompt_ids, tokenizer) -> SoftGenerationResult:
     "Stack the steps into a `SoftGenerationResult`."
-    seqs, h, ti, tw, soft = (torch.stack([s[i] for s in self.steps], 1).cpu() for i in range(5))
+    seqs, h, ti, tw, soft, fed = (torch.stack([s[i] for s in self.steps], 1).cpu() for i in range(6))
     lengths = (~h.isnan()).sum(1)
     texts = None if tokenizer is None else [tokenizer.decode(r[:l]) for r, l in zip(seqs, lengths)]
-    return SoftGenerationResult(seqs, h, ti, tw, soft, lengths, self.finished.cpu(), prompt_ids.cpu(), texts)
+    return SoftGenerationResult(seqs, h, ti, tw, soft, lengths, self.finished.cpu(), prompt_ids.cpu(), texts, fed)
 
 # %% ../nbs/12_soft.ipynb #fb1800bf
 @dataclass
@@ -435,20 +437,26 @@ def log(self: SoftDecodingTrainer, logs: dict, *args, **kwargs):
     super(SoftDecodingTrainer, self).log(logs, *args, **kwargs)
 
 # %% ../nbs/12_soft.ipynb #2a993dc5
+STEPS_LEGEND = ("* the input of that step was a mixture of token embeddings (no *: one hard token); "
+                "H(p): entropy (nats) of the next-token distribution after the pipeline; "
+                "H(fed): entropy of the weights actually fed (mixture mode: Mixture of Inputs' blend of p and the sampled token)")
+
 def format_steps(
     result: SoftGenerationResult,  # what `soft_generate` returned
     tokenizer,  # to show tokens as text
     row: int = 0,  # which row
     k: int = 3,  # top tokens of each mixture to show
 ) -> str:
-    "A per-step table of one row: trace token, entropy, and the top tokens of the mixture fed."
-    lines = [f"{'step':>4}  {'token':<14} {'entropy':>7}  mixture fed (top {k})"]
+    "A per-step table of one row: trace token, H(p), H(fed), the top tokens of the input fed; a legend below it."
+    lines = [f"{'step':>4}  {'token':<14} {'H(p)':>7} {'H(fed)':>7}  input fed (top {k})"]
+    fed = result.fed_entropy if result.fed_entropy is not None else torch.full_like(result.entropy, math.nan)
     for t in range(int(result.lengths[row])):
         tops = ", ".join(f"{tokenizer.decode([int(i)])!r} {float(w):.2f}"
                          for i, w in zip(result.top_ids[row, t, :k], result.top_weights[row, t, :k]) if w > 0)
         mark = "*" if result.soft[row, t] else " "
-        lines.append(f"{t:>4}{mark} {tokenizer.decode([int(result.sequences[row, t])])!r:<14} {float(result.entropy[row, t]):>7.3f}  {tops}")
-    return "\n".join(lines)
+        tok = f"{tokenizer.decode([int(result.sequences[row, t])])!r:<14}"
+        lines.append(f"{t:>4}{mark} {tok} {float(result.entropy[row, t]):>7.3f} {float(fed[row, t]):>7.3f}  {tops}")
+    return "\n".join(lines + [STEPS_LEGEND])
 
 # %% ../nbs/12_soft.ipynb #951770f3
 def _pipeline_from_args(temperature: float, top_k: int):

@@ -492,11 +492,13 @@ def plot_history(results: dict[str, TrainResult], key: str = "kl", ax=None):
 
 # %% ../nbs/09_train.ipynb #b7ac0f5b
 def load_sampler(path: str | Path, device: str | torch.device = "cpu") -> LogitsNetwork:
-    "The network in a checkpoint folder (its `network.safetensors`) or in a network file."
+    "The network in a checkpoint folder (its `network.safetensors`) or in a network file: what every command takes."
     p = Path(path)
     if p.is_dir(): p = p/"network.safetensors"
     if not p.is_file(): raise FileNotFoundError(f"no sampler network at {path} (expected a checkpoint folder with network.safetensors, or a .safetensors file)")
-    return load_network(p, device)
+    try: return load_network(p, device)
+    except ValueError: raise
+    except Exception as e: raise ValueError(f"{path} is not a sampler network file ({type(e).__name__}: {e})") from None
 
 # %% ../nbs/09_train.ipynb #b4a9e2b5
 @torch.no_grad()
@@ -654,7 +656,8 @@ def train_cli(argv: list[str]) -> int:
     ns, pipe, net, cfg = _train_args(p, argv)
     try: data = _replay_text_data(ns.replay_text, ns.seed) if ns.replay_text else SyntheticLogits(ns.vocab, ns.seed)
     except (ValueError, OSError) as e: p.error(str(e))
-    print(f"training {ns.net} to imitate {pipeline_name_of(pipe)} on {'replayed ' + ns.replay_text if ns.replay_text else f'synthetic rows (vocab {ns.vocab})'}")
+    data_name = f"replayed {ns.replay_text}" if ns.replay_text else f"synthetic rows (vocab {ns.vocab})"
+    print(f"training {ns.net} to imitate {pipeline_name_of(pipe)} on {data_name}")
     try: r = train_sampler(net, pipe, data, cfg, ns.out, resume=not ns.no_resume, progress=not ns.no_progress)
     except CheckpointError as e: p.error(str(e))
     except KeyboardInterrupt:
@@ -665,6 +668,8 @@ def train_cli(argv: list[str]) -> int:
     h = r.history
     if h["loss"]: print(f"step {h['step'][-1] + 1}: loss {h['loss'][-1]:.5f}  KL {h['kl'][-1]:.5f}  removed mass {h['removed_mass'][-1]:.5f}"
                         + (f"  (resumed from step {r.resumed_from})" if r.resumed_from else ""))
+    if h["loss"]: print(f"  (loss, KL and removed mass of the last training batch: {data_name}, not held-out data; "
+                        "`soft-sampler fidelity` measures networks on the real model's logits)")
     print(f"checkpoint: {r.checkpoint.parent}  (sample with: soft-sampler sample --sampler {r.checkpoint.parent} --prompt ...)" if r.checkpoint else "no --out: nothing saved")
     return 0
 

@@ -33,6 +33,8 @@ def enabled_flags(config) -> set:
 
 
 def pytest_collection_modifyitems(config, items):
+    # the notebooks run first: the docs site (tests/test_docs.py) renders what they executed instead of running them again
+    items.sort(key=lambda item: item.nodeid.split("::")[0] != "tests/test_notebooks.py")
     on = enabled_flags(config)
     for item in items:
         for flag in ("slow", "heavy"):

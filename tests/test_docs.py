@@ -91,6 +91,56 @@ def test_offline_html_rewrites_cdns():
     assert bd._offline_html(cdn + mj) == '<script src="plotly.min.js"></script><div>x</div>'
 
 
+def test_inlined_plotly_js_becomes_the_sites_one_copy():
+    "`include_plotlyjs=True` puts 4.8 MB of plotly.js into every figure; on the site all share plotly.min.js."
+    import plotly.graph_objects as go
+    frag = go.Figure(go.Bar(x=[1], y=[2])).to_html(include_plotlyjs=True, full_html=False)
+    out = bd._offline_html(frag)
+    assert len(frag) > 1_000_000 and len(out) < 20_000 and '<script src="plotly.min.js"></script>' in out
+    assert "Plotly.newPlot" in out
+    # outputs come as lists of lines: the rewrite sees the whole text
+    cell = {"cell_type": "code", "source": "", "outputs": [{"output_type": "display_data", "metadata": {},
+                                                            "data": {"text/html": frag.splitlines(keepends=True)}}]}
+    assert len(bd._fix(cell)["outputs"][0]["data"]["text/html"]) < 20_000
+
+
+def test_source_links_render_as_intended_and_headings_keep_their_code():
+    md = '[source](https://x.org/a.py#L3){target="_blank" style="float:right; font-size:smaller"}\n\n### f'
+    assert bd._site_links(md).startswith('<a href="https://x.org/a.py#L3" target="_blank" style="float:right; font-size:smaller">source</a>')
+    assert "{target=" not in bd._site_links(md + ' and {target="_blank"} alone')
+    assert bd._heading_code("## A pipeline inside transformers' `generate`\nsome `code`") == \
+        "## A pipeline inside transformers' <code>generate</code>\nsome `code`"
+
+
+def test_cache_entries_are_keyed_by_content_and_skipped_flags(tmp_path):
+    nb = tmp_path/"x.ipynb"; nb.write_text(json.dumps(TINY_NB))
+    a, b = bd.cache_entry(nb, "lib", skip=("heavy",)), bd.cache_entry(nb, "lib", skip=("slow", "heavy"))
+    assert a != b and a == bd.cache_entry(nb, "lib", skip=("heavy",)) and a.name.startswith("x.")
+    nb.write_text(json.dumps({**TINY_NB, "cells": TINY_NB["cells"][:2]}))
+    assert bd.cache_entry(nb, "lib", skip=("heavy",)) != a, "an edited notebook is run again"
+
+
+def _nb(*sources):
+    return {**TINY_NB, "cells": [{"cell_type": "code", "metadata": {}, "outputs": [], "execution_count": None, "source": s}
+                                 for s in sources]}
+
+
+def test_a_failing_notebook_is_recorded_with_its_traceback(tmp_path, monkeypatch):
+    monkeypatch.setattr(bd, "CACHE", tmp_path/"cache")
+    nb = tmp_path/"bad.ipynb"; nb.write_text(json.dumps(_nb("x = 1", "#| slow\nraise ValueError('slow cell ran')",
+                                                            "raise RuntimeError('cell 3 fails')")))
+    entry, failure = bd.run_notebook(nb, skip=("slow", "heavy"))
+    assert "RuntimeError" in failure and "cell 3 fails" in failure and "slow cell ran" not in failure
+    assert not entry.exists() and bd.failure_of(entry).read_text() == failure
+
+
+def test_a_notebook_past_its_limit_is_stopped(tmp_path, monkeypatch):
+    monkeypatch.setattr(bd, "CACHE", tmp_path/"cache")
+    nb = tmp_path/"slow.ipynb"; nb.write_text(json.dumps(_nb("import time; time.sleep(600)")))
+    entry, failure = bd.run_notebook(nb, timeout=5)
+    assert "ran past 5s and was stopped" in failure and not entry.exists()
+
+
 def test_widget_html_nested_and_unknown():
     state = {"a": {"model_name": "HBoxModel", "state": {"children": ["IPY_MODEL_b", "IPY_MODEL_c"]}},
              "b": {"model_name": "CheckboxModel", "state": {"value": True, "description": "log"}},
@@ -131,14 +181,30 @@ def test_api_index_links_its_entries():
 
 # --- slow tier: the real site in a browser ---------------------------------------------------------------
 
+# The site fixture renders the notebooks that tests/test_notebooks.py executed earlier in this run (from the docs
+# cache); only a notebook missing there runs here, each under the build's own per-notebook limit (as a notebook test).
+# pytest-timeout's limit therefore covers the test functions only, never this fixture's set-up (`func_only`).
+SITE = [pytest.mark.slow, pytest.mark.timeout(300, func_only=True)]
+
+
+def site_tests(f):
+    for m in SITE: f = m(f)
+    return f
+
+
 @pytest.fixture(scope="session")
 def site(tmp_path_factory):
-    "The whole site, built once per session into a temporary folder."
+    "The whole site, built once per session into a temporary folder; a notebook that fails is rendered unexecuted."
     out = tmp_path_factory.mktemp("docs")
     t0 = time.time()
-    bd.build(site=out/"site", work=out/"work")
+    bd.build(site=out/"site", work=out/"work", keep_going=True, reuse_failures=True)
     print(f"docs built in {time.time() - t0:.0f}s")
     return out/"site"
+
+
+def failed_notebooks(site: Path) -> dict:
+    "Page stem -> traceback of the notebooks that failed to execute (their pages are rendered unexecuted)."
+    return json.loads((site.parent/"work"/"failed.json").read_text())
 
 
 class _Quiet(http.server.SimpleHTTPRequestHandler):
@@ -183,14 +249,34 @@ def _expected(site: Path, name: str) -> dict:
             "math": bool(re.search(r"\$[^$\n]+\$", md))}
 
 
+PAGE_BUDGET = 2_500_000  # bytes of HTML per page (plotly.js, MathJax and images files are shared, not counted)
+
+TOC_AND_HEADINGS = """() => {
+  const clean = s => s.replace(/\u00b6/g, '').replace(/\\s+/g, ' ').trim();
+  return [...document.querySelectorAll('nav.md-nav--secondary a.md-nav__link')].map(a => {
+    const id = decodeURIComponent(a.getAttribute('href').split('#')[1] || '');
+    const h = document.getElementById(id);
+    return [clean(a.textContent), h ? clean(h.textContent) : null, id];
+  });
+}"""
+
+
+def toc_mismatches(page) -> list:
+    "Right-hand table-of-contents entries whose text is not their heading's (or whose heading is missing)."
+    return [(toc, head, id) for toc, head, id in page.evaluate(TOC_AND_HEADINGS) if toc != head]
+
+
 def _open(page, url):
     page.goto(url, wait_until="load")
     page.wait_for_selector(".jp-Notebook", timeout=30_000)
 
 
-@pytest.mark.slow
+@site_tests
 @pytest.mark.parametrize("name", PAGES)
 def test_page_renders(page, server, site, name):
+    stem = next((Path(n).stem for n in NOTEBOOKS if page_name(n) == name), name)
+    if stem in failed_notebooks(site):
+        pytest.fail(f"{name}: its notebook failed to execute (see test_notebook[{stem}]):\n{failed_notebooks(site)[stem][-2000:]}")
     _open(page, f"{server}/{name}.html")
     want = _expected(site, name)
     text = page.inner_text(".md-content")
@@ -210,9 +296,18 @@ def test_page_renders(page, server, site, name):
         page.wait_for_selector("mjx-container", state="attached", timeout=30_000)
     assert not page.errors, f"{name}: JavaScript errors {page.errors[:3]}"
     assert not page.outside, f"{name}: requests outside the site {page.outside[:5]}"
+    body = page.inner_text("body")
+    assert "{target=" not in body and "{style=" not in body, f"{name}: quarto attribute text on the page"
+    if page.locator("a:text-is('source')").count():
+        link = page.locator("a:text-is('source')").first
+        assert link.get_attribute("target") == "_blank" and link.evaluate("a => getComputedStyle(a).cssFloat") == "right"
+    bad = toc_mismatches(page)
+    assert not bad, f"{name}: table-of-contents entries differ from their headings (toc, heading, id): {bad[:5]}"
+    size = (site/f"{name}.html").stat().st_size
+    assert size <= PAGE_BUDGET, f"{name}.html is {size / 1e6:.1f} MB (budget {PAGE_BUDGET / 1e6:.1f} MB): share plotly.js, shrink figures"
 
 
-@pytest.mark.slow
+@site_tests
 def test_navigation_in_lesson_order(page, server):
     _open(page, f"{server}/index.html")
     hrefs = page.eval_on_selector_all("nav.md-nav--primary a.md-nav__link[href$='.html']", "els => els.map(a => a.getAttribute('href'))")
@@ -221,7 +316,7 @@ def test_navigation_in_lesson_order(page, server):
     assert [h for h in seen if h in want] == want, seen
 
 
-@pytest.mark.slow
+@site_tests
 def test_search_finds_a_heuristic(page, server):
     _open(page, f"{server}/index.html")
     for _ in range(12):  # the search index loads in a web worker: retype until it answers (60 s at most)
@@ -234,7 +329,7 @@ def test_search_finds_a_heuristic(page, server):
     assert not page.outside
 
 
-@pytest.mark.slow
+@site_tests
 def test_api_reference_index_resolves(page, server):
     _open(page, f"{server}/api.html")
     ids = set(page.eval_on_selector_all("[id]", "els => els.map(e => e.id)"))
@@ -245,7 +340,7 @@ def test_api_reference_index_resolves(page, server):
     assert page.locator("h3#load_model").count() == 1
 
 
-@pytest.mark.slow
+@site_tests
 @pytest.mark.parametrize("name", ["index", "heuristics_hf", "tutorial_sampling", "tutorial_learning", "tutorial_qalign",
                                   "tutorial_soft", "api"])
 def test_screenshot(page, server, screenshots, name):

@@ -275,5 +275,6 @@ def test_sample_cli_ban_on_a_local_model(tmp_path, capsys):
     assert sample_cli(["--prompt", "hello", "--model", str(tmp_path), "--raw", "--ban", "e", "--ban", "a",
                        "--temperature", "0.9", "--max-new-tokens", "12", "--seed", "3", "-n", "3"]) == 0
     out = capsys.readouterr().out
-    texts = [blk.split("\n", 1)[1].split("\n  rewind")[0] for blk in out.split("--- sample")[1:]]
+    texts = [blk.split("\n", 1)[1].split("\n  #  token")[0] for blk in out.split("--- sample")[1:]]  # text, then its table
+    assert all("(p and entropy, in nats" in blk for blk in out.split("--- sample")[1:]), "--ban keeps the per-token table"
     assert len(texts) == 3 and all("e" not in x.lower() and "a" not in x.lower() for x in texts)

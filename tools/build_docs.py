@@ -51,13 +51,16 @@ def is_tutorial(name: str) -> bool: return "tutorial" in Path(name).stem
 
 # --- the per-notebook worker (runs in a fresh process) ---------------------------------------------------
 
-def _no_eval(cell) -> bool:
-    "nbdev's skip rule (as `nbdev_test --flags slow`): markdown, the export call, `eval: false`, `heavy` cells."
+SKIP_FLAGS = ("heavy",)  # what the site never runs; `slow` cells run (CI's tier)
+
+
+def _no_eval(cell, skip=SKIP_FLAGS) -> bool:
+    "nbdev's skip rule (as `nbdev.test.test_nb`): markdown, the export call, `eval: false`, cells flagged with any of `skip`."
     if cell.cell_type != "code" or not cell.source.strip(): return True
     if "nbdev_export" + "(" in cell.source: return True
     d = getattr(cell, "directives_", None) or {}
     if d.get("eval:", [""])[0].lower() == "false": return True
-    return "heavy" in d
+    return bool(set(skip) & set(d))
 
 
 def _use_local_plotly() -> None:
@@ -75,13 +78,15 @@ def _use_local_plotly() -> None:
     pio.renderers.default = PLOTLY_RENDERER
 
 
-def execute(nb, path: Path) -> None:
+def execute(nb, path: Path, skip=SKIP_FLAGS) -> None:
     "Run `nb` (read from `path`) in nbdev's executor from the notebook's folder; exit with the traceback if a cell fails."
     from execnb.shell import CaptureShell
+    from functools import partial
+    os.environ["IN_TEST"] = "1"  # as nbdev's test_nb
     shell, cwd = CaptureShell(path), os.getcwd()
     shell.run("from nbdev.showdoc import show_doc")  # nbdev's processing provides it for the show_doc cells it adds
     os.chdir(path.parent)
-    try: shell.run_all(nb, exc_stop=True, preproc=_no_eval)
+    try: shell.run_all(nb, exc_stop=True, preproc=partial(_no_eval, skip=skip))
     except Exception:
         sys.stderr.write(f"docs: executing {path.name} failed\n{shell.prettytb(fname=path)}\n")
         raise SystemExit(1)
@@ -162,14 +167,17 @@ def freeze_widgets(nb) -> int:
 
 _CDN_PLOTLY = re.compile(r'<script[^>]*src="https://cdn[^"]*plotly[^"]*"[^>]*>\s*</script>')
 _CDN_MATHJAX = re.compile(r'<script[^>]*src="https://[^"]*mathjax[^"]*"[^>]*>\s*</script>', re.I)
+_INLINE_PLOTLY = re.compile(r"<script[^>]*>\s*/\*\*\s*\* plotly\.js v[\d.]+[\s\S]*?</script>")
 
 
 def _offline_html(text: str) -> str:
-    "Figures saved with CDN links load plotly.js from the site instead; MathJax comes with every page already."
+    """Figures saved with CDN links or with plotly.js inlined (`include_plotlyjs=True`, 4.8 MB each) load the site's one
+    `plotly.min.js` instead; MathJax comes with every page already."""
+    text = _INLINE_PLOTLY.sub('<script src="plotly.min.js"></script>', text)
     return _CDN_MATHJAX.sub("", _CDN_PLOTLY.sub('<script src="plotly.min.js"></script>', text))
 
 
-def worker(src: Path, dst: Path, run: bool = True) -> None:
+def worker(src: Path, dst: Path, run: bool = True, skip=SKIP_FLAGS) -> None:
     "Process one notebook into `dst`: nbdev's show_doc cells, execution, widgets frozen, nbdev's directives applied."
     from execnb.nbio import read_nb, write_nb
     from nbdev.process import NBProcessor
@@ -179,13 +187,16 @@ def worker(src: Path, dst: Path, run: bool = True) -> None:
     nb = read_nb(src)
     nb.path_ = str(src)
     NBProcessor(nb=nb, procs=[FrontmatterProc, P.populate_language, P.add_show_docs], rm_directives=False).process()
-    if run:
+    fm = getattr(nb, "frontmatter_", {}) or {}
+    if run and str(fm.get("skip_exec", "")).lower() not in ("true", "1", "yes"):  # nbdev's test_nb honours skip_exec too
         _use_local_plotly()
-        execute(nb, src)
+        execute(nb, src, skip)
         freeze_widgets(nb)
     NBProcessor(nb=nb, procs=[P.strip_ansi, P.hide_line, P.filter_stream_, P.rm_header_dash, P.clean_show_doc,
                               P.rm_export, P.clean_magics, P.hide_, P.add_links, P.mv_exports, P.strip_hidden_metadata]).process()
-    write_nb(nb, dst)
+    tmp = dst.with_name(dst.name + ".part")
+    write_nb(nb, tmp)
+    os.replace(tmp, dst)  # a stopped worker never leaves a half-written cache entry
     import resource
     r = resource.getrusage(resource.RUSAGE_SELF)
     print(f"cpu={r.ru_utime + r.ru_stime:.1f}")
@@ -193,20 +204,31 @@ def worker(src: Path, dst: Path, run: bool = True) -> None:
 
 # --- from processed notebooks to mkdocs pages -----------------------------------------------------------
 
+_ATTR_LINK = re.compile(r"\[([^\]\n]+)\]\(([^)\s]+)\)\{((?:\s*[\w-]+=\"[^\"\n]*\")+)\s*\}")
+_QUARTO_ATTRS = re.compile(r"\{(?:target|style|\.)[^{}\n]*\}")
+
+
+def _attr_links(text: str) -> str:
+    "Quarto's `[text](url){target=\"_blank\" style=\"...\"}` (show_doc's source links) as the HTML link it means."
+    return _ATTR_LINK.sub(lambda m: f'<a href="{m[2]}" {m[3].strip()}>{m[1]}</a>', text)
+
+
 def _site_links(text: str) -> str:
-    "Absolute doc links (nbdev writes doc_host/doc_baseurl) become relative; quarto attribute blocks go."
+    "Absolute doc links (nbdev writes doc_host/doc_baseurl) become relative; quarto attribute links become HTML, other attribute blocks go."
     from nbdev.config import get_config
     cfg = get_config()
     base = cfg.doc_host.rstrip("/") + "/" + cfg.doc_baseurl.strip("/") + "/"
-    text = re.sub(r"\{(?:target|style|\.)[^{}\n]*\}", "", text.replace(base, ""))
+    text = _QUARTO_ATTRS.sub("", _attr_links(text.replace(base, "")))
     return text.replace("#LNone", "")  # show_doc's source link when it cannot find the line
 
 
 def _fix(obj, key=None):
-    if isinstance(obj, str):
-        return _offline_html(_site_links(obj)) if key in ("text/html", "text/markdown", "source") else obj
+    "Apply `_site_links` and `_offline_html` to every HTML or markdown output in `obj` (a cell, or part of one)."
+    html_like = key in ("text/html", "text/markdown")
+    if isinstance(obj, list) and html_like and all(isinstance(o, str) for o in obj): obj = "".join(obj)  # one text, not lines
+    if isinstance(obj, str): return _offline_html(_site_links(obj)) if html_like else obj
     if isinstance(obj, list): return [_fix(o, key) for o in obj]
-    if isinstance(obj, dict): return {k: _fix(v, k if key is None else key) for k, v in obj.items()}
+    if isinstance(obj, dict): return {k: _fix(v, k) for k, v in obj.items()}
     return obj
 
 
@@ -214,6 +236,15 @@ def _front_matter(cell) -> dict | None:
     src = "".join(cell["source"])
     if cell["cell_type"] != "raw" or not src.startswith("---"): return None
     return yaml.safe_load(src.strip().strip("-")) or {}
+
+
+_HEADING = re.compile(r"^(#{1,6}\s.*)$", re.M)
+
+
+def _heading_code(md: str) -> str:
+    "Inline code in headings as `<code>` HTML: mkdocs-jupyter drops backticked spans from the table of contents."
+    code = lambda m: re.sub(r"`([^`\n]+)`", lambda c: f"<code>{html.escape(c[1], quote=False)}</code>", m[1])
+    return _HEADING.sub(code, md)
 
 
 _QUARTO_OPT = re.compile(r"^#\|\s*([\w-]+):\s*(.+?)\s*$", re.M)
@@ -237,8 +268,9 @@ def tidy(nb: dict) -> tuple[dict, str, str]:
             if opts.get("echo") == "false": c.setdefault("metadata", {}).setdefault("tags", []).append("remove_input")
             src = "\n".join(l for l in src.splitlines() if not l.startswith("#|")).strip("\n")
             if not src and not c.get("outputs"): continue
-        c["source"] = src
-        cells.append(_fix(c))
+        c = _fix({**c, "source": src})
+        if c["cell_type"] == "markdown": c["source"] = _heading_code(_offline_html(_site_links(src)))
+        cells.append(c)
     nb = {**nb, "cells": cells}
     if not title:
         m = next((re.match(r"#\s+(.+)", c["source"]) for c in cells if c["cell_type"] == "markdown"), None)
@@ -373,46 +405,84 @@ def shared_digest() -> str:
     res = sorted(p for p in (ROOT/"results").rglob("*") if p.is_file()) if (ROOT/"results").exists() else []
     import inspect
     code = "".join(inspect.getsource(f) for f in (_no_eval, _use_local_plotly, execute, _bundle_html, _output_html,
-                                                  widget_html, freeze_widgets, worker, _spawn))
+                                                  widget_html, freeze_widgets, worker, _spawn, cache_entry))
     return _digest(lib + res + [ROOT/"settings.ini"]) + hashlib.sha256(code.encode()).hexdigest()
 
 
-def _spawn(src: Path, dst: Path, threads: int, run: bool) -> subprocess.Popen:
+WORKER_TIMEOUT = int(os.environ.get("SOFT_SAMPLER_NB_TIMEOUT", 1200))  # seconds one notebook may run (as a test may)
+
+
+def cache_entry(nb_src: Path, shared: str | None = None, run: bool = True, skip=SKIP_FLAGS) -> Path:
+    "Where the processed (and executed) `nb_src` is cached: keyed by its content, `shared_digest()`, `run` and the flags skipped."
+    shared = shared or shared_digest()
+    key = hashlib.sha256((shared + nb_src.read_text() + str(run) + " ".join(sorted(skip))).encode()).hexdigest()[:16]
+    return CACHE/f"{nb_src.stem}.{key}.ipynb"
+
+
+def failure_of(entry: Path) -> Path:
+    "The file that records why the notebook of cache `entry` failed (its traceback), next to the entry."
+    return entry.with_suffix(".failed")
+
+
+def _spawn(src: Path, dst: Path, threads: int, run: bool, skip=SKIP_FLAGS, log=None) -> subprocess.Popen:
     env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
            "MPLBACKEND": "module://matplotlib_inline.backend_inline", "HF_HUB_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
            "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "SOFT_SAMPLER_DOCS": "1"}
-    args = [sys.executable, __file__, "--worker", str(src), str(dst)] + ([] if run else ["--no-exec"])
-    return subprocess.Popen(args, env=env, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    args = [sys.executable, __file__, "--worker", str(src), str(dst), "--skip", " ".join(skip)] + ([] if run else ["--no-exec"])
+    return subprocess.Popen(args, env=env, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, text=True)
 
 
-def run_workers(jobs: list[tuple[Path, Path]], n: int, run: bool) -> dict[str, float]:
-    "Process notebooks `n` at a time, each in a fresh process with cores/n torch threads; longest (as last timed) first."
+def run_workers(jobs: list[tuple[Path, Path]], n: int, run: bool, skip=SKIP_FLAGS,
+                timeout: float = WORKER_TIMEOUT) -> tuple[dict[str, float], dict[str, str]]:
+    """Process notebooks `n` at a time, each in a fresh process with cores/n torch threads, longest (as last timed) first.
+    Returns the seconds each took and the output of each that failed (a cell raised, or it ran past `timeout` seconds);
+    a failure is also recorded next to its cache entry (`failure_of`), a success removes that record."""
+    import tempfile
+    CACHE.mkdir(parents=True, exist_ok=True)
     timings_file = CACHE/"timings.json"
     last = json.loads(timings_file.read_text()) if timings_file.exists() else {}
     todo = sorted(jobs, key=lambda j: -last.get(j[0].name, 60))
     threads = max(1, (os.cpu_count() or 1) // n)
-    running, secs, failed = {}, {}, []
+    running, secs, failed = {}, {}, {}
     while todo or running:
         while todo and len(running) < n:
             src, dst = todo.pop(0)
-            running[src.name] = (_spawn(src, dst, threads, run), time.time())
+            log = tempfile.TemporaryFile("w+")  # a file, not a pipe: a chatty notebook cannot block on a full pipe
+            running[src.name] = (_spawn(src, dst, threads, run, skip, log), time.time(), log, dst)
         time.sleep(0.2)
-        for name, (p, t0) in list(running.items()):
-            if p.poll() is None: continue
+        for name, (p, t0, log, dst) in list(running.items()):
+            late = time.time() - t0 > timeout
+            if p.poll() is None and not late: continue
+            if p.poll() is None: p.kill(); p.wait()
             del running[name]
-            out = p.stdout.read()
+            log.seek(0); out = log.read(); log.close()
             secs[name] = time.time() - t0
-            if p.returncode: failed.append(name); print(out, file=sys.stderr)
+            if late: out += f"\ndocs: {name} ran past {timeout:.0f}s and was stopped\n"
+            if p.returncode:
+                failed[name] = out
+                failure_of(dst).write_text(out)
+            else: failure_of(dst).unlink(missing_ok=True)
             cpu = re.findall(r"^cpu=(\S+)$", out, re.M)
             print(f"docs: {name} {'FAILED' if p.returncode else 'done'} in {secs[name]:.1f}s"
                   + (f" ({cpu[-1]}s CPU)" if cpu else ""), flush=True)
-    if failed: raise SystemExit(f"docs: failed: {', '.join(failed)}")
     timings_file.write_text(json.dumps({**last, **secs}, indent=1))
-    return secs
+    return secs, failed
 
 
-def build(only=None, jobs: int = 2, site: Path = ROOT/"_docs", work: Path = ROOT, cache: bool = True, run: bool = True) -> Path:
-    "Build the site into `site` (intermediate files under `work`); returns `site`."
+def run_notebook(src: Path, skip=SKIP_FLAGS, timeout: float = WORKER_TIMEOUT) -> tuple[Path, str | None]:
+    """Execute one notebook as the site does (fresh process, all cores) into its cache entry, so that a later
+    `build` reuses it. Returns the entry and None, or the entry and the output (traceback) if it failed."""
+    entry = cache_entry(src, skip=skip)
+    _, failed = run_workers([(src, entry)], 1, True, skip, timeout)
+    return entry, failed.get(src.name)
+
+
+def build(only=None, jobs: int = 2, site: Path = ROOT/"_docs", work: Path = ROOT, cache: bool = True, run: bool = True,
+          keep_going: bool = False, reuse_failures: bool = False, timeout: float = WORKER_TIMEOUT) -> Path:
+    """Build the site into `site` (intermediate files under `work`); returns `site`.
+    Notebooks whose executed form is cached (e.g. by the notebook tests of this test run) are not run again.
+    `keep_going`: a notebook that fails is rendered unexecuted and named in `work/failed.json` instead of stopping the
+    build; `reuse_failures`: a notebook whose failure is recorded for its current content is not run again either."""
     t0 = time.time()
     proc, src = work/"_proc", work/"_docs_src"
     order = [n for n in lesson_order() if not only or Path(n).stem in only]
@@ -420,18 +490,29 @@ def build(only=None, jobs: int = 2, site: Path = ROOT/"_docs", work: Path = ROOT
     api = proc/"api.ipynb"
     api.write_text(json.dumps(api_notebook(module_pages()), indent=1))
     shared = shared_digest()
-    plan, hits = [], {}
+    plan, hits, failed = [], {}, {}
     for name in order + ["api.ipynb"]:
         nb_src = api if name == "api.ipynb" else NBS/name
-        key = hashlib.sha256((shared + nb_src.read_text() + str(run)).encode()).hexdigest()[:16]
-        hits[name] = CACHE/f"{Path(name).stem}.{key}.ipynb"
-        if not (cache and hits[name].exists()): plan.append((nb_src, hits[name]))
+        hits[name] = cache_entry(nb_src, shared, run)
+        if cache and hits[name].exists(): continue
+        if cache and reuse_failures and failure_of(hits[name]).exists(): failed[name] = failure_of(hits[name]).read_text()
+        else: plan.append((nb_src, hits[name]))
     CACHE.mkdir(parents=True, exist_ok=True)
-    keep = {p.name for p in hits.values()}
-    for p in CACHE.glob("*.ipynb"):
-        if p.name.split(".")[0] in {Path(n).stem for n in hits} and p.name not in keep: p.unlink()
-    print(f"docs: {len(order) + 1 - len(plan)} notebooks from the cache, {len(plan)} to run, {jobs} at a time", flush=True)
-    run_workers(plan, jobs, run)
+    keep = {p.name for p in hits.values()} | {failure_of(p).name for p in hits.values()}
+    stems = {Path(n).stem for n in hits}
+    for p in [*CACHE.glob("*.ipynb"), *CACHE.glob("*.failed")]:
+        if p.name.split(".")[0] in stems and p.name not in keep: p.unlink()
+    print(f"docs: {len(order) + 1 - len(plan) - len(failed)} notebooks from the cache, {len(plan)} to run, {jobs} at a time"
+          + (f", {len(failed)} failed earlier: {', '.join(failed)}" if failed else ""), flush=True)
+    failed.update(run_workers(plan, jobs, run, timeout=timeout)[1])
+    if failed and not keep_going:
+        for out in failed.values(): print(out, file=sys.stderr)
+        raise SystemExit(f"docs: failed: {', '.join(failed)}")
+    if failed:  # rendered unexecuted, so that every other page still can be checked
+        bare = {n: proc/f"unexecuted_{Path(n).stem}.ipynb" for n in failed}
+        run_workers([(api if n == "api.ipynb" else NBS/n, bare[n]) for n in failed], jobs, False, timeout=timeout)
+        hits.update(bare)
+    (work/"failed.json").write_text(json.dumps({Path(n).stem: out[-6000:] for n, out in failed.items()}, indent=1))
     nav, lessons, tutorials = [], [], []
     for name in order + ["api.ipynb"]:
         nb, title, page = tidy(json.loads(hits[name].read_text()))
@@ -461,11 +542,12 @@ def main(argv=None) -> int:
     ap.add_argument("--no-cache", action="store_true", help="run every notebook even if unchanged")
     ap.add_argument("--no-exec", action="store_true", help="do not run notebooks (layout checks only)")
     ap.add_argument("--worker", nargs=2, type=Path, metavar=("SRC", "DST"), help=argparse.SUPPRESS)
+    ap.add_argument("--skip", default=" ".join(SKIP_FLAGS), help=argparse.SUPPRESS)  # the worker's skipped cell flags
     a = ap.parse_args(argv)
     if a.worker:
         import torch
         torch.set_num_threads(int(os.environ.get("OMP_NUM_THREADS", "1")))
-        worker(*a.worker, run=not a.no_exec)
+        worker(*a.worker, run=not a.no_exec, skip=tuple(a.skip.split()))
         return 0
     if a.jobs < 1: ap.error(f"--jobs must be >= 1, got {a.jobs}")
     build(a.only, a.jobs, a.site.resolve(), a.work.resolve(), cache=not a.no_cache, run=not a.no_exec)
