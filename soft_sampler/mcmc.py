@@ -798,40 +798,42 @@ def plot_arithmetic(obj: dict,  # `mcmc_arithmetic`'s records
 
 # %% ../nbs/18_mcmc.ipynb #508d4448
 def _cli_parser() -> argparse.ArgumentParser:
-    from soft_sampler.cli import ArgumentParser  # one-line errors, exit code 2
-    p = ArgumentParser(prog="soft-sampler mcmc",
-                                description="MH, block-wise power sampling or SMC towards π ∝ p^α·exp(r/β).")
+    from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, model_dir, http_url
+    pos = number_in(0, low_open=True)  # one-line errors, exit code 2, before any model loads
+    p = ArgumentParser(prog="soft-sampler mcmc", description="MH, block-wise power sampling or SMC towards π ∝ p^α·exp(r/β).")
     p.add_argument("--method", choices=["mh", "power", "smc"], default="power")
     p.add_argument("--prompt", default="What is 7 + 5? Answer with just the number.", help="user message")
     p.add_argument("--reward", choices=["none", "number", "keyword", "brevity"], default="none",
                    help="none: the power distribution")
     p.add_argument("--target", default="12", help="the number (reward=number) or word (reward=keyword) to reward")
-    p.add_argument("--alpha", type=float, default=4.0); p.add_argument("--beta", type=float, default=0.5)
-    p.add_argument("--temperature", type=float, default=None, help="proposal τ (default: 1/α for power, else 1)")
+    p.add_argument("--alpha", type=pos, default=4.0); p.add_argument("--beta", type=pos, default=0.5)
+    p.add_argument("--temperature", type=pos, default=None, help="proposal τ (default: 1/α for power, else 1)")
     p.add_argument("--cut", choices=CUTS, default="uniform")
-    p.add_argument("--n", type=int, default=4, help="chains or particles")
-    p.add_argument("--steps", type=int, default=4, help="MH steps (mh), per block (power)")
-    p.add_argument("--blocks", type=int, default=4, help="power: blocks; smc: steps of max_new_tokens/blocks tokens")
-    p.add_argument("--ess-threshold", type=float, default=0.5); p.add_argument("--max-new-tokens", type=int, default=16)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--checkpoint", default=None, help="JSONL file; an existing one is resumed")
-    p.add_argument("--model", default=None, help="local HF folder (default: the embedded model); it scores p, q")
-    p.add_argument("--server", default=None, metavar="URL", help="propose from an OpenAI-compatible server")
+    p.add_argument("--n", type=at_least(1), default=4, help="chains or particles")
+    p.add_argument("--steps", type=at_least(0), default=4, help="MH steps (mh), per block (power)")
+    p.add_argument("--blocks", type=at_least(1), default=4, help="power: blocks; smc: steps of max_new_tokens/blocks tokens")
+    p.add_argument("--ess-threshold", type=number_in(0, 1), default=0.5)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=16); p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--checkpoint", default=None, help="JSONL file; an existing one of the same run is resumed")
+    p.add_argument("--model", default=None, type=model_dir, help="local HF folder (default: the embedded model); it scores p, q")
+    p.add_argument("--server", default=None, metavar="URL", type=http_url, help="propose from an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 # %% ../nbs/18_mcmc.ipynb #0ad059d1
 def _cli_check(p, a):
-    "Every range error before any model loads."
-    for name in ("alpha", "beta") + (("temperature",) if a.temperature is not None else ()):
-        if not getattr(a, name) > 0: p.error(f"--{name} must be > 0, got {getattr(a, name)}")
-    for name, lo in (("n", 1), ("steps", 0), ("blocks", 1), ("max_new_tokens", 1), ("seed", 0)):
-        if getattr(a, name) < lo: p.error(f"--{name.replace('_', '-')} must be >= {lo}, got {getattr(a, name)}")
-    if not 0 <= a.ess_threshold <= 1: p.error(f"--ess-threshold must be in [0, 1], got {a.ess_threshold}")
-    if a.method == "power" and a.max_new_tokens < a.blocks: p.error("--max-new-tokens must be >= --blocks")
+    "What the flags' types cannot check alone, before any model loads."
+    if a.method == "power" and a.max_new_tokens < a.blocks:
+        p.error(f"--max-new-tokens {a.max_new_tokens} must be >= --blocks {a.blocks} (power sampling)")
     if a.reward == "number":
         try: float(a.target)
         except ValueError: p.error(f"--target must be a number for --reward number, got {a.target!r}")
+    if a.reward == "keyword" and not a.target.strip(): p.error("--target: the keyword must not be empty")
+    if a.checkpoint and Path(a.checkpoint).is_dir(): p.error(f"--checkpoint {a.checkpoint} is a directory, not a JSONL file")
+    if a.checkpoint and Path(a.checkpoint).exists():
+        from soft_sampler.cli import read_text
+        try: read_text(a.checkpoint)
+        except (OSError, ValueError) as e: p.error(f"--checkpoint: {e}")
 
 # %% ../nbs/18_mcmc.ipynb #6f8473ca
 def _cli_reward(p, a, tok):
@@ -856,15 +858,20 @@ def mcmc_cli(argv: list[str],  # the arguments after `soft-sampler mcmc`
     "Run MH, block-wise power sampling or SMC on a prompt; print the rows, statistics and final answers."
     p = _cli_parser(); a = p.parse_args(argv); _cli_check(p, a)
     from soft_sampler.core import load_model
+    from soft_sampler.qalign import ChainCheckpointError
     model, tok = load_model(a.model)
     engine = None
     if a.server:
         from soft_sampler.remote import RemoteEngine
         engine = RemoteEngine(a.server, tokenizer=tok)
-    reward = _cli_reward(p, a, tok)
-    s = _cli_sampler(a, Target(model, reward, a.alpha, a.beta, tokenizer=tok), engine)
-    res = s.run([{"role": "user", "content": a.prompt}], n=a.n, max_new_tokens=a.max_new_tokens, seed=a.seed,
-                checkpoint=a.checkpoint, progress=not a.no_progress)
+    s = _cli_sampler(a, Target(model, _cli_reward(p, a, tok), a.alpha, a.beta, tokenizer=tok), engine)
+    try: res = s.run([{"role": "user", "content": a.prompt}], n=a.n, max_new_tokens=a.max_new_tokens, seed=a.seed,
+                     checkpoint=a.checkpoint, progress=not a.no_progress)
+    except ChainCheckpointError as e: p.error(str(e))
+    except KeyboardInterrupt:
+        from soft_sampler.cli import interrupted
+        return interrupted(p.prog, f"the steps done so far are saved in {a.checkpoint}; run the same command to resume"
+                           if a.checkpoint else "nothing was saved (--checkpoint FILE keeps every step)")
     for i, row in enumerate(res.states): print(f"row {i}: {tok.decode(row[-1], skip_special_tokens=True)!r}")
     print(f"{res!r}")
     for m in ("majority_vote", "best_of_n"): print(f"{m:>14}: {res.final(m).answer!r}")

@@ -751,49 +751,67 @@ def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
 
 # %% ../nbs/20_sampler_rl.ipynb #d59a8057
 def _rl_parser() -> argparse.ArgumentParser:
-    from soft_sampler.cli import ArgumentParser  # one-line errors, exit code 2
-    p = ArgumentParser(prog="soft-sampler train-rl",
-                                description="Train a sampler network by reward (LM frozen).")
+    from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, text_file  # one-line errors, exit 2
+    p = ArgumentParser(prog="soft-sampler train-rl", description="Train a sampler network by reward (LM frozen).")
     p.add_argument("--task", choices=("arithmetic", "vader"), default="arithmetic",
                    help="reward: the arithmetic verifier or VADER sentiment")
     p.add_argument("--net", default="SimpleDistributionAwareTransform", choices=sorted(NETWORKS), help="network class")
-    p.add_argument("--net-config", default=None, help="YAML file with the network's config fields (`layers: [10, 20]`)")
+    p.add_argument("--net-config", default=None, type=text_file,
+                   help="YAML file with the network's config fields (`layers: [10, 20]`)")
     p.add_argument("--init", default=None, help="start from this network (a .safetensors file or a checkpoint folder)")
     p.add_argument("--ref", default=None,
                    help="KL reference network (file or folder); default: the model's own distribution")
     p.add_argument("--out", default=None, help="checkpoint folder (resumed if it holds a checkpoint)")
-    p.add_argument("--no-resume", action="store_true", help="start afresh even if --out holds a checkpoint")
-    for name, typ, default in (("steps", int, 20), ("group-size", int, 4), ("prompts-per-step", int, 2),
-                               ("max-new-tokens", int, 6), ("kl-coef", float, 0.05), ("lr", float, 0.01),
-                               ("checkpoint-every", int, 10), ("seed", int, 0)):
+    p.add_argument("--no-resume", "--restart", dest="no_resume", action="store_true",
+                   help="start afresh even if --out holds a checkpoint")
+    for name, typ, default in (("steps", at_least(1), 20), ("group-size", at_least(2), 4), ("prompts-per-step", at_least(1), 2),
+                               ("max-new-tokens", at_least(1), 6), ("kl-coef", number_in(0), 0.05),
+                               ("lr", number_in(0, low_open=True), 0.01), ("checkpoint-every", at_least(1), 10),
+                               ("seed", at_least(0), 0)):
         p.add_argument(f"--{name}", type=typ, default=default, help=f"(default {default})")
     p.add_argument("--advantage", choices=ADVANTAGES, default="grpo")
-    p.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
+    p.add_argument("--threads", type=at_least(1), default=1, help="torch threads (default 1)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
 # %% ../nbs/20_sampler_rl.ipynb #06cff22a
-def _rl_setup(p, ns):
-    "The network, reference and config from parsed arguments (argparse errors for bad ones)."
+def _rl_net(p, ns) -> LogitsNetwork:
+    "The network to train: --init's, or a fresh --net with --net-config's fields."
     import yaml
     from soft_sampler.train import load_sampler
-    try:
-        cfg = SamplerRLConfig(steps=ns.steps, group_size=ns.group_size, prompts_per_step=ns.prompts_per_step,
-                              max_new_tokens=ns.max_new_tokens, kl_coef=ns.kl_coef, lr=ns.lr, advantage=ns.advantage,
-                              checkpoint_every=ns.checkpoint_every, seed=ns.seed)
-        if ns.init: net = load_sampler(ns.init).train()
-        else:
-            cls = NETWORKS[ns.net]
-            fields = yaml.safe_load(Path(ns.net_config).read_text()) or {} if ns.net_config else None
-            net = cls(None if fields is None else cls.config_class.from_dict(fields))
-        ref = load_sampler(ns.ref) if ns.ref else None
-    except (ValueError, TypeError, OSError) as e: p.error(str(e))
+    if ns.init:
+        try: return load_sampler(ns.init).train()
+        except (OSError, ValueError) as e: p.error(f"--init: {e}")
+    cls = NETWORKS[ns.net]
+    if not ns.net_config: return cls()
+    try: fields = yaml.safe_load(Path(ns.net_config).read_text()) or {}
+    except yaml.YAMLError as e: p.error(f"--net-config {ns.net_config}: not valid YAML ({' '.join(str(e).split())})")
+    if not isinstance(fields, dict): p.error(f"--net-config {ns.net_config}: expected a mapping of config fields, got {type(fields).__name__}")
+    try: return cls(cls.config_class.from_dict(fields))
+    except (ValueError, TypeError) as e: p.error(f"--net-config {ns.net_config}: {e}")
+
+def _rl_setup(p, ns):
+    "The network, reference and config from parsed arguments; an --out holding another run's checkpoints is refused (argparse errors)."
+    from soft_sampler.train import load_sampler
+    try: cfg = SamplerRLConfig(steps=ns.steps, group_size=ns.group_size, prompts_per_step=ns.prompts_per_step,
+                               max_new_tokens=ns.max_new_tokens, kl_coef=ns.kl_coef, lr=ns.lr, advantage=ns.advantage,
+                               checkpoint_every=ns.checkpoint_every, seed=ns.seed)
+    except ValueError as e: p.error(str(e))
+    net = _rl_net(p, ns)
+    try: ref = load_sampler(ns.ref) if ns.ref else None
+    except (OSError, ValueError) as e: p.error(f"--ref: {e}")
+    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a file, not a checkpoint folder")
+    if ns.out and not ns.no_resume:
+        import copy
+        try:
+            if (ck := latest_checkpoint(ns.out)) is not None:  # restore into a copy: the same checks as the resume itself
+                probe = copy.deepcopy(net); load_rl_checkpoint(ck, probe, torch.optim.AdamW(probe.parameters()), cfg)
+        except (ValueError, OSError, KeyError) as e: p.error(f"--out {ns.out} cannot be resumed: {e}; use a new --out, or --restart")
     return net, ref, cfg
 
 def train_rl_cli(argv: list[str]) -> int:
     "`soft-sampler train-rl`: GRPO/RLOO on a sampler network with the embedded model frozen."
     p = _rl_parser(); ns = p.parse_args(argv)
-    if ns.threads < 1: p.error(f"--threads must be >= 1, got {ns.threads}")
     net, ref, cfg = _rl_setup(p, ns)
     torch.set_num_threads(ns.threads)
     from soft_sampler.core import load_model
@@ -805,8 +823,12 @@ def train_rl_cli(argv: list[str]) -> int:
         from soft_sampler.rewards import VaderSentiment
         from soft_sampler.soft_rl import DEMO_PROMPTS
         prompts, reward = [[{"role": "user", "content": q}] for q in DEMO_PROMPTS], VaderSentiment(tok)
-    r = train_sampler_rl(net, model, tok, prompts, reward, cfg, ref, ns.out, not ns.no_resume,
-                         progress=not ns.no_progress)
+    try: r = train_sampler_rl(net, model, tok, prompts, reward, cfg, ref, ns.out, not ns.no_resume, progress=not ns.no_progress)
+    except KeyboardInterrupt:
+        from soft_sampler.cli import interrupted
+        ck = latest_checkpoint(ns.out) if ns.out else None
+        return interrupted(p.prog, f"{ck.name} is saved in {ns.out}; run the same command to resume" if ck else
+                           "no checkpoint was saved" + ("" if ns.out else " (no --out)"))
     if r.history:
         last = r.history[-1]
         print(f"step {last['step'] + 1}: reward {last['reward']:.3f}  KL {last['kl']:.4f}"

@@ -196,16 +196,16 @@ def network_sampler(path: str | Path | None = None,  # a saved network (`LogitsN
 
 # %% ../nbs/19_sweeps.ipynb #0c603e99
 def _sweep_parser() -> argparse.ArgumentParser:
-    from soft_sampler.cli import ArgumentParser  # one-line errors, exit code 2
+    from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in  # one-line errors, exit code 2
     p = ArgumentParser(prog="soft-sampler sweep", description="Accuracy and diversity per sampler as temperature rises (resumable).")
     p.add_argument("--out", required=True, help="work folder: one JSON file per cell (resumes)")
     p.add_argument("--results", default=None, help="write cells + summary to this JSON file at the end")
     p.add_argument("--samplers", default=",".join([*SWEEP_SAMPLERS, "network"]), help="comma-separated names (default: all + network)")
-    p.add_argument("--temperatures", type=float, nargs="+", default=list(SWEEP_TEMPERATURES))
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    p.add_argument("--problems", type=int, default=10); p.add_argument("--prompts", type=int, default=3)
-    p.add_argument("--samples", type=int, default=3, help="samples per open prompt")
-    p.add_argument("--max-new-tokens", type=int, nargs=2, default=[4, 16], metavar=("MATH", "OPEN"))
+    p.add_argument("--temperatures", type=number_in(0, low_open=True), nargs="+", default=list(SWEEP_TEMPERATURES))
+    p.add_argument("--seeds", type=at_least(0), nargs="+", default=[0, 1])
+    p.add_argument("--problems", type=at_least(1), default=10); p.add_argument("--prompts", type=at_least(1), default=3)
+    p.add_argument("--samples", type=at_least(2), default=3, help="samples per open prompt")
+    p.add_argument("--max-new-tokens", type=at_least(1), nargs=2, default=[4, 16], metavar=("MATH", "OPEN"))
     p.add_argument("--network", default=None, help="a saved sampler network (default: train one into OUT/network)")
     p.add_argument("--tiny", action="store_true", help="the tiny random model (smoke test), no embeddings")
     p.add_argument("--no-run", action="store_true", help="do not run missing cells: summarise those in --out")
@@ -213,28 +213,42 @@ def _sweep_parser() -> argparse.ArgumentParser:
     return p
 
 # %% ../nbs/19_sweeps.ipynb #dd52fa7d
-def _sweep_samplers(ns, p) -> dict:
-    names = [s for s in ns.samplers.split(",") if s]
-    bad = [s for s in names if s not in SWEEP_SAMPLERS and s != "network"]
-    if bad or not names: p.error(f"--samplers: unknown {bad}; allowed: {[*SWEEP_SAMPLERS, 'network']}")
+def _sweep_check(ns, p) -> list[str]:
+    "The sampler names, and every check of paths and sizes, before any model loads."
+    names = [s for s in ns.samplers.split(",") if s.strip()]
+    allowed = [*SWEEP_SAMPLERS, "network"]
+    if not names: p.error(f"--samplers: name at least one of {allowed}")
+    if bad := [s for s in names if s not in allowed]: p.error(f"--samplers: unknown {bad}; allowed: {allowed}")
+    if not ns.problems <= (k := len(load_arithmetic())): p.error(f"--problems must be in 1..{k} (the shipped problems), got {ns.problems}")
+    if Path(ns.out).exists() and not Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a file, not a folder")
+    if ns.results and Path(ns.results).is_dir(): p.error(f"--results {ns.results} is a directory, not a JSON file")
+    return names
+
+def _sweep_samplers(ns, p, names) -> dict:
+    "Name -> steps; the learned sampler loaded (or trained) before any model loads."
     out = {n: SWEEP_SAMPLERS.get(n, []) for n in names}
     if "network" in names and not ns.no_run:
         saved = Path(ns.out) / "network.safetensors"
-        out["network"] = network_sampler(ns.network or (saved if saved.exists() else None), None if ns.network else saved)
+        try: out["network"] = network_sampler(ns.network or (saved if saved.exists() else None), None if ns.network else saved)
+        except (OSError, ValueError) as e: p.error(f"--network: {e}")
     return out
 
 def sweep_cli(argv: list[str]) -> int:
     "`soft-sampler sweep`: run (or resume) the quality-diversity sweep and write its results."
     p = _sweep_parser(); ns = p.parse_args(argv)
-    if ns.problems < 1 or ns.prompts < 1 or ns.samples < 2: p.error("--problems and --prompts must be >= 1, --samples >= 2")
+    samplers = _sweep_samplers(ns, p, _sweep_check(ns, p))
     from soft_sampler.core import load_model, tiny_model
     model, tok = tiny_model() if ns.tiny or ns.no_run else load_model()
     embed = None
     if not ns.tiny and not ns.no_run:
         from soft_sampler.rewards import MiniLMSimilarity
         embed = MiniLMSimilarity().embed
-    cells = quality_diversity(model, tok, ns.out, _sweep_samplers(ns, p), ns.temperatures, ns.seeds, ns.problems, ns.prompts,
-                              ns.samples, tuple(ns.max_new_tokens), embed, progress=not ns.no_progress, run_missing=not ns.no_run)
+    try: cells = quality_diversity(model, tok, ns.out, samplers, ns.temperatures, ns.seeds, ns.problems, ns.prompts, ns.samples,
+                                   tuple(ns.max_new_tokens), embed, progress=not ns.no_progress, run_missing=not ns.no_run)
+    except ValueError as e: p.error(str(e))  # --out holds a sweep with other settings
+    except KeyboardInterrupt:
+        from soft_sampler.cli import interrupted
+        return interrupted(p.prog, f"the finished cells are saved in {Path(ns.out)/'cells'}; run the same command to resume")
     summary = summarise(cells)
     settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
     if ns.results: write_atomic(ns.results, json.dumps(dict(settings=settings, summary=summary, cells=list(cells.values()))))
