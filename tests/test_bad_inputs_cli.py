@@ -32,6 +32,7 @@ def run(command: str, argv: list[str]) -> tuple[int, str, str]:
     with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
         try: rc = fn(list(argv))
         except SystemExit as e: rc = e.code
+        except KeyboardInterrupt: rc = "KeyboardInterrupt escaped"  # a failed test, not an aborted session
     return rc, out.getvalue(), err.getvalue()
 
 
@@ -350,4 +351,78 @@ def test_qalign_ctrl_c_and_another_runs_checkpoint(tmp_path, monkeypatch):
 
 
 def count_cases() -> int:
-    return len(CASES) + 1 + 5 + 3 + 1
+    "Bad inputs this module tries: the table, then the scenarios' refusals and interrupts."
+    return len(CASES) + 1 + 5 + 3 + 1 + 2 + 2 + 4
+
+
+@pytest.fixture
+def tiny_loaded(monkeypatch):
+    "`load_model` gives the tiny random model (a real run, in seconds)."
+    import soft_sampler.core as core, torch
+    from soft_sampler.core import tiny_model
+    model, tok = tiny_model()
+    monkeypatch.setattr(core, "load_model", lambda *a, **k: (model, tok))
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    yield model, tok
+    torch.set_num_threads(n)
+
+
+def _interrupt_on_call(monkeypatch, owner, name, k):
+    "Make `owner.name` raise KeyboardInterrupt on its k-th call; returns the list of calls."
+    real, calls = getattr(owner, name), []
+    def f(*a, **kw):
+        calls.append(1)
+        if len(calls) == k: raise KeyboardInterrupt
+        return real(*a, **kw)
+    monkeypatch.setattr(owner, name, f)
+    return calls
+
+
+def test_mcmc_ctrl_c_names_the_checkpoint_and_resumes(tiny_loaded, tmp_path, monkeypatch):
+    from soft_sampler.mcmc import PowerSampler
+    ck = tmp_path/"power.jsonl"
+    argv = ["--method", "power", "--n", "2", "--blocks", "2", "--steps", "1", "--max-new-tokens", "4", "--no-progress",
+            "--checkpoint", str(ck)]
+    with monkeypatch.context() as mp:
+        _interrupt_on_call(mp, PowerSampler, "_grow", 2)
+        rc, _, err = run("mcmc", argv)
+    assert rc == 130 and err.count("\n") == 1 and f"saved in {ck}" in err and "run the same command to resume" in err, err
+    assert ck.is_file()
+    rc, out, _ = run("mcmc", argv)
+    assert rc == 0 and "majority_vote" in out
+    rc, _, err = run("mcmc", argv[:-2] + ["--alpha", "2", "--checkpoint", str(ck)])  # another run's checkpoint: one line
+    assert rc == 2 and err.count("\n") == 1 and "other settings" in err, err
+
+
+def test_sweep_ctrl_c_keeps_the_finished_cells_and_resumes(tmp_path, monkeypatch):
+    import soft_sampler.sweeps as sweeps
+    out = tmp_path/"sw"
+    argv = ["--out", str(out), "--tiny", "--samplers", "plain,min_p", "--temperatures", "1", "--seeds", "0", "--problems", "2",
+            "--prompts", "2", "--samples", "2", "--max-new-tokens", "3", "3", "--no-progress"]
+    with monkeypatch.context() as mp:
+        _interrupt_on_call(mp, sweeps, "run_cell", 2)
+        rc, _, err = run("sweep", argv)
+    assert rc == 130 and err.count("\n") == 1 and str(out/"cells") in err and "resume" in err, err
+    assert [p.name for p in (out/"cells").iterdir()] == ["plain_s0.json"]
+    calls = _interrupt_on_call(monkeypatch, sweeps, "run_cell", 0)  # count only
+    assert run("sweep", argv)[0] == 0 and len(calls) == 1, "the finished cell was computed again"
+    rc, _, err = run("sweep", argv[:-1] + ["--samples", "3"])  # other settings in the same --out
+    assert rc == 2 and err.count("\n") == 1 and "other settings" in err, err
+
+
+def test_train_rl_ctrl_c_resume_and_another_runs_out(tiny_loaded, tmp_path, monkeypatch):
+    import soft_sampler.sampler_rl as srl
+    out = tmp_path/"rl"
+    argv = ["--net", "SimpleDistributionAwareTransform", "--steps", "3", "--group-size", "2", "--prompts-per-step", "1",
+            "--max-new-tokens", "2", "--checkpoint-every", "1", "--out", str(out), "--no-progress"]
+    with monkeypatch.context() as mp:
+        _interrupt_on_call(mp, srl, "rl_step", 2)
+        rc, _, err = run("train-rl", argv)
+    assert rc == 130 and err.count("\n") == 1 and f"step-00000001 is saved in {out}" in err and "resume" in err, err
+    before = {p: p.stat().st_mtime_ns for p in out.rglob("*")}
+    for change, field in ((["--lr", "0.5"], "lr"), (["--seed", "3"], "seed"), (["--net", "ContextAwareTransform"], "ContextAwareTransform")):
+        rc, _, err = run("train-rl", argv + change)
+        assert rc == 2 and err.count("\n") == 1 and "cannot be resumed" in err and field in err and "--restart" in err, err
+    assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, "a refused run touched the checkpoint"
+    rc, out_text, _ = run("train-rl", argv)
+    assert rc == 0 and "resumed from step 1" in out_text

@@ -263,10 +263,10 @@ def test_remote_engine_proposals_give_the_local_chains(toy):
 # ---- CLI ----------------------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("argv, msg", [
-    (["--alpha", "0"], "--alpha must be > 0"), (["--method", "gibbs"], "invalid choice"),
-    (["--n", "0"], "--n must be >= 1"), (["--ess-threshold", "1.5"], "--ess-threshold"),
+    (["--alpha", "0"], "--alpha: must be a number in (0, inf]"), (["--method", "gibbs"], "invalid choice"),
+    (["--n", "0"], "--n: must be an integer >= 1"), (["--ess-threshold", "1.5"], "--ess-threshold"),
     (["--reward", "number", "--target", "x"], "--target must be a number"),
-    (["--blocks", "9", "--max-new-tokens", "4"], "--max-new-tokens must be >= --blocks")])
+    (["--blocks", "9", "--max-new-tokens", "4"], "--max-new-tokens 4 must be >= --blocks 9")])
 def test_cli_errors_before_the_model_loads(argv, msg, monkeypatch):
     import soft_sampler.core as core
     monkeypatch.setattr(core, "load_model", lambda *a, **k: (_ for _ in ()).throw(AssertionError("model loaded")))

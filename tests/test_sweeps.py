@@ -60,7 +60,10 @@ def test_sweep_cli_runs_and_summarises_a_cut_short_sweep(tmp_path, capsys):
     r = json.loads((tmp_path / "r.json").read_text())
     assert {c["sampler"] for c in r["cells"]} == {"plain", "p_less"} and len(r["summary"]) == 4
     with pytest.raises(SystemExit): sweep_cli(args + ["--samplers", "nope"])
-    with pytest.raises(ValueError, match="other settings"): sweep_cli(args + ["--samplers", "plain", "--temperatures", "3"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as e: sweep_cli(args + ["--samplers", "plain", "--temperatures", "3"])
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and "other settings" in err and err.count("\n") == 1, err
 
 
 SWEEP_COMMAND = ["--temperatures", "0.5", "1.0", "1.5", "2.0", "2.5", "3.0", "--seeds", "0", "1", "--problems", "10",
