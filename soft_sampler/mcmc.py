@@ -800,7 +800,8 @@ def plot_arithmetic(obj: dict,  # `mcmc_arithmetic`'s records
 def _cli_parser() -> argparse.ArgumentParser:
     from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, model_dir, http_url
     pos = number_in(0, low_open=True)  # one-line errors, exit code 2, before any model loads
-    p = ArgumentParser(prog="soft-sampler mcmc", description="MH, block-wise power sampling or SMC towards π ∝ p^α·exp(r/β).")
+    p = ArgumentParser(prog="soft-sampler mcmc",
+                       description="MH, block-wise power sampling or SMC towards π ∝ p^α·exp(r/β).")
     p.add_argument("--method", choices=["mh", "power", "smc"], default="power")
     p.add_argument("--prompt", default="What is 7 + 5? Answer with just the number.", help="user message")
     p.add_argument("--reward", choices=["none", "number", "keyword", "brevity"], default="none",
@@ -811,12 +812,16 @@ def _cli_parser() -> argparse.ArgumentParser:
     p.add_argument("--cut", choices=CUTS, default="uniform")
     p.add_argument("--n", type=at_least(1), default=4, help="chains or particles")
     p.add_argument("--steps", type=at_least(0), default=4, help="MH steps (mh), per block (power)")
-    p.add_argument("--blocks", type=at_least(1), default=4, help="power: blocks; smc: steps of max_new_tokens/blocks tokens")
+    p.add_argument("--blocks", type=at_least(1), default=4,
+                   help="power: blocks; smc: steps of max_new_tokens/blocks tokens")
     p.add_argument("--ess-threshold", type=number_in(0, 1), default=0.5)
-    p.add_argument("--max-new-tokens", type=at_least(1), default=16); p.add_argument("--seed", type=at_least(0), default=0)
+    p.add_argument("--max-new-tokens", type=at_least(1), default=16)
+    p.add_argument("--seed", type=at_least(0), default=0)
     p.add_argument("--checkpoint", default=None, help="JSONL file; an existing one of the same run is resumed")
-    p.add_argument("--model", default=None, type=model_dir, help="local HF folder (default: the embedded model); it scores p, q")
-    p.add_argument("--server", default=None, metavar="URL", type=http_url, help="propose from an OpenAI-compatible server")
+    p.add_argument("--model", default=None, type=model_dir,
+                   help="local HF folder (default: the embedded model); it scores p, q")
+    p.add_argument("--server", default=None, metavar="URL", type=http_url,
+                   help="propose from an OpenAI-compatible server")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -829,7 +834,8 @@ def _cli_check(p, a):
         try: float(a.target)
         except ValueError: p.error(f"--target must be a number for --reward number, got {a.target!r}")
     if a.reward == "keyword" and not a.target.strip(): p.error("--target: the keyword must not be empty")
-    if a.checkpoint and Path(a.checkpoint).is_dir(): p.error(f"--checkpoint {a.checkpoint} is a directory, not a JSONL file")
+    if a.checkpoint and Path(a.checkpoint).is_dir():
+        p.error(f"--checkpoint {a.checkpoint} is a directory, not a JSONL file")
     if a.checkpoint and Path(a.checkpoint).exists():
         from soft_sampler.cli import read_text
         try: read_text(a.checkpoint)

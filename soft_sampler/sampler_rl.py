@@ -751,7 +751,7 @@ def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
 
 # %% ../nbs/20_sampler_rl.ipynb #d59a8057
 def _rl_parser() -> argparse.ArgumentParser:
-    from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, text_file  # one-line errors, exit 2
+    from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, text_file  # one-line errors
     p = ArgumentParser(prog="soft-sampler train-rl", description="Train a sampler network by reward (LM frozen).")
     p.add_argument("--task", choices=("arithmetic", "vader"), default="arithmetic",
                    help="reward: the arithmetic verifier or VADER sentiment")
@@ -764,7 +764,8 @@ def _rl_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="checkpoint folder (resumed if it holds a checkpoint)")
     p.add_argument("--no-resume", "--restart", dest="no_resume", action="store_true",
                    help="start afresh even if --out holds a checkpoint")
-    for name, typ, default in (("steps", at_least(1), 20), ("group-size", at_least(2), 4), ("prompts-per-step", at_least(1), 2),
+    for name, typ, default in (("steps", at_least(1), 20), ("group-size", at_least(2), 4),
+                               ("prompts-per-step", at_least(1), 2),
                                ("max-new-tokens", at_least(1), 6), ("kl-coef", number_in(0), 0.05),
                                ("lr", number_in(0, low_open=True), 0.01), ("checkpoint-every", at_least(1), 10),
                                ("seed", at_least(0), 0)):
@@ -786,12 +787,13 @@ def _rl_net(p, ns) -> LogitsNetwork:
     if not ns.net_config: return cls()
     try: fields = yaml.safe_load(Path(ns.net_config).read_text()) or {}
     except yaml.YAMLError as e: p.error(f"--net-config {ns.net_config}: not valid YAML ({' '.join(str(e).split())})")
-    if not isinstance(fields, dict): p.error(f"--net-config {ns.net_config}: expected a mapping of config fields, got {type(fields).__name__}")
+    if not isinstance(fields, dict):
+        p.error(f"--net-config {ns.net_config}: expected a mapping of config fields, got {type(fields).__name__}")
     try: return cls(cls.config_class.from_dict(fields))
     except (ValueError, TypeError) as e: p.error(f"--net-config {ns.net_config}: {e}")
 
 def _rl_setup(p, ns):
-    "The network, reference and config from parsed arguments; an --out holding another run's checkpoints is refused (argparse errors)."
+    "Network, reference and config from the arguments; an --out holding another run's checkpoints is refused."
     from soft_sampler.train import load_sampler
     try: cfg = SamplerRLConfig(steps=ns.steps, group_size=ns.group_size, prompts_per_step=ns.prompts_per_step,
                                max_new_tokens=ns.max_new_tokens, kl_coef=ns.kl_coef, lr=ns.lr, advantage=ns.advantage,
@@ -800,13 +802,15 @@ def _rl_setup(p, ns):
     net = _rl_net(p, ns)
     try: ref = load_sampler(ns.ref) if ns.ref else None
     except (OSError, ValueError) as e: p.error(f"--ref: {e}")
-    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a file, not a checkpoint folder")
+    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir():
+        p.error(f"--out {ns.out} is a file, not a checkpoint folder")
     if ns.out and not ns.no_resume:
         import copy
         try:
-            if (ck := latest_checkpoint(ns.out)) is not None:  # restore into a copy: the same checks as the resume itself
+            if (ck := latest_checkpoint(ns.out)) is not None:  # restore into a copy: the checks of the resume itself
                 probe = copy.deepcopy(net); load_rl_checkpoint(ck, probe, torch.optim.AdamW(probe.parameters()), cfg)
-        except (ValueError, OSError, KeyError) as e: p.error(f"--out {ns.out} cannot be resumed: {e}; use a new --out, or --restart")
+        except (ValueError, OSError, KeyError) as e:
+            p.error(f"--out {ns.out} cannot be resumed: {e}; use a new --out, or --restart")
     return net, ref, cfg
 
 def train_rl_cli(argv: list[str]) -> int:
@@ -823,7 +827,8 @@ def train_rl_cli(argv: list[str]) -> int:
         from soft_sampler.rewards import VaderSentiment
         from soft_sampler.soft_rl import DEMO_PROMPTS
         prompts, reward = [[{"role": "user", "content": q}] for q in DEMO_PROMPTS], VaderSentiment(tok)
-    try: r = train_sampler_rl(net, model, tok, prompts, reward, cfg, ref, ns.out, not ns.no_resume, progress=not ns.no_progress)
+    try: r = train_sampler_rl(net, model, tok, prompts, reward, cfg, ref, ns.out, not ns.no_resume,
+                              progress=not ns.no_progress)
     except KeyboardInterrupt:
         from soft_sampler.cli import interrupted
         ck = latest_checkpoint(ns.out) if ns.out else None

@@ -219,7 +219,8 @@ def _sweep_check(ns, p) -> list[str]:
     allowed = [*SWEEP_SAMPLERS, "network"]
     if not names: p.error(f"--samplers: name at least one of {allowed}")
     if bad := [s for s in names if s not in allowed]: p.error(f"--samplers: unknown {bad}; allowed: {allowed}")
-    if not ns.problems <= (k := len(load_arithmetic())): p.error(f"--problems must be in 1..{k} (the shipped problems), got {ns.problems}")
+    if not ns.problems <= (k := len(load_arithmetic())):
+        p.error(f"--problems must be in 1..{k} (the shipped problems), got {ns.problems}")
     if Path(ns.out).exists() and not Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a file, not a folder")
     if ns.results and Path(ns.results).is_dir(): p.error(f"--results {ns.results} is a directory, not a JSON file")
     return names
@@ -229,7 +230,8 @@ def _sweep_samplers(ns, p, names) -> dict:
     out = {n: SWEEP_SAMPLERS.get(n, []) for n in names}
     if "network" in names and not ns.no_run:
         saved = Path(ns.out) / "network.safetensors"
-        try: out["network"] = network_sampler(ns.network or (saved if saved.exists() else None), None if ns.network else saved)
+        path = ns.network or (saved if saved.exists() else None)
+        try: out["network"] = network_sampler(path, None if ns.network else saved)
         except (OSError, ValueError) as e: p.error(f"--network: {e}")
     return out
 
@@ -243,12 +245,14 @@ def sweep_cli(argv: list[str]) -> int:
     if not ns.tiny and not ns.no_run:
         from soft_sampler.rewards import MiniLMSimilarity
         embed = MiniLMSimilarity().embed
-    try: cells = quality_diversity(model, tok, ns.out, samplers, ns.temperatures, ns.seeds, ns.problems, ns.prompts, ns.samples,
-                                   tuple(ns.max_new_tokens), embed, progress=not ns.no_progress, run_missing=not ns.no_run)
+    try: cells = quality_diversity(model, tok, ns.out, samplers, ns.temperatures, ns.seeds, ns.problems, ns.prompts,
+                                   ns.samples, tuple(ns.max_new_tokens), embed, progress=not ns.no_progress,
+                                   run_missing=not ns.no_run)
     except ValueError as e: p.error(str(e))  # --out holds a sweep with other settings
     except KeyboardInterrupt:
         from soft_sampler.cli import interrupted
-        return interrupted(p.prog, f"the finished cells are saved in {Path(ns.out)/'cells'}; run the same command to resume")
+        cells_dir = Path(ns.out) / "cells"
+        return interrupted(p.prog, f"the finished cells are saved in {cells_dir}; run the same command to resume")
     summary = summarise(cells)
     settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
     if ns.results: write_atomic(ns.results, json.dumps(dict(settings=settings, summary=summary, cells=list(cells.values()))))
