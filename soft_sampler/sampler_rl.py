@@ -792,6 +792,7 @@ def _rl_net(p, ns) -> LogitsNetwork:
     try: return cls(cls.config_class.from_dict(fields))
     except (ValueError, TypeError) as e: p.error(f"--net-config {ns.net_config}: {e}")
 
+# %% ../nbs/20_sampler_rl.ipynb #a22ebaae
 def _rl_setup(p, ns):
     "Network, reference and config from the arguments; an --out holding another run's checkpoints is refused."
     from soft_sampler.train import load_sampler
@@ -813,6 +814,7 @@ def _rl_setup(p, ns):
             p.error(f"--out {ns.out} cannot be resumed: {e}; use a new --out, or --restart")
     return net, ref, cfg
 
+# %% ../nbs/20_sampler_rl.ipynb #dcd48575
 def train_rl_cli(argv: list[str]) -> int:
     "`soft-sampler train-rl`: GRPO/RLOO on a sampler network with the embedded model frozen."
     p = _rl_parser(); ns = p.parse_args(argv)

@@ -225,6 +225,7 @@ def _sweep_check(ns, p) -> list[str]:
     if ns.results and Path(ns.results).is_dir(): p.error(f"--results {ns.results} is a directory, not a JSON file")
     return names
 
+# %% ../nbs/19_sweeps.ipynb #121ed4a5
 def _sweep_samplers(ns, p, names) -> dict:
     "Name -> steps; the learned sampler loaded (or trained) before any model loads."
     out = {n: SWEEP_SAMPLERS.get(n, []) for n in names}
@@ -235,6 +236,7 @@ def _sweep_samplers(ns, p, names) -> dict:
         except (OSError, ValueError) as e: p.error(f"--network: {e}")
     return out
 
+# %% ../nbs/19_sweeps.ipynb #af8f210c
 def sweep_cli(argv: list[str]) -> int:
     "`soft-sampler sweep`: run (or resume) the quality-diversity sweep and write its results."
     p = _sweep_parser(); ns = p.parse_args(argv)
