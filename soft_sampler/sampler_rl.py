@@ -21,6 +21,7 @@ from .networks import (NETWORKS, ContextAwareTransform, HiddenStateHead, LayerRe
                                    SamplerInputs, SimpleDistributionAwareTransform, load_network, sampler_logits,
                                    step_stats)
 from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_text_atomic
+from .heuristics_ext import mirostat_v2
 from .soft_rl import ADVANTAGES, clipped_surrogate, group_advantages
 
 # %% auto #0
@@ -31,8 +32,8 @@ __all__ = ['SAMPLER_RL_STREAM', 'ARITH_INSTRUCTION', 'ANSWER_PREFIX', 'ENTROPY_B
            'SamplerRLResult', 'train_sampler_rl', 'arithmetic_tasks', 'arithmetic_reward', 'arithmetic_prompts',
            'self_bleu_groups', 'rollout_metrics', 'evaluate_rl_sampler', 'transfer_curves', 'kept_vs_entropy',
            'rule_specs', 'fit_rule', 'mirostat_trajectories', 'imitate_trajectories', 'trajectory_fidelity',
-           'step_overhead', 'spec_from_name', 'best_heuristic', 'sampler_rl_experiment', 'train_rl_cli', 'results_rows',
-           'print_rows', 'plot_comparison', 'plot_learned']
+           'mirostat_replay', 'replayed_mirostat', 'step_overhead', 'spec_from_name', 'best_heuristic',
+           'sampler_rl_experiment', 'train_rl_cli', 'results_rows', 'print_rows', 'plot_comparison', 'plot_learned']
 
 # %% ../nbs/20_sampler_rl.ipynb #bf198405
 SAMPLER_RL_STREAM = 20  # keyed-randomness stream of the per-step rollout seeds
@@ -583,6 +584,45 @@ def trajectory_fidelity(net, r: SamplerRollout, target: Tensor) -> dict:
     for t in range(r.tokens.shape[1]):
         if m[:, t].any(): parts.append(fidelity_metrics(step_logits(net, r, t, ctx[t])[m[:, t]], target[m[:, t], t]))
     return {k: float(torch.cat([p[k] for p in parts]).mean()) for k in parts[0]}
+
+# %% ../nbs/20_sampler_rl.ipynb #96da426b
+@torch.no_grad()
+def mirostat_replay(
+    raw: Float[Tensor, "rows steps vocab"],  # log-probs of every step of every trajectory
+    tau: float, eta: float,  # mirostat's target surprise (bits) and learning rate
+    mu: float | None = None,  # a constant μ instead (bits)
+    generator: torch.Generator | None = None,  # the token choices
+) -> tuple[Tensor, Tensor, Tensor]:
+    "Mirostat v2 run along `raw`: its logits, the tokens it samples and μ before each step."
+    m, target, toks, mus = torch.full(raw.shape[:1], 2 * tau if mu is None else mu, dtype=torch.float64), [], [], []
+    for t in range(raw.shape[1]):
+        y = mirostat_v2(raw[:, t], m); lp = y.double().log_softmax(-1)
+        tok = torch.multinomial(lp.exp().float(), 1, generator=generator)[:, 0]
+        target.append(y); toks.append(tok); mus.append(m)
+        if mu is None: m = m - eta * (-lp.gather(1, tok[:, None])[:, 0] / math.log(2) - tau)  # μ ← μ − η(s − τ)
+    return torch.stack(target, 1), torch.stack(toks, 1), torch.stack(mus, 1)
+
+# %% ../nbs/20_sampler_rl.ipynb #5f5bd2cf
+def replayed_mirostat(
+    n: int,  # trajectories
+    steps: int = 16,  # steps per trajectory
+    vocab: int = 256,  # tokens per row
+    tau: float = 3.0,  # mirostat's target surprise (bits)
+    eta: float = 1.5,  # its learning rate (large: μ moves a lot)
+    mu: float | None = None,  # a constant μ instead (bits; the control: no memory needed)
+    seed: int = 0,  # keys the rows and the token choices
+) -> tuple[SamplerRollout, Tensor, Tensor]:
+    "Synthetic trajectories sampled with mirostat v2 (random rows): rollout, mirostat's logits and μ at every step."
+    if mu is not None and not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and 0 < mu < math.inf):
+        raise ValueError(f"`mu` must be a number > 0 (bits) or None, got {mu!r}")
+    g = torch.Generator().manual_seed(seed)
+    spread = torch.empty(n, steps, 1).uniform_(0.5, 3.0, generator=g)  # flat to peaked rows
+    raw = (torch.randn(n, steps, vocab, generator=g) * spread).log_softmax(-1)
+    target, toks, mus = mirostat_replay(raw, tau, eta, mu, g)
+    stats = torch.stack([step_stats(raw[:, t], toks[:, t]) for t in range(steps)], 1)
+    r = SamplerRollout([[0]] * n, toks, torch.ones(n, steps, dtype=torch.bool), raw, stats, None, None,
+                       torch.zeros(n, steps, dtype=torch.float64), 1)
+    return r, target, mus
 
 # %% ../nbs/20_sampler_rl.ipynb #186466f4
 @torch.no_grad()

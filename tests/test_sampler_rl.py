@@ -172,3 +172,36 @@ def test_sampler_rl_experiment():
     out = Path(__file__).parents[1]/"results"/"sampler_rl.json"
     res = sampler_rl_experiment(out)
     assert json.loads(out.read_text())["eval"].keys() == res["eval"].keys()
+
+
+def test_replayed_mirostat_is_mirostat_v2():
+    "The synthetic trajectories' μ and kept sets are those of the stateful `Mirostat` processor fed the same rows and tokens."
+    from soft_sampler.heuristics_ext import Mirostat
+    from soft_sampler.sampler_rl import replayed_mirostat
+    r, target, mu = replayed_mirostat(6, steps=10, vocab=64, tau=2.0, eta=1.0, seed=3)
+    m = Mirostat(tau=2.0, eta=1.0)
+    for t in range(10):
+        out = m(torch.zeros(6, 1 + t, dtype=torch.long), r.raw_logits[:, t])
+        assert torch.allclose(m.mu, mu[:, t]) and torch.equal(out.isfinite(), target[:, t].isfinite())
+        m.update(r.tokens[:, t])
+    assert float(mu.std()) > 0.5 and bool((~target.isfinite()).any())  # μ moves and mirostat truncates
+    with pytest.raises(ValueError, match="`mu`"): replayed_mirostat(2, mu=0.0)
+
+
+def test_context_state_imitates_mirostat_where_stateless_cannot():
+    "Held out: the GRU summary halves the best stateless KL to mirostat v2 when μ moves, and adds nothing needed when it is constant."
+    from soft_sampler.sampler_rl import imitate_trajectories, replayed_mirostat, trajectory_fidelity
+
+    def fit(net, mu=None):
+        tr, tr_t, _ = replayed_mirostat(48, seed=0, mu=mu)
+        te, te_t, _ = replayed_mirostat(48, seed=1, mu=mu)
+        imitate_trajectories(net, tr, tr_t, steps=150, batch=8)
+        return trajectory_fidelity(net, te, te_t)
+
+    stateless = [fit(SimpleDistributionAwareTransform()), fit(ContextAwareTransform(state_size=0))]
+    with_state = fit(ContextAwareTransform(state_size=8))
+    best = min(f["kl"] for f in stateless)
+    assert with_state["kl"] < 0.6 * best, (with_state, stateless)
+    assert with_state["jaccard"] > max(f["jaccard"] for f in stateless) + 0.03, (with_state, stateless)
+    control = fit(ContextAwareTransform(state_size=0), mu=6.0)  # μ constant: a function of the row suffices
+    assert control["kl"] < 0.5 * best, (control, stateless)
