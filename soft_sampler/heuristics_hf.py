@@ -210,33 +210,34 @@ def top_k(
     return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #f29c45ae
-_HALF = 1 << 12  # bins per sign: a float32's bits >> 19 (sign, exponent, 4 mantissa bits), 1/16 octave each
-_ODD = 0x7F800000 >> 19  # the bin of +-inf within its sign half; NaNs lie there and above
+_HALF = 1 << 11  # bins per sign: a float32's bits >> 20 (sign, exponent, 3 mantissa bits), 1/8 octave each
+_ODD = 0x7F800000 >> 20  # the bin of +-inf within its sign half; NaNs lie there and above
+_KCAP = 4096  # rows whose k-th bin holds more tokens (huge ties) take the full `topk`
 
 def _value_bins(x: Float[Tensor, "b v"]) -> tuple[Tensor, Tensor]:
-    "Each float32 logit's bin (bits >> 19 moved to >= 0, plus row * 2 * `_HALF`) and each row's counts `[b, 2 * _HALF]`."
+    "Each float32 logit's bin (bits >> 20 moved to >= 0, plus row * 2 * `_HALF`) and each row's counts `[b, 2 * _HALF]`."
     off = torch.arange(_HALF, x.shape[0] * 2 * _HALF, 2 * _HALF, dtype=torch.int32, device=x.device)[:, None]
-    bins = (x.view(torch.int32) >> 19).add_(off)  # negatives: 0 .. _HALF - 1, larger magnitude higher
+    bins = (x.view(torch.int32) >> 20).add_(off)  # negatives: 0 .. _HALF - 1, larger magnitude higher
     return bins, torch.bincount(bins.view(-1), minlength=len(x) * 2 * _HALF).view(len(x), 2 * _HALF)
 
 # %% ../nbs/03_heuristics_hf.ipynb #ae81c1e6
 def _kth_bin(hist: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
     "Per row: the bin holding the k-th largest logit (as `_value_bins` numbers it) and how many tokens lie above it."
     cum = torch.cat([hist[:, _HALF:].flip(-1), hist[:, :_HALF]], 1).cumsum(-1)  # bins in descending value order
-    d = (cum < kk).sum(-1, keepdim=True)
+    d = torch.searchsorted(cum, kk)  # bins before the one where the count reaches k
     above = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), 0)
     j = torch.where(d < _HALF, 2 * _HALF - 1 - d, d - _HALF)
     return j + torch.arange(0, hist.numel(), 2 * _HALF, device=hist.device)[:, None], above
 
 # %% ../nbs/03_heuristics_hf.ipynb #14f9c964
 def _bin_members(x: Float[Tensor, "b v"], bins: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-    "The logits in each row's bin `j`, padded with -inf to `[b, c]` (at most `_CAP` per row), and each bin's count `[b]`."
+    "The logits in each row's bin `j`, padded with -inf to `[b, c]` (at most `_KCAP` per row), and each bin's count `[b]`."
     flat = (bins == j.to(torch.int32)).view(-1).nonzero().squeeze(1)
     rows = flat // x.shape[1]
     n = torch.bincount(rows, minlength=len(x))
     pos = torch.arange(len(rows), device=x.device) - (n.cumsum(0) - n)[rows]  # place within the row
-    if int(n.max()) > _CAP: flat, rows, pos = (t[pos < _CAP] for t in (flat, rows, pos))
-    band = x.new_full((len(x), max(min(int(n.max()), _CAP), 1)), _NEG)
+    if int(n.max()) > _KCAP: flat, rows, pos = (t[pos < _KCAP] for t in (flat, rows, pos))
+    band = x.new_full((len(x), max(min(int(n.max()), _KCAP), 1)), _NEG)
     return band.index_put_((rows, pos), x.view(-1)[flat]), n
 
 # %% ../nbs/03_heuristics_hf.ipynb #8001e6fc
@@ -246,7 +247,7 @@ def _kth_largest(x: Float[Tensor, "b v"], kk: Tensor) -> tuple[Tensor, Tensor]:
     j, above = _kth_bin(hist, kk)
     band, n = _bin_members(x, bins, j)
     r = (kk - above).clamp(1, band.shape[1])  # the k-th largest is the r-th largest of its bin
-    ok = n <= _CAP
+    ok = n <= _KCAP
     odd = (hist[:, _ODD:_HALF].sum(-1) + hist[:, _HALF + _ODD:].sum(-1)) > 0  # inf or NaN (-inf is fine)
     if bool(odd.any()): ok[odd] &= (x[odd] < float("inf")).all(-1)
     return band.topk(int(r.max())).values.gather(1, r - 1).masked_fill(~ok[:, None], _NEG), ok
