@@ -215,14 +215,14 @@ _ODD = 0x7F800000 >> 20  # the bin of +-inf within its sign half; NaNs lie there
 _KCAP = 4096  # rows whose k-th bin holds more tokens (huge ties) take the full `topk`
 
 def _value_bins(x: Float[Tensor, "b v"]) -> tuple[Tensor, Tensor]:
-    "Each float32 logit's bin (bits >> 20 moved to >= 0, plus row * 2 * `_HALF`) and each row's counts `[b, 2 * _HALF]`."
+    "Each float32 logit's bin (bits >> 20, moved to >= 0, plus row * 2 * `_HALF`) and each row's counts."
     off = torch.arange(_HALF, x.shape[0] * 2 * _HALF, 2 * _HALF, dtype=torch.int32, device=x.device)[:, None]
     bins = (x.view(torch.int32) >> 20).add_(off)  # negatives: 0 .. _HALF - 1, larger magnitude higher
     return bins, torch.bincount(bins.view(-1), minlength=len(x) * 2 * _HALF).view(len(x), 2 * _HALF)
 
 # %% ../nbs/03_heuristics_hf.ipynb #ae81c1e6
 def _kth_bin(hist: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
-    "Per row: the bin holding the k-th largest logit (as `_value_bins` numbers it) and how many tokens lie above it."
+    "Per row: the bin holding the k-th largest logit (`_value_bins`' numbers) and how many tokens lie above it."
     cum = torch.cat([hist[:, _HALF:].flip(-1), hist[:, :_HALF]], 1).cumsum(-1)  # bins in descending value order
     d = torch.searchsorted(cum, kk)  # bins before the one where the count reaches k
     above = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), 0)
@@ -231,7 +231,7 @@ def _kth_bin(hist: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
 
 # %% ../nbs/03_heuristics_hf.ipynb #14f9c964
 def _bin_members(x: Float[Tensor, "b v"], bins: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-    "The logits in each row's bin `j`, padded with -inf to `[b, c]` (at most `_KCAP` per row), and each bin's count `[b]`."
+    "The logits in each row's bin `j`, padded with -inf to `[b, c]` (c <= `_KCAP`), and each bin's count `[b]`."
     flat = (bins == j.to(torch.int32)).view(-1).nonzero().squeeze(1)
     rows = flat // x.shape[1]
     n = torch.bincount(rows, minlength=len(x))
