@@ -39,9 +39,10 @@ def is_export(c: dict) -> bool: return c["type"] == "code" and bool(c["flags"] &
 
 
 def is_demo_or_test(c: dict) -> bool:
-    "A visible code cell that computes something: not exported, not hidden, not only imports."
-    if c["type"] != "code" or is_export(c) or "hide" in c["flags"] or "exporti" in c["flags"]: return False
+    "A visible code cell that computes something (not exported, not only imports), or a hidden cell that tests."
+    if c["type"] != "code" or is_export(c) or "exporti" in c["flags"]: return False
     lines = [l for l in body_lines(c["source"]) if not l.lstrip().startswith("#")]
+    if "hide" in c["flags"]: return any(re.match(r"\s*(test_\w+\(|assert\b)", l) for l in lines)  # a hidden test counts
     return bool(lines) and not all(re.match(r"\s*(from\s+\S+\s+)?import\s", l) for l in lines)
 
 
