@@ -197,7 +197,7 @@ def top_k(
     if not _blocks_ok(logits, kmax):  # large k: the k-th value without `topk` (`_kth_largest`, below)
         dense = lambda x, kk: x.masked_fill(x < x.topk(int(kk.max())).values.gather(1, kk - 1), _NEG)
         if logits.dtype != torch.float32 or logits.shape[1] < 8192 or logits.is_cuda: return dense(logits, kk)
-        t, ok = _kth_largest(logits, kk)
+        t, ok = _kth_largest(logits.contiguous(), kk)  # bins and members are read through flat views
         out = _keep_from(logits, t)
         if not bool(ok.all()): out[~ok] = dense(logits[~ok], kk[~ok])  # NaN / +inf rows, huge ties
         return out
