@@ -196,7 +196,8 @@ def top_k(
     kmax = int(kk.max())
     if not _blocks_ok(logits, kmax):  # large k: the k-th value without `topk` (`_kth_largest`, below)
         dense = lambda x, kk: x.masked_fill(x < x.topk(int(kk.max())).values.gather(1, kk - 1), _NEG)
-        if logits.dtype != torch.float32 or logits.shape[1] < 8192 or logits.is_cuda: return dense(logits, kk)
+        if logits.dtype != torch.float32 or logits.shape[1] < 8192 or logits.is_cuda or logits.requires_grad:
+            return dense(logits, kk)  # the fast path: float32 rows on the CPU, no autograd (`_keep_from` writes out=)
         t, ok = _kth_largest(logits.contiguous(), kk)  # bins and members are read through flat views
         out = _keep_from(logits, t)
         if not bool(ok.all()): out[~ok] = dense(logits[~ok], kk[~ok])  # NaN / +inf rows, huge ties
