@@ -194,8 +194,14 @@ def top_k(
     kk = torch.maximum(_ints(k, "k", logits), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
     if not len(kk): return logits.clone()  # an empty batch
     kmax = int(kk.max())
-    if not _blocks_ok(logits, kmax):
-        return logits.masked_fill(logits < logits.topk(kmax).values.gather(1, kk - 1), _NEG)
+    if not _blocks_ok(logits, kmax):  # large k: the k-th value without `topk` (`_kth_largest`, below)
+        dense = lambda x, kk: x.masked_fill(x < x.topk(int(kk.max())).values.gather(1, kk - 1), _NEG)
+        if logits.dtype != torch.float32 or logits.shape[1] < 8192 or logits.is_cuda or logits.requires_grad:
+            return dense(logits, kk)  # the fast path: float32 rows on the CPU, no autograd (`_keep_from` writes out=)
+        t, ok = _kth_largest(logits.contiguous(), kk)  # bins and members are read through flat views
+        out = _keep_from(logits, t)
+        if not bool(ok.all()): out[~ok] = dense(logits[~ok], kk[~ok])  # NaN / +inf rows, huge ties
+        return out
     cols, outside = _block_candidates(logits, kmax)
     cand = logits.gather(1, cols)
     thr = cand.topk(kmax).values.gather(1, kk - 1)
@@ -203,6 +209,49 @@ def top_k(
     dense = ~(outside < thr).squeeze(1)  # a token outside the candidates may reach the threshold
     if dense.any(): out[dense] = logits[dense].masked_fill(logits[dense] < thr[dense], _NEG)
     return out
+
+# %% ../nbs/03_heuristics_hf.ipynb #f29c45ae
+_HALF = 1 << 11  # bins per sign: a float32's bits >> 20 (sign, exponent, 3 mantissa bits), 1/8 octave each
+_ODD = 0x7F800000 >> 20  # the bin of +-inf within its sign half; NaNs lie there and above
+_KCAP = 4096  # rows whose k-th bin holds more tokens (huge ties) take the full `topk`
+
+def _value_bins(x: Float[Tensor, "b v"]) -> tuple[Tensor, Tensor]:
+    "Each float32 logit's bin (bits >> 20, moved to >= 0, plus row * 2 * `_HALF`) and each row's counts."
+    off = torch.arange(_HALF, x.shape[0] * 2 * _HALF, 2 * _HALF, dtype=torch.int32, device=x.device)[:, None]
+    bins = (x.view(torch.int32) >> 20).add_(off)  # negatives: 0 .. _HALF - 1, larger magnitude higher
+    return bins, torch.bincount(bins.view(-1), minlength=len(x) * 2 * _HALF).view(len(x), 2 * _HALF)
+
+# %% ../nbs/03_heuristics_hf.ipynb #ae81c1e6
+def _kth_bin(hist: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
+    "Per row: the bin holding the k-th largest logit (`_value_bins`' numbers) and how many tokens lie above it."
+    cum = torch.cat([hist[:, _HALF:].flip(-1), hist[:, :_HALF]], 1).cumsum(-1)  # bins in descending value order
+    d = torch.searchsorted(cum, kk)  # bins before the one where the count reaches k
+    above = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), 0)
+    j = torch.where(d < _HALF, 2 * _HALF - 1 - d, d - _HALF)
+    return j + torch.arange(0, hist.numel(), 2 * _HALF, device=hist.device)[:, None], above
+
+# %% ../nbs/03_heuristics_hf.ipynb #14f9c964
+def _bin_members(x: Float[Tensor, "b v"], bins: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
+    "The logits in each row's bin `j`, padded with -inf to `[b, c]` (c <= `_KCAP`), and each bin's count `[b]`."
+    flat = (bins == j.to(torch.int32)).view(-1).nonzero().squeeze(1)
+    rows = flat // x.shape[1]
+    n = torch.bincount(rows, minlength=len(x))
+    pos = torch.arange(len(rows), device=x.device) - (n.cumsum(0) - n)[rows]  # place within the row
+    if int(n.max()) > _KCAP: flat, rows, pos = (t[pos < _KCAP] for t in (flat, rows, pos))
+    band = x.new_full((len(x), max(min(int(n.max()), _KCAP), 1)), _NEG)
+    return band.index_put_((rows, pos), x.view(-1)[flat]), n
+
+# %% ../nbs/03_heuristics_hf.ipynb #8001e6fc
+def _kth_largest(x: Float[Tensor, "b v"], kk: Tensor) -> tuple[Tensor, Tensor]:
+    "Each row's k-th largest logit `[b, 1]` by counting (no sort), and ok: False where NaN, `+inf` or a huge bin."
+    bins, hist = _value_bins(x)
+    j, above = _kth_bin(hist, kk)
+    band, n = _bin_members(x, bins, j)
+    r = (kk - above).clamp(1, band.shape[1])  # the k-th largest is the r-th largest of its bin
+    ok = n <= _KCAP
+    odd = (hist[:, _ODD:_HALF].sum(-1) + hist[:, _HALF + _ODD:].sum(-1)) > 0  # inf or NaN (-inf is fine)
+    if bool(odd.any()): ok[odd] &= (x[odd] < float("inf")).all(-1)
+    return band.topk(int(r.max())).values.gather(1, r - 1).masked_fill(~ok[:, None], _NEG), ok
 
 # %% ../nbs/03_heuristics_hf.ipynb #d5ec2405
 def _excl_cumsum(pc: Tensor) -> Tensor:
