@@ -269,7 +269,8 @@ def test_real_server_killed_mid_run_resumes_from_checkpoint(real, tmp_path):
     before = [json.loads(l) for l in ck.read_text().splitlines()[1:]]
     assert [r["t"] for r in before] == [0, 1, 2]
     with LlamaServer() as srv2:
-        res = QAlign(RemoteEngine(srv2.url, tokenizer=tok), vader, beta=0.2, tokenizer=tok).run(CHAT, **kw)
+        # the same reward as the crashed run (the checkpoint header checks it); it no longer stops a server
+        res = QAlign(RemoteEngine(srv2.url, tokenizer=tok), dying, beta=0.2, tokenizer=tok).run(CHAT, **kw)
     assert res.steps == 4 and [res.states[c][:3] for c in range(2)] == [[r["states"][c] for r in before] for c in range(2)]
 
 
