@@ -1662,4 +1662,5 @@ d = { 'settings': { 'branch': 'main',
                                     'soft_sampler.train.train_cli': ('train.html#train_cli', 'soft_sampler/train.py'),
                                     'soft_sampler.train.train_sampler': ('train.html#train_sampler', 'soft_sampler/train.py'),
                                     'soft_sampler.train.write_csv_atomic': ('train.html#write_csv_atomic', 'soft_sampler/train.py'),
+                                    'soft_sampler.train.write_step': ('train.html#write_step', 'soft_sampler/train.py'),
                                     'soft_sampler.train.write_text_atomic': ('train.html#write_text_atomic', 'soft_sampler/train.py')}}}

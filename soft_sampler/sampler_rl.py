@@ -20,7 +20,7 @@ from .rewards import NumericAnswer, score
 from .networks import (NETWORKS, ContextAwareTransform, HiddenStateHead, LayerReadout, LogitsNetwork,
                                    SamplerInputs, SimpleDistributionAwareTransform, load_network, sampler_logits,
                                    step_stats)
-from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_text_atomic
+from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_step, write_text_atomic
 from .heuristics_ext import mirostat_v2
 from .soft_rl import ADVANTAGES, clipped_surrogate, group_advantages
 
@@ -284,23 +284,10 @@ def save_rl_checkpoint(
     extra: dict | None = None,  # more JSON-able metadata
 ) -> Path:
     "Write network, optimiser (safetensors) and trainer state (JSON) of step `state.step` atomically."
-    d = Path(directory); d.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=d))
-    try:
-        net.save(tmp/"network.safetensors")
-        tensors, groups = optimizer_tensors(opt)
-        save_file(tensors, str(tmp/"optimizer.safetensors"))
-        meta = dict(format=_RL_FORMAT, step=state.step, config=asdict(config), history=state.history,
-                    param_groups=groups, **(extra or {}))
-        (tmp/"trainer.json").write_text(json.dumps(meta))
-        final = d/f"step-{state.step:08d}"
-        if final.exists(): shutil.rmtree(final)
-        os.rename(tmp, final)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    write_text_atomic(d/"latest.json", json.dumps({"step": state.step, "path": final.name}))
-    net.save(d/"network.safetensors")
-    return final
+    tensors, groups = optimizer_tensors(opt)
+    meta = dict(format=_RL_FORMAT, step=state.step, config=asdict(config), history=state.history,
+                param_groups=groups, **(extra or {}))
+    return write_step(directory, state.step, net, tensors, meta)
 
 # %% ../nbs/20_sampler_rl.ipynb #9d919a13
 def load_rl_checkpoint(

@@ -24,11 +24,11 @@ from .networks import NETWORKS, LogitsNetwork, load_network
 __all__ = ['FIDELITY_TARGETS', 'FIDELITY_NETWORKS', 'EVAL_PROMPTS', 'FIDELITY_COLUMNS', 'synthetic_logits', 'LogitsSource',
            'SyntheticLogits', 'LogitsDataset', 'ReplayedLogits', 'replay_logits', 'as_target', 'pipeline_targets',
            'TrainConfig', 'make_optimizer', 'optimizer_tensors', 'load_optimizer_tensors', 'write_text_atomic',
-           'TrainState', 'save_checkpoint', 'CheckpointError', 'checkpoint_candidates', 'latest_checkpoint',
-           'load_checkpoint', 'TrainResult', 'run_fingerprint', 'check_resumable', 'resume_run', 'clear_checkpoints',
-           'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits', 'evaluate_sampler',
-           'fidelity_table', 'pipeline_name_of', 'write_csv_atomic', 'train_cli', 'fidelity_cli', 'read_fidelity',
-           'plot_fidelity', 'fidelity_over_seeds', 'plot_fidelity_spread']
+           'TrainState', 'write_step', 'save_checkpoint', 'CheckpointError', 'checkpoint_candidates',
+           'latest_checkpoint', 'load_checkpoint', 'TrainResult', 'run_fingerprint', 'check_resumable', 'resume_run',
+           'clear_checkpoints', 'train_sampler', 'plot_history', 'load_sampler', 'fidelity_metrics', 'real_eval_logits',
+           'evaluate_sampler', 'fidelity_table', 'pipeline_name_of', 'write_csv_atomic', 'train_cli', 'fidelity_cli',
+           'read_fidelity', 'plot_fidelity', 'fidelity_over_seeds', 'plot_fidelity_spread']
 
 # %% ../nbs/09_train.ipynb #f714bc5c
 def synthetic_logits(
@@ -283,26 +283,36 @@ class TrainState:
     step: int = 0  # optimiser steps done
     history: dict = field(default_factory=lambda: {k: [] for k in ("step", "loss", "kl", "removed_mass", "lr", "seconds")})
 
-def save_checkpoint(directory: str | Path, net: LogitsNetwork, opt, sched, config: TrainConfig, state: TrainState,
-                    target_spec=None, keep: int = 2, fingerprint: dict | None = None) -> Path:
-    "Write a complete, atomic checkpoint of step `state.step` into `directory`; keep the last `keep`."
+def write_step(directory: str | Path,  # the run's folder
+               step: int,  # the step number: the folder is `step-NNNNNNNN`
+               net: LogitsNetwork,  # saved as `network.safetensors` (in the step folder and the run's folder)
+               tensors: dict[str, Tensor],  # written as `optimizer.safetensors`
+               meta: dict,  # written as `trainer.json`
+               ) -> Path:
+    "Write one step folder atomically (a temporary folder, then a rename), then point `latest.json` at it."
     d = Path(directory); d.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-step-", dir=d))
     try:
         net.save(tmp/"network.safetensors")
-        tensors, groups = _optimizer_tensors(opt)
-        save_file({**tensors, "rng.torch": torch.get_rng_state()}, str(tmp/"optimizer.safetensors"))
-        meta = dict(step=state.step, config=asdict(config), history=state.history, param_groups=groups,
-                    scheduler=sched.state_dict(), network=type(net).__name__, target=target_spec, fingerprint=fingerprint)
+        save_file(tensors, str(tmp/"optimizer.safetensors"))
         (tmp/"trainer.json").write_text(json.dumps(meta))
-        final = d/f"step-{state.step:08d}"
+        final = d/f"step-{step:08d}"
         if final.exists(): shutil.rmtree(final)
         os.rename(tmp, final)
     finally:
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
-    _atomic_write_text(d/"latest.json", json.dumps({"step": state.step, "path": final.name}))
+    _atomic_write_text(d/"latest.json", json.dumps({"step": step, "path": final.name}))
     net.save(d/"network.safetensors")
-    for old in sorted(d.glob("step-*"))[:-keep]: shutil.rmtree(old, ignore_errors=True)
+    return final
+
+def save_checkpoint(directory: str | Path, net: LogitsNetwork, opt, sched, config: TrainConfig, state: TrainState,
+                    target_spec=None, keep: int = 2, fingerprint: dict | None = None) -> Path:
+    "Write a complete, atomic checkpoint of step `state.step` into `directory`; keep the last `keep`."
+    tensors, groups = _optimizer_tensors(opt)
+    meta = dict(step=state.step, config=asdict(config), history=state.history, param_groups=groups,
+                scheduler=sched.state_dict(), network=type(net).__name__, target=target_spec, fingerprint=fingerprint)
+    final = write_step(directory, state.step, net, {**tensors, "rng.torch": torch.get_rng_state()}, meta)
+    for old in sorted(Path(directory).glob("step-*"))[:-keep]: shutil.rmtree(old, ignore_errors=True)
     return final
 
 # %% ../nbs/09_train.ipynb #f51f9419

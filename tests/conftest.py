@@ -8,13 +8,22 @@ heavy    long experiments that regenerate committed result files (never in CI: `
 `--tier heavy` runs everything. Tests are marked with `@pytest.mark.slow` / `@pytest.mark.heavy`;
 notebook cells with nbdev's `#| slow` / `#| heavy` flags (see `tst_flags` in settings.ini).
 """
-import os
+import contextlib, os
 import pytest
 
 TIERS = {"default": set(), "slow": {"slow"}, "heavy": {"slow", "heavy"}}
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@contextlib.contextmanager
+def one_thread():
+    "Tiny tensors: extra torch threads only add overhead (and contend on a busy machine); restored afterwards."
+    import torch
+    n = torch.get_num_threads(); torch.set_num_threads(1)
+    try: yield
+    finally: torch.set_num_threads(n)
 
 
 def pytest_addoption(parser):

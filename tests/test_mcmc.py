@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import one_thread
 from soft_sampler.core import tiny_model
 from soft_sampler.qalign import (KeepTokens, QAlign, enumerate_responses, state_histogram, token_logprobs,
                                  total_variation, transition_matrix, tv_noise_quantile)
@@ -16,11 +17,6 @@ from soft_sampler.mcmc import (SMC, CutRule, MetropolisHastings, PowerSampler, S
                                systematic_resample)
 
 
-@contextlib.contextmanager
-def one_thread():
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")

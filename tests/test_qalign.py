@@ -7,6 +7,7 @@ import pytest
 import torch
 from hypothesis import given, settings, strategies as st
 
+from conftest import one_thread
 from soft_sampler.core import tiny_model
 from soft_sampler.rewards import last_number
 from soft_sampler.qalign import (QAlign, KeepTokens, aligned_distribution, choose_cuts, effective_sample_size,
@@ -15,12 +16,6 @@ from soft_sampler.qalign import (QAlign, KeepTokens, aligned_distribution, choos
                                  token_logprobs, total_variation, transition_matrix, tv_noise_quantile, unigram_f1)
 
 
-@contextlib.contextmanager
-def one_thread():
-    "Tiny tensors: extra threads only add overhead (and contend on a busy machine)."
-    n = torch.get_num_threads(); torch.set_num_threads(1)
-    try: yield
-    finally: torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="module")
