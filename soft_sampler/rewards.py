@@ -12,7 +12,7 @@ import torch
 from torch import Tensor
 from jaxtyping import Float, Int
 from fastcore.basics import patch
-from .core import _quiet_from_pretrained
+from .core import quiet_from_pretrained
 
 # %% auto #0
 __all__ = ['TokenIds', 'DEFAULT_RUBRIC', 'RETRY_STATUS', 'MAX_RESPONSE_BYTES', 'RewardFn', 'PairwiseJudge', 'check_ids',
@@ -261,8 +261,8 @@ class MiniLMSimilarity(TextReward):
         super().__init__(None, tokenizer)
         self.reference, self.batch_size, self.max_length = reference, batch_size, max_length
         path = Path(path) if path is not None else minilm_path()
-        self.encoder_tokenizer = _quiet_from_pretrained(AutoTokenizer, path)
-        self.encoder = _quiet_from_pretrained(AutoModel, path).eval()
+        self.encoder_tokenizer = quiet_from_pretrained(AutoTokenizer, path)
+        self.encoder = quiet_from_pretrained(AutoModel, path).eval()
 
 # %% ../nbs/06_rewards.ipynb #d0475c57
 @patch
@@ -318,8 +318,8 @@ def _load(self: RewardModel, model, rm_tokenizer, device):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     if isinstance(model, (str, Path)):
         if not (Path(model)/"config.json").is_file(): raise ValueError(f"`model` must be a model folder with a config.json, got {str(model)!r}")
-        rm_tokenizer = rm_tokenizer or _quiet_from_pretrained(AutoTokenizer, model)
-        model = _quiet_from_pretrained(AutoModelForSequenceClassification, model)
+        rm_tokenizer = rm_tokenizer or quiet_from_pretrained(AutoTokenizer, model)
+        model = quiet_from_pretrained(AutoModelForSequenceClassification, model)
     if rm_tokenizer is None: raise ValueError("`rm_tokenizer` is required when `model` is a loaded model")
     if rm_tokenizer.pad_token_id is None: rm_tokenizer.pad_token = rm_tokenizer.eos_token
     if model.config.pad_token_id is None: model.config.pad_token_id = rm_tokenizer.pad_token_id
