@@ -19,14 +19,18 @@ from .heuristics import Pipeline
 from .qalign import (Answer, Checkpoint, QAlign, IndependentSamples, KeepTokens, aligned_distribution,
                                  encode_prompts, enumerate_responses, gc_paused, majority_vote, prompt_cache,
                                  resolve_stop_ids, sample_suffixes, token_logprobs, total_variation, CUT_STREAM,
-                                 ACCEPT_STREAM, check_int)
+                                 ACCEPT_STREAM)
+from .qalign import check_int as _positive_int  # qalign's `name must be an int >= lo` checks
+from .core import atomic_write_json, check_int
 
 # %% auto #0
-__all__ = ['CUTS', 'RESAMPLE_STREAM', 'Target', 'Tempered', 'proposal_for', 'sequence_logprobs', 'sequence_distribution',
-           'CutRule', 'mh_log_acceptance', 'qalign_shortcut', 'mh_transition_matrix', 'space_scores', 'SamplerResult',
-           'Sampler', 'MetropolisHastings', 'PowerSampler', 'karan_du', 'extension_matrix',
-           'power_sampler_distribution', 'systematic_resample', 'ess', 'SMC', 'mcmc_arithmetic', 'arithmetic_table',
-           'sign_test', 'plot_arithmetic', 'mcmc_cli']
+__all__ = ['CUTS', 'RESAMPLE_STREAM', 'ARITH_TEMPERATURES', 'ARITH_GROUPS', 'ARITH_FINGERPRINT', 'ARITH_PROBLEMS', 'ARITH_RUN',
+           'ARITH_SERVER_RUN', 'ARITH_PAIRS', 'Target', 'Tempered', 'proposal_for', 'sequence_logprobs',
+           'sequence_distribution', 'CutRule', 'mh_log_acceptance', 'qalign_shortcut', 'mh_transition_matrix',
+           'space_scores', 'SamplerResult', 'Sampler', 'MetropolisHastings', 'PowerSampler', 'karan_du',
+           'extension_matrix', 'power_sampler_distribution', 'systematic_resample', 'ess', 'SMC', 'arith_grid',
+           'mcmc_arithmetic', 'wilson_interval', 'mcnemar_exact', 'sign_test', 'significance', 'arithmetic_table',
+           'plot_arithmetic', 'print_arithmetic', 'arith_pilot', 'mcmc_cli']
 
 # %% ../nbs/18_mcmc.ipynb #5054ea88
 def _check_positive(name, v):
@@ -146,6 +150,7 @@ def sequence_distribution(token_lps: Sequence[Sequence[float]],  # log q(y_j | y
 # %% ../nbs/18_mcmc.ipynb #ebc476e0
 CUTS = ("uniform", "start", "offset", "block")
 
+# %% ../nbs/18_mcmc.ipynb #65b77cdf
 class CutRule:
     "Where an MH proposal cuts a state: the kept prefix length i ~ c(i | y)."
     def __init__(self, kind: str = "uniform",  # one of CUTS
@@ -315,6 +320,7 @@ def final(self: SamplerResult, method: str = "majority_vote", burn_in: int | Non
 # %% ../nbs/18_mcmc.ipynb #ac05b3e7
 RESAMPLE_STREAM = 113  # keyed_uniform stream of SMC's resampling; cuts, coins and tokens use QAlign's streams
 
+# %% ../nbs/18_mcmc.ipynb #f257a88f
 class Sampler:
     "Base of the samplers: a `Target`, a proposal (pipeline then temperature) and an optional generation engine."
     method = "sampler"
@@ -360,6 +366,18 @@ def _extend(self: Sampler, prompt_ids, states, max_len, rows, seed, t, cache) ->
     sfx = self._suffixes(prompt_ids, [states[i] for i in grow], max_len, rows[grow], seed, t, cache) if grow else []
     return grow, [states[i] + s for i, s in zip(grow, sfx)]
 
+# %% ../nbs/18_mcmc.ipynb #eaad14b1
+@patch
+def _grow(self: Sampler, prompt_ids, prev, t, spec, rows, seed, cache, max_new_tokens) -> dict:
+    grow, new = self._extend(prompt_ids, prev["states"], spec["max_len"], rows, seed, t, cache)
+    lp, lq = self._score(prompt_ids, new)
+    rec = {k: list(prev[k]) for k in ("states", "lp", "lq")}
+    for i, s, a, b in zip(grow, new, lp, lq): rec["states"][i], rec["lp"][i], rec["lq"][i] = s, a, b
+    rec["rewards"] = self.target.rewards(prompt_ids, rec["states"])
+    new_tokens = sum(len(s) - len(prev["states"][i]) for i, s in zip(grow, new))
+    return dict(rec, log_weights=[0.0] * len(rows), new_tokens=new_tokens,
+                trace=dict(kind="grow", max_len=spec["max_len"]))
+
 # %% ../nbs/18_mcmc.ipynb #dd375634
 @patch
 def settings(self: Sampler) -> dict:
@@ -370,26 +388,15 @@ def settings(self: Sampler) -> dict:
                 proposal=describe(self.proposal), pipeline=describe(tg.pipeline), reward=describe(tg.reward),
                 stop_token_ids=tg.stop_token_ids, engine=repr(self.engine))
 
-# %% ../nbs/18_mcmc.ipynb #6bd70e28
+# %% ../nbs/18_mcmc.ipynb #5e44771c
 @patch
-def run(self: Sampler,
-        prompts,  # text, chat messages or token ids; or a list of them
-        n: int = 4,  # rows per prompt: chains (MH, power) or particles (SMC)
-        max_new_tokens: int = 64,  # response length limit
-        seed: int = 0,  # all randomness is keyed by (seed, row, step, position)
-        checkpoint: str | Path | None = None,  # JSONL file: every step persisted, an existing file is resumed
-        progress: bool = True,  # show a tqdm bar
-        ) -> SamplerResult | list[SamplerResult]:
-    "Run the sampler's plan on each prompt; one `SamplerResult`, or a list for several prompts."
-    for name, v, lo in (("n", n, 1), ("max_new_tokens", max_new_tokens, 1), ("seed", seed, 0)): check_int(name, v, lo)
-    ids, single = encode_prompts(prompts, self.target.tokenizer)
-    plan = self.plan(max_new_tokens)
-    ck = None if checkpoint is None else Checkpoint(checkpoint, dict(
-        version=1, kind=type(self).__name__, settings=self.settings(), n=n, max_new_tokens=max_new_tokens, seed=seed,
-        prompts=ids))
-    with tqdm(total=len(ids) * len(plan), desc=self.method, disable=not progress, unit="step") as bar, gc_paused():
-        out = [self._run_prompt(k, p, n, plan, max_new_tokens, seed, ck, bar) for k, p in enumerate(ids)]
-    return out[0] if single else out
+def _result(self: Sampler, prompt_ids, recs) -> SamplerResult:
+    n = len(recs[0]["states"])
+    col = lambda key: [[r[key][i] for r in recs] for i in range(n)]
+    acc = [[(r["accepted"][i] if r.get("accepted") else None) for r in recs] for i in range(n)]
+    return SamplerResult(self.method, list(prompt_ids), col("states"), col("rewards"), col("log_weights"), acc,
+                         [r["new_tokens"] for r in recs], [r["trace"] for r in recs], self.target.beta,
+                         self.target.tokenizer)
 
 # %% ../nbs/18_mcmc.ipynb #e6b520c3
 @patch
@@ -406,15 +413,27 @@ def _run_prompt(self: Sampler, k, prompt_ids, n, plan, max_new_tokens, seed, ck,
         recs.append(rec); prev = rec; bar.update(1)
     return self._result(prompt_ids, recs)
 
-# %% ../nbs/18_mcmc.ipynb #5e44771c
+# %% ../nbs/18_mcmc.ipynb #6bd70e28
 @patch
-def _result(self: Sampler, prompt_ids, recs) -> SamplerResult:
-    n = len(recs[0]["states"])
-    col = lambda key: [[r[key][i] for r in recs] for i in range(n)]
-    acc = [[(r["accepted"][i] if r.get("accepted") else None) for r in recs] for i in range(n)]
-    return SamplerResult(self.method, list(prompt_ids), col("states"), col("rewards"), col("log_weights"), acc,
-                         [r["new_tokens"] for r in recs], [r["trace"] for r in recs], self.target.beta,
-                         self.target.tokenizer)
+def run(self: Sampler,
+        prompts,  # text, chat messages or token ids; or a list of them
+        n: int = 4,  # rows per prompt: chains (MH, power) or particles (SMC)
+        max_new_tokens: int = 64,  # response length limit
+        seed: int = 0,  # all randomness is keyed by (seed, row, step, position)
+        checkpoint: str | Path | None = None,  # JSONL file: every step persisted, an existing file is resumed
+        progress: bool = True,  # show a tqdm bar
+        ) -> SamplerResult | list[SamplerResult]:
+    "Run the sampler's plan on each prompt; one `SamplerResult`, or a list for several prompts."
+    _positive_int("n", n, 1)  # qalign's wording ("n must be an int >= 1"), which tests/test_mcmc.py matches
+    check_int(max_new_tokens, "max_new_tokens", 1); check_int(seed, "seed", 0)
+    ids, single = encode_prompts(prompts, self.target.tokenizer)
+    plan = self.plan(max_new_tokens)
+    ck = None if checkpoint is None else Checkpoint(checkpoint, dict(
+        version=1, kind=type(self).__name__, settings=self.settings(), n=n, max_new_tokens=max_new_tokens, seed=seed,
+        prompts=ids))
+    with tqdm(total=len(ids) * len(plan), desc=self.method, disable=not progress, unit="step") as bar, gc_paused():
+        out = [self._run_prompt(k, p, n, plan, max_new_tokens, seed, ck, bar) for k, p in enumerate(ids)]
+    return out[0] if single else out
 
 # %% ../nbs/18_mcmc.ipynb #3f72a955
 class MetropolisHastings(Sampler):
@@ -427,25 +446,13 @@ class MetropolisHastings(Sampler):
                  proposal: Callable | None = None,  # as in `Sampler`
                  engine=None):  # as in `Sampler`
         super().__init__(target, temperature, proposal, engine)
-        check_int("steps", steps, 0)
+        check_int(steps, "steps", 0)
         self.steps, self.cut = steps, cut if isinstance(cut, CutRule) else CutRule(cut)
 
     def plan(self, max_new_tokens: int) -> list[dict]:
         "The initial samples, then `steps` MH steps over the whole response."
         L = max_new_tokens
         return [dict(kind="grow", max_len=L)] + [dict(kind="mh", max_len=L, start=0)] * self.steps
-
-# %% ../nbs/18_mcmc.ipynb #eaad14b1
-@patch
-def _grow(self: Sampler, prompt_ids, prev, t, spec, rows, seed, cache, max_new_tokens) -> dict:
-    grow, new = self._extend(prompt_ids, prev["states"], spec["max_len"], rows, seed, t, cache)
-    lp, lq = self._score(prompt_ids, new)
-    rec = {k: list(prev[k]) for k in ("states", "lp", "lq")}
-    for i, s, a, b in zip(grow, new, lp, lq): rec["states"][i], rec["lp"][i], rec["lq"][i] = s, a, b
-    rec["rewards"] = self.target.rewards(prompt_ids, rec["states"])
-    new_tokens = sum(len(s) - len(prev["states"][i]) for i, s in zip(grow, new))
-    return dict(rec, log_weights=[0.0] * len(rows), new_tokens=new_tokens,
-                trace=dict(kind="grow", max_len=spec["max_len"]))
 
 # %% ../nbs/18_mcmc.ipynb #63e07da1
 @patch
@@ -500,7 +507,7 @@ class PowerSampler(MetropolisHastings):
                  stop_at_eos: bool = False,  # True: a chain stops after the block its response got an EOS in (theirs)
                  proposal: Callable | None = None,  # as in `Sampler`
                  engine=None):  # as in `Sampler`
-        check_int("blocks", blocks, 1)
+        check_int(blocks, "blocks", 1)
         super().__init__(target, steps, 1 / target.alpha if temperature is None else temperature, cut, proposal, engine)
         self.blocks, self.stop_at_eos = blocks, stop_at_eos
 
@@ -607,7 +614,7 @@ class SMC(Sampler):
                  proposal: Callable | None = None,  # as in `Sampler`
                  engine=None):  # as in `Sampler`
         super().__init__(target, temperature, proposal, engine)
-        check_int("block", block, 1)
+        check_int(block, "block", 1)
         if not (isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1):
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
         self.block, self.ess_threshold = block, ess_threshold
@@ -680,121 +687,259 @@ def _timed(f):
     return out, time.perf_counter() - t0
 
 # %% ../nbs/18_mcmc.ipynb #f6fb5a27
-def _arith_independent(model, tok, reward, P, n, L, seed) -> dict:
-    "Greedy, one sample at τ = 1 and 1/4, best-of-n and majority vote over n and 4n: method -> (answer, tokens, s)."
-    ids, stops, out = encode_prompts(P, tok)[0][0], [tok.eos_token_id], {}
-    temp = lambda t: Pipeline([{"name": "temperature", "t": t}]) if t != 1 else None
-    draw = lambda k, t, s: sample_suffixes(model, ids, [[] for _ in range(k)], L, stops, torch.arange(k), s,
-                                           logits_processor=temp(t))
-    for name, t in (("greedy", 0), ("temperature", 1), ("low_temperature", 0.25)):
-        (y,), dt = _timed(lambda: draw(1, t, seed))
-        out[name] = (_answers(tok, [y])[0], len(y), dt)
-    ys, dt = _timed(lambda: draw(4 * n, 1, seed + 1000))
-    ans, rs = _answers(tok, ys), [float(x) for x in reward([ids] * len(ys), ys)]
+ARITH_TEMPERATURES = {"greedy": 0, "temperature": 1, "low_temperature": 0.25}  # 0: greedy
+ARITH_GROUPS = ("greedy", "temperature", "low_temperature", "samples", "qalign", "power", "smc")  # one cell each
+
+# %% ../nbs/18_mcmc.ipynb #24ae7755
+def _draw(model, engine, ids, k, L, stops, t, seed):
+    "k independent responses at temperature t (0: greedy), from the engine when given, else the local model."
+    pipe = Pipeline([{"name": "temperature", "t": t}]) if t != 1 else None
+    if engine is not None: return engine.sample_suffixes(ids, [[] for _ in range(k)], L, stops, torch.arange(k), seed,
+                                                         pipeline=pipe)
+    return sample_suffixes(model, ids, [[] for _ in range(k)], L, stops, torch.arange(k), seed, logits_processor=pipe)
+
+# %% ../nbs/18_mcmc.ipynb #88ea39a7
+def _arith_samples(model, engine, tok, reward, ids, n, L, seed) -> dict:
+    "One pool of 4n samples at τ = 1: best-of-n (verifier) and majority vote over its first n and all 4n."
+    ys, dt = _timed(lambda: _draw(model, engine, ids, 4 * n, L, [tok.eos_token_id], 1, seed + 1000))
+    ans, rs, out = _answers(tok, ys), [float(x) for x in reward([ids] * len(ys), ys)], {}
     for k in (n, 4 * n):
         tokens = sum(map(len, ys[:k]))
         out[f"best_of_{k}"] = (ans[int(np.argmax(rs[:k]))], tokens, dt * k / (4 * n))
         out[f"majority_vote_{k}"] = (majority_vote(ans[:k]), tokens, dt * k / (4 * n))
     return out
 
-# %% ../nbs/18_mcmc.ipynb #ca2573d1
-def _arith_mcmc(model, tok, reward, P, n, L, seed, steps, blocks, mh_steps) -> dict:
-    "QAlign, power sampling and SMC on one problem: method -> (answer, generated tokens, seconds)."
-    out = {}
-    t0 = time.perf_counter()
-    qa = QAlign(model, reward, beta=0.5, tokenizer=tok)
-    r = qa.run(P, chains=n, steps=steps, max_new_tokens=L, seed=seed, progress=False)
-    out["qalign"] = (r.final("majority_vote").answer, r.generated_tokens, time.perf_counter() - t0)
-    pw = Target(model, alpha=4.0, tokenizer=tok)
-    for name, s in (("power", PowerSampler(pw, blocks=blocks, steps=mh_steps, stop_at_eos=True)),
-                    ("smc", SMC(pw, block=max(1, L // blocks), temperature=0.25))):
-        t0 = time.perf_counter()
-        r = s.run(P, n=n, max_new_tokens=L, seed=seed, progress=False)
-        out[name] = (r.final("majority_vote").answer, r.generated_tokens, time.perf_counter() - t0)
-    return out
+# %% ../nbs/18_mcmc.ipynb #577b5957
+def _arith_cell(group, model, engine, tok, reward, P, s, seed) -> dict:
+    "Run one method group on one problem: method -> (answer, generated tokens, seconds). `s`: the run's settings."
+    ids, L, stops, n = encode_prompts(P, tok)[0][0], s["max_new_tokens"], [tok.eos_token_id], s["n"]
+    if group in ("greedy", "temperature", "low_temperature"):
+        (y,), dt = _timed(lambda: _draw(model, engine, ids, 1, L, stops, ARITH_TEMPERATURES[group], seed))
+        return {group: (_answers(tok, [y])[0], len(y), dt)}
+    if group == "samples": return _arith_samples(model, engine, tok, reward, ids, n, L, seed)
+    if group == "qalign":
+        qa = QAlign(model if engine is None else engine, reward, beta=0.5, tokenizer=tok)
+        r, dt = _timed(lambda: qa.run(P, chains=n, steps=s["steps"], max_new_tokens=L, seed=seed, progress=False))
+    else:
+        pw = Target(model, alpha=4.0, tokenizer=tok)
+        smp = (PowerSampler(pw, blocks=s["blocks"], steps=s["mh_steps"], stop_at_eos=True, engine=engine)
+               if group == "power" else SMC(pw, block=max(1, L // s["blocks"]), temperature=0.25, engine=engine))
+        r, dt = _timed(lambda: smp.run(P, n=n, max_new_tokens=L, seed=seed, progress=False))
+    return {group: (r.final("majority_vote").answer, r.generated_tokens, dt)}
 
-# %% ../nbs/18_mcmc.ipynb #88ea39a7
-def mcmc_arithmetic(model,  # the embedded model
+# %% ../nbs/18_mcmc.ipynb #389dbddb
+def _arith_problems(problems) -> list[dict]:
+    from soft_sampler.qalign import load_arithmetic
+    pbs = load_arithmetic()
+    if isinstance(problems, (int, np.integer)) and not isinstance(problems, bool):
+        return pbs[:check_int(problems, "problems", 1, len(pbs))]
+    by_id = {pb["id"]: pb for pb in pbs}
+    missing = [i for i in problems if i not in by_id]
+    if missing or not problems: raise ValueError(f"problems must be a count or known problem ids, got {problems!r}")
+    return [by_id[i] for i in problems]
+
+# %% ../nbs/18_mcmc.ipynb #294de000
+ARITH_FINGERPRINT = ("n", "max_new_tokens", "steps", "blocks", "mh_steps", "engine")  # what every cell depends on
+
+# %% ../nbs/18_mcmc.ipynb #25731a83
+def _arith_resume(out, settings: dict, restart: bool) -> dict:
+    "The run stored in `out` when its fingerprint matches, else a fresh one (another: refused unless `restart`)."
+    fresh = dict(settings=dict(settings, complete=False), records=[])
+    if out is None or not Path(out).is_file() or restart: return fresh
+    obj = json.loads(Path(out).read_text())
+    old, new = ({k: s.get(k) for k in ARITH_FINGERPRINT} for s in (obj.get("settings", {}), settings))
+    if old != new: raise ValueError(f"{out} holds a run with other settings ({old}); pass restart=True to discard it")
+    return dict(obj, settings=dict(obj["settings"], **settings))
+
+# %% ../nbs/18_mcmc.ipynb #f7a66c85
+def arith_grid(obj: dict,  # `mcmc_arithmetic`'s records
+               ) -> list[dict]:
+    "The records of the grid named in `obj['settings']` (seeds × problem ids): what the table and tests read."
+    s = obj["settings"]
+    ids = set(s.get("problem_ids", [r["id"] for r in obj["records"]]))
+    return [r for r in obj["records"] if r["seed"] in s["seeds"] and r["id"] in ids]
+
+# %% ../nbs/18_mcmc.ipynb #1e2f6709
+def _arith_missing(recs: dict, sd: int, pb: dict) -> list[str]:
+    "The method groups not yet stored for (seed, problem) (the samples group stores best_of_* and majority_vote_*)."
+    have = recs.get((sd, pb["id"]), {}).get("methods", {})
+    return [g for g in ARITH_GROUPS if not any(m == g or (g == "samples" and m.startswith("best_of")) for m in have)]
+
+# %% ../nbs/18_mcmc.ipynb #0ebf48ed
+def _arith_store(obj: dict, recs: dict, sd: int, pb: dict, got: dict) -> None:
+    "Add one cell's methods to the (seed, problem) record, created (and appended to `obj`) on first use."
+    if (sd, pb["id"]) not in recs:
+        recs[sd, pb["id"]] = dict(seed=sd, id=pb["id"], answer=pb["answer"], methods={})
+        obj["records"].append(recs[sd, pb["id"]])
+    recs[sd, pb["id"]]["methods"].update({m: dict(answer=a, correct=_hit(a, pb["answer"]), tokens=k, seconds=dt)
+                                          for m, (a, k, dt) in got.items()})
+
+# %% ../nbs/18_mcmc.ipynb #250fcad5
+def mcmc_arithmetic(model,  # the embedded model (it scores p for power sampling and SMC, and proposes without engine)
                     tok,  # its tokenizer
-                    out: Path | None = None,  # JSON file, rewritten after every (seed, problem)
-                    problems: int = 3,  # the first this many shipped problems
+                    out: Path | None = None,  # JSON file, rewritten atomically after every cell; resumed when present
+                    problems: int | Sequence[int] = 3,  # the first this many shipped problems, or a list of ids
                     seeds: Sequence[int] = (0, 1, 2),  # every method runs once per seed
                     n: int = 4,  # samples (best-of-n), chains (QAlign, power), particles (SMC)
                     max_new_tokens: int = 10,  # response limit
                     steps: int = 3,  # QAlign's steps
                     blocks: int = 2,  # power sampling's B (SMC: blocks of max_new_tokens / B tokens)
                     mh_steps: int = 2,  # power sampling's K
-                    progress: bool = True) -> dict:  # show a tqdm bar
-    "Every method on the first `problems` arithmetic problems for each seed; raw records (answers, tokens, seconds)."
-    from soft_sampler.remote import load_arithmetic, ARITH_INSTRUCTION
+                    progress: bool = True,  # show a tqdm bar over cells
+                    engine=None,  # None: the local model proposes; else e.g. `RemoteEngine` (p still scored locally)
+                    restart: bool = False,  # discard an existing `out` of other settings
+                    ) -> dict:
+    "Every method on the arithmetic problems for each seed; raw records (answers, tokens, seconds), resumable per cell."
+    from soft_sampler.qalign import ARITH_INSTRUCTION
     from soft_sampler.rewards import NumericAnswer
-    recs, todo = [], [(s, pb) for s in seeds for pb in load_arithmetic()[:problems]]
-    for seed, pb in tqdm(todo, desc="mcmc arithmetic", disable=not progress):
+    pbs = _arith_problems(problems)
+    settings = dict(problems=len(pbs), problem_ids=[pb["id"] for pb in pbs], seeds=list(seeds), n=n,
+                    max_new_tokens=max_new_tokens, steps=steps, blocks=blocks, mh_steps=mh_steps,
+                    engine=None if engine is None else type(engine).__name__)
+    obj = _arith_resume(out, settings, restart)
+    recs = {(r["seed"], r["id"]): r for r in obj["records"]}
+    todo = [(sd, pb, g) for pb in pbs for sd in seeds for g in _arith_missing(recs, sd, pb)]  # problem by problem
+    for sd, pb, g in tqdm(todo, desc="mcmc arithmetic", unit="cell", disable=not progress):
         P = [{"role": "user", "content": pb["question"] + ARITH_INSTRUCTION}]
-        reward = NumericAnswer(float(pb["answer"]), tokenizer=tok)
-        got = dict(_arith_independent(model, tok, reward, P, n, max_new_tokens, seed),
-                   **_arith_mcmc(model, tok, reward, P, n, max_new_tokens, seed, steps, blocks, mh_steps))
-        methods = {m: dict(answer=a, correct=_hit(a, pb["answer"]), tokens=k, seconds=dt)
-                   for m, (a, k, dt) in got.items()}
-        recs.append(dict(seed=seed, id=pb["id"], answer=pb["answer"], methods=methods))
-        obj = dict(settings=dict(problems=problems, seeds=list(seeds), n=n, max_new_tokens=max_new_tokens, steps=steps,
-                                 blocks=blocks, mh_steps=mh_steps, torch_threads=torch.get_num_threads(),
-                                 complete=len(recs) == len(todo)), records=recs)
-        if out is not None: _write_atomic(Path(out), obj)  # after every record: a stopped run can still be plotted
+        got = _arith_cell(g, model, engine, tok, NumericAnswer(float(pb["answer"]), tokenizer=tok), P, settings, sd)
+        _arith_store(obj, recs, sd, pb, got)
+        obj["settings"]["torch_threads"] = torch.get_num_threads()
+        if out is not None: atomic_write_json(out, obj, indent=1)
+    obj["settings"]["complete"] = not any(_arith_missing(recs, sd, pb) for sd in seeds for pb in pbs)
+    if out is not None: atomic_write_json(out, obj, indent=1)
     return obj
 
-# %% ../nbs/18_mcmc.ipynb #577b5957
-def _write_atomic(path: Path, obj) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=1)); tmp.replace(path)
+# %% ../nbs/18_mcmc.ipynb #0dc5e4ba
+def wilson_interval(k: int,  # successes
+                    n: int,  # trials (> 0)
+                    z: float = 1.959963984540054,  # the normal quantile (1.96: a 95% interval)
+                    ) -> tuple[float, float]:
+    "Wilson score interval for a binomial proportion k/n."
+    k, n = check_int(k, "k", 0), check_int(n, "n", 1)
+    if k > n: raise ValueError(f"k must be <= n, got k={k}, n={n}")
+    p, z2 = k / n, z * z
+    centre, half = (p + z2 / (2 * n)) / (1 + z2 / n), z * math.sqrt(p * (1 - p) / n + z2 / (4 * n * n)) / (1 + z2 / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
-# %% ../nbs/18_mcmc.ipynb #389dbddb
-def _t95(k: int) -> float:
-    return {1: float("nan"), 2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(k, 2.0)
+# %% ../nbs/18_mcmc.ipynb #df2fea9c
+def mcnemar_exact(b: int,  # discordant cells where the first method is right and the second wrong
+                  c: int,  # discordant cells where the second is right and the first wrong
+                  ) -> float:
+    "Two-sided exact McNemar p-value: P(a split at least as uneven as b:c of b + c fair coin flips)."
+    b, c = check_int(b, "b", 0), check_int(c, "c", 0)
+    m = b + c
+    if m == 0: return 1.0
+    return min(1.0, 2 * sum(math.comb(m, i) for i in range(min(b, c) + 1)) / 2**m)
 
-# %% ../nbs/18_mcmc.ipynb #294de000
-def arithmetic_table(obj: dict,  # `mcmc_arithmetic`'s records
-                     ) -> dict:
-    "method -> accuracy (mean over seeds), 95% half-width, mean tokens per problem, cost per token vs best-of-n."
-    recs, seeds = obj["records"], obj["settings"]["seeds"]
-    methods, out = list(recs[0]["methods"]), {}
-    spt = lambda m: sum(r["methods"][m]["seconds"] for r in recs) / max(1, sum(r["methods"][m]["tokens"] for r in recs))
-    anchor = next((m for m in methods if m.startswith("best_of")), methods[0])
-    for m in methods:
-        acc = [np.mean([r["methods"][m]["correct"] for r in recs if r["seed"] == s]) for s in seeds]
-        half = _t95(len(acc)) * np.std(acc, ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
-        tokens = float(np.mean([r["methods"][m]["tokens"] for r in recs]))
-        out[m] = dict(accuracy=float(np.mean(acc)), ci95=float(half), tokens=tokens,
-                      cost_per_token_vs_best_of_n=spt(m) / spt(anchor))
-    return out
-
-# %% ../nbs/18_mcmc.ipynb #6a6224d9
+# %% ../nbs/18_mcmc.ipynb #146c7bbb
 def sign_test(obj: dict,  # `mcmc_arithmetic`'s records
               a: str,  # a method
               b: str,  # another
               ) -> tuple[int, int, float]:
-    "Paired exact sign test of a vs b over (seed, problem): (a right & b wrong, b right & a wrong, two-sided p)."
-    wins = sum(r["methods"][a]["correct"] and not r["methods"][b]["correct"] for r in obj["records"])
-    losses = sum(r["methods"][b]["correct"] and not r["methods"][a]["correct"] for r in obj["records"])
-    k, m = min(wins, losses), wins + losses
-    p = min(1.0, 2 * sum(math.comb(m, i) for i in range(k + 1)) / 2**m) if m else 1.0
-    return wins, losses, p
+    "Paired exact test of a vs b over (seed, problem) cells: (a right & b wrong, b right & a wrong, McNemar p)."
+    rs = [r["methods"] for r in arith_grid(obj) if a in r["methods"] and b in r["methods"]]
+    wins = sum(m[a]["correct"] and not m[b]["correct"] for m in rs)
+    losses = sum(m[b]["correct"] and not m[a]["correct"] for m in rs)
+    return wins, losses, mcnemar_exact(wins, losses)
 
-# %% ../nbs/18_mcmc.ipynb #47fa888f
+# %% ../nbs/18_mcmc.ipynb #c010c0dd
+def significance(obj: dict,  # `mcmc_arithmetic`'s records
+                 pairs: Sequence[tuple[str, str]],  # the comparisons (a, b) to test
+                 level: float = 0.05,  # family-wise error rate over all `pairs`
+                 ) -> list[dict]:
+    "McNemar's exact test per pair and Holm's step-down correction over the pairs: which differences are significant."
+    rows = [dict(a=a, b=b, **dict(zip(("a_only", "b_only", "p"), sign_test(obj, a, b)))) for a, b in pairs]
+    running = 0.0
+    for rank, r in enumerate(sorted(rows, key=lambda r: r["p"])):
+        running = max(running, min(1.0, (len(rows) - rank) * r["p"]))  # Holm: adjusted p, made monotone
+        r["p_holm"] = running
+    for r in rows: r["significant"] = r["p_holm"] < level
+    return rows
+
+# %% ../nbs/18_mcmc.ipynb #9a006e5a
+def _t95(k: int) -> float:
+    "Two-sided 95% Student t quantile for k samples (k - 1 degrees of freedom; 2.0 past 6)."
+    return {1: float("nan"), 2: 12.706, 3: 4.303, 4: 3.182, 5: 2.776, 6: 2.571}.get(k, 2.0)
+
+# %% ../nbs/18_mcmc.ipynb #1d01c3ce
+def arithmetic_table(obj: dict,  # `mcmc_arithmetic`'s records
+                     ) -> dict:
+    "method -> accuracy, Wilson and t 95% intervals, mean tokens per problem, cost per token vs best-of-n."
+    recs, seeds = arith_grid(obj), obj["settings"]["seeds"]
+    methods = list(dict.fromkeys(m for r in recs for m in r["methods"]))
+    cells = lambda m: [r for r in recs if m in r["methods"]]
+    spt = lambda m: (sum(r["methods"][m]["seconds"] for r in cells(m))
+                     / max(1, sum(r["methods"][m]["tokens"] for r in cells(m))))
+    anchor, out = next((m for m in methods if m.startswith("best_of")), methods[0]), {}
+    for m in methods:
+        acc = [np.mean([r["methods"][m]["correct"] for r in cells(m) if r["seed"] == s]) for s in seeds
+               if any(r["seed"] == s for r in cells(m))]
+        half = _t95(len(acc)) * np.std(acc, ddof=1) / math.sqrt(len(acc)) if len(acc) > 1 else float("nan")
+        k, N = sum(r["methods"][m]["correct"] for r in cells(m)), len(cells(m))
+        lo, hi = wilson_interval(k, N)
+        out[m] = dict(accuracy=float(np.mean(acc)), ci95=float(half), right=k, cells=N, wilson_low=lo, wilson_high=hi,
+                      tokens=float(np.mean([r["methods"][m]["tokens"] for r in cells(m)])),
+                      cost_per_token_vs_best_of_n=spt(m) / spt(anchor))
+    return out
+
+# %% ../nbs/18_mcmc.ipynb #119e3c9b
 def plot_arithmetic(obj: dict,  # `mcmc_arithmetic`'s records
-                    ax=None):  # matplotlib axes (None: a new figure)
-    "Accuracy (95% interval over seeds) against mean generated tokens per problem, one point per method."
+                    ax=None,  # matplotlib axes (None: a new figure)
+                    title: str | None = None):  # the axes' title
+    "Accuracy (95% Wilson interval over cells) against mean generated tokens per problem, one point per method."
     tab = arithmetic_table(obj)
     if ax is None:
         import matplotlib.pyplot as plt
         _, ax = plt.subplots(figsize=(7, 3.5))
     for m, v in tab.items():
-        err = 0 if math.isnan(v["ci95"]) else v["ci95"]
-        ax.errorbar(v["tokens"], v["accuracy"], yerr=err, fmt="o", capsize=3, label=m)
-    ax.set_xscale("log"); ax.set_ylim(-0.05, 1.05)  # t-intervals over 3 seeds can reach past [0, 1]
-    ax.set_xlabel("generated tokens per problem"); ax.set_ylabel("accuracy (95% interval over seeds)")
+        err = [[v["accuracy"] - v["wilson_low"]], [v["wilson_high"] - v["accuracy"]]]
+        ax.errorbar(v["tokens"], v["accuracy"], yerr=np.clip(err, 0, None), fmt="o", capsize=3, label=m)
+    ax.set_xscale("log"); ax.set_ylim(-0.05, 1.05)
+    ax.set_xlabel("generated tokens per problem"); ax.set_ylabel("accuracy (95% Wilson interval)")
+    if title: ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)); return ax
+
+# %% ../nbs/18_mcmc.ipynb #a8232eda
+def print_arithmetic(obj: dict,  # `mcmc_arithmetic`'s records
+                     pairs: Sequence[tuple[str, str]] = (),  # comparisons for `significance`
+                     ) -> None:
+    "Print the table and the paired tests (Holm-corrected over `pairs`)."
+    print(f"{'method':<17} {'right':>7} {'accuracy':>8} {'Wilson 95%':>13} {'tokens':>7} "
+          f"{'cost/token vs best-of-n':>24}")
+    for m, v in arithmetic_table(obj).items():
+        print(f"{m:<17} {v['right']:>3}/{v['cells']:<3} {v['accuracy']:>8.3f}  [{v['wilson_low']:.2f}, "
+              f"{v['wilson_high']:.2f}] {v['tokens']:>7.1f} {v['cost_per_token_vs_best_of_n']:>24.2f}")
+    for r in significance(obj, pairs):
+        print(f"{r['a']} vs {r['b']}: {r['a_only']}:{r['b_only']} discordant, McNemar p = {r['p']:.4f}, "
+              f"Holm p = {r['p_holm']:.4f}" + ("  significant" if r["significant"] else ""))
+
+# %% ../nbs/18_mcmc.ipynb #c882d609
+def arith_pilot(model,  # the embedded model
+                tok,  # its tokenizer
+                problems: int = 67,  # the first this many shipped problems
+                n: int = 4,  # samples at τ = 1 per problem
+                max_new_tokens: int = 24,  # response limit
+                seed: int = 999,  # a seed no committed method uses
+                ) -> list[dict]:
+    "Per problem: greedy right or not, how many of `n` samples at τ = 1 were right (the committed problem choice)."
+    from soft_sampler.qalign import ARITH_INSTRUCTION
+    out, stops = [], [tok.eos_token_id]
+    for pb in tqdm(_arith_problems(problems), desc="pilot"):
+        ids = encode_prompts([{"role": "user", "content": pb["question"] + ARITH_INSTRUCTION}], tok)[0][0]
+        (g,), ys = _draw(model, None, ids, 1, max_new_tokens, stops, 0, 0), _draw(model, None, ids, n, max_new_tokens,
+                                                                              stops, 1, seed)
+        right = [_hit(a, pb["answer"]) for a in _answers(tok, [g] + ys)]
+        out.append(dict(id=pb["id"], op=pb["operation"], greedy=right[0], glen=len(g),
+                        gtxt=tok.decode(g, skip_special_tokens=True), pilot=sum(right[1:]), lens=[len(y) for y in ys]))
+    return out
+
+# %% ../nbs/18_mcmc.ipynb #9b4d3948
+ARITH_PROBLEMS = (1, 2, 12, 16, 20, 21, 25, 26, 28, 30, 32, 49, 50, 54, 61, 63)  # the pilot's solvable problems
+ARITH_RUN = dict(problems=ARITH_PROBLEMS[:12], seeds=(1, 2), max_new_tokens=32)  # the committed local run
+ARITH_SERVER_RUN = dict(problems=ARITH_PROBLEMS[:6], seeds=(1, 2), max_new_tokens=32)  # the committed server run
+ARITH_PAIRS = tuple((m, "best_of_4") for m in ("greedy", "temperature", "low_temperature", "majority_vote_4",
+                                               "best_of_16", "majority_vote_16", "qalign", "power", "smc")) + (
+    ("power", "temperature"), ("power", "low_temperature"), ("smc", "power"), ("qalign", "majority_vote_4"))
 
 # %% ../nbs/18_mcmc.ipynb #508d4448
 def _cli_parser() -> argparse.ArgumentParser:

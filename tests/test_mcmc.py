@@ -285,15 +285,102 @@ def test_cli_on_the_embedded_model(method):
 
 @pytest.mark.heavy
 def test_heavy_mcmc_arithmetic():
+    "Resumable: a stopped run continues where it stopped (same settings); delete the file to start afresh."
     from soft_sampler.core import load_model
-    from soft_sampler.mcmc import arithmetic_table, mcmc_arithmetic
+    from soft_sampler.mcmc import ARITH_RUN, arithmetic_table, mcmc_arithmetic
     torch.set_num_threads(1)
     model, tok = load_model()
     out = Path(__file__).parents[1] / "results" / "mcmc_arithmetic.json"
-    obj = mcmc_arithmetic(model, tok, out, progress=False)
+    obj = mcmc_arithmetic(model, tok, out, **ARITH_RUN)
     tab = arithmetic_table(obj)
     assert set(tab) >= {"greedy", "temperature", "low_temperature", "best_of_4", "majority_vote_16", "qalign", "power",
                         "smc"}
+
+
+@pytest.mark.heavy
+def test_heavy_mcmc_arithmetic_server():
+    "The same grid (fewer problems) with a real llama-server on loopback proposing; p is still scored locally."
+    from soft_sampler.core import load_model
+    from soft_sampler.mcmc import ARITH_SERVER_RUN, arithmetic_table, mcmc_arithmetic
+    from soft_sampler.remote import LlamaServer, RemoteEngine, build_llama_server
+    torch.set_num_threads(1)
+    build_llama_server()
+    model, tok = load_model()
+    out = Path(__file__).parents[1] / "results" / "mcmc_arithmetic_server.json"
+    with LlamaServer(threads=1, parallel=2) as srv:
+        obj = mcmc_arithmetic(model, tok, out, engine=RemoteEngine(srv.url, tokenizer=tok), **ARITH_SERVER_RUN)
+    assert obj["settings"]["engine"] == "RemoteEngine" and obj["settings"]["complete"]
+    assert arithmetic_table(obj)["best_of_4"]["tokens"] > 0
+
+
+# ---- the measured table's statistics and its resumable grid ----------------------------------------------------------
+
+def test_wilson_and_mcnemar_against_closed_forms_and_scipy():
+    from soft_sampler.mcmc import mcnemar_exact, wilson_interval
+    assert mcnemar_exact(0, 5) == 2 / 32 and mcnemar_exact(1, 9) == 22 / 1024 and mcnemar_exact(4, 4) == 1.0
+    assert mcnemar_exact(0, 0) == 1.0 and mcnemar_exact(9, 1) == mcnemar_exact(1, 9)
+    z = 1.959963984540054
+    assert np.allclose(wilson_interval(0, 10), (0, z * z / (10 + z * z)))  # k = 0: [0, z²/(n + z²)]
+    assert np.allclose(wilson_interval(10, 10), (10 / (10 + z * z), 1))
+    with pytest.raises(ValueError, match="k must be <= n"): wilson_interval(3, 2)
+    with pytest.raises(ValueError, match="`n` must be an integer >= 1"): wilson_interval(0, 0)
+    stats = pytest.importorskip("scipy.stats")
+    for b, c in ((0, 5), (1, 9), (7, 2), (12, 30), (25, 40), (3, 3)):
+        assert math.isclose(mcnemar_exact(b, c), stats.binomtest(b, b + c, 0.5).pvalue, rel_tol=1e-12)
+    for k, n in ((0, 5), (3, 17), (20, 20), (48, 60)):
+        ci = stats.binomtest(k, n).proportion_ci(method="wilson")
+        assert np.allclose(wilson_interval(k, n), (ci.low, ci.high), atol=1e-12)
+
+
+def test_significance_is_paired_and_holm_corrected():
+    from soft_sampler.mcmc import arithmetic_table, significance, sign_test
+    cells = [dict(a=i < 8, b=i < 1, c=i % 2 == 0) for i in range(12)]  # a right on 8, b on 1 (inside a's), c on 6
+    obj = dict(settings=dict(seeds=[0, 1]), records=[
+        dict(seed=i % 2, id=i // 2, methods={m: dict(correct=v, tokens=1 + (m == "c"), seconds=1.0) for m, v in x.items()})
+        for i, x in enumerate(cells)])
+    assert sign_test(obj, "a", "b") == (7, 0, 2 / 2**7)
+    rows = significance(obj, [("a", "b"), ("c", "b"), ("a", "c")])
+    ps = sorted(r["p"] for r in rows)
+    holm = sorted(r["p_holm"] for r in rows)
+    assert np.isclose(holm[0], 3 * ps[0]) and holm == sorted(holm) and all(h >= p for h, p in zip(holm, ps))
+    assert [r["significant"] for r in rows] == [r["p_holm"] < 0.05 for r in rows]
+    tab = arithmetic_table(obj)
+    assert (tab["a"]["right"], tab["a"]["cells"]) == (8, 12) and tab["c"]["tokens"] == 2.0
+
+
+def test_arithmetic_grid_resumes_per_cell_and_refuses_other_settings(tmp_path, monkeypatch):
+    import soft_sampler.mcmc as mcmc
+    model, tok = tiny_model(hidden_size=16, num_layers=1, seed=2)
+    kw = dict(problems=[0, 3], seeds=[0], n=2, max_new_tokens=4, steps=1, blocks=2, mh_steps=1, progress=False)
+    with one_thread():
+        full = mcmc.mcmc_arithmetic(model, tok, **kw)
+        real, calls, crash_at = mcmc._arith_cell, [], [9]
+        def cell(*a):
+            calls.append(a[0])
+            if len(calls) == crash_at[0]: crash_at[0] = None; raise Crash()
+            return real(*a)
+        monkeypatch.setattr(mcmc, "_arith_cell", cell)
+        with pytest.raises(Crash): mcmc.mcmc_arithmetic(model, tok, tmp_path / "r.json", **kw)
+        stopped = json.loads((tmp_path / "r.json").read_text())
+        assert not stopped["settings"]["complete"] and len(stopped["records"]) == 2  # 7 + 1 cells written
+        calls.clear()
+        resumed = mcmc.mcmc_arithmetic(model, tok, tmp_path / "r.json", **kw)
+        assert calls == list(mcmc.ARITH_GROUPS[1:])  # only the cells not yet written run again
+        with pytest.raises(ValueError, match="other settings"):
+            mcmc.mcmc_arithmetic(model, tok, tmp_path / "r.json", **dict(kw, max_new_tokens=5))
+    strip = lambda o: {(r["id"], m): (v["answer"], v["tokens"], v["correct"]) for r in o["records"]
+                       for m, v in r["methods"].items()}
+    assert strip(resumed) == strip(full) and resumed["settings"]["complete"]
+    assert json.loads((tmp_path / "r.json").read_text())["settings"]["complete"]
+    # the grid grows by a seed: only the new seed's cells run; the table reads the grid asked for last
+    with one_thread():
+        calls.clear()
+        grown = mcmc.mcmc_arithmetic(model, tok, tmp_path / "r.json", **dict(kw, seeds=[0, 1]))
+        assert calls == 2 * list(mcmc.ARITH_GROUPS) and grown["settings"]["complete"]
+        calls.clear()
+        back = mcmc.mcmc_arithmetic(model, tok, tmp_path / "r.json", **dict(kw, problems=[3]))
+    assert calls == [] and len(back["records"]) == 4 and [r["id"] for r in mcmc.arith_grid(back)] == [3]
+    assert mcmc.arithmetic_table(back)["greedy"]["cells"] == 1
 
 
 def test_mh_at_alpha_1_is_qalign_draw_for_draw(toy):
