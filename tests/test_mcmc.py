@@ -284,6 +284,7 @@ def test_cli_on_the_embedded_model(method):
 # ---- heavy: regenerate results/mcmc_arithmetic.json -----------------------------------------------------------------
 
 @pytest.mark.heavy
+@pytest.mark.timeout(6 * 3600)  # longer than pyproject's 1200 s; resumable anyway
 def test_heavy_mcmc_arithmetic():
     "Resumable: a stopped run continues where it stopped (same settings); delete the file to start afresh."
     from soft_sampler.core import load_model
@@ -298,6 +299,7 @@ def test_heavy_mcmc_arithmetic():
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(6 * 3600)  # longer than pyproject's 1200 s; resumable anyway
 def test_heavy_mcmc_arithmetic_server():
     "The same grid (fewer problems) with a real llama-server on loopback proposing; p is still scored locally."
     from soft_sampler.core import load_model
