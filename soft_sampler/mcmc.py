@@ -639,6 +639,18 @@ def reset_weights(self: SMC, log_weights: Float[Tensor, "n"], ancestors: Int[Ten
     lw = torch.as_tensor(log_weights, dtype=torch.float64)
     return torch.full_like(lw, float(lw.logsumexp(0) - math.log(len(lw))))
 
+# %% ../nbs/18_mcmc.ipynb #f79b20f7
+@patch
+def _maybe_resample(self: SMC, rec, t, rows, seed, spec, always) -> dict:
+    e = ess(torch.tensor(rec["log_weights"]))
+    go = always or e < self.ess_threshold * len(rows)
+    if go:
+        w = torch.tensor(rec["log_weights"], dtype=torch.float64).sub(max(rec["log_weights"])).exp()
+        anc = systematic_resample(w, float(keyed_uniform(seed, rows[:1], 0, t, RESAMPLE_STREAM)[0]))
+        rec = dict(rec, states=[rec["states"][a] for a in anc], rewards=[rec["rewards"][a] for a in anc],
+                   log_weights=self.reset_weights(torch.tensor(rec["log_weights"]), anc).tolist())
+    return dict(rec, trace=dict(kind=spec["kind"], max_len=spec["max_len"], ess=e, resampled=go))
+
 # %% ../nbs/18_mcmc.ipynb #14aa4086
 @patch
 def _smc(self: SMC, prompt_ids, prev, t, spec, rows, seed, cache, max_new_tokens) -> dict:
@@ -654,18 +666,6 @@ def _smc(self: SMC, prompt_ids, prev, t, spec, rows, seed, cache, max_new_tokens
     new_tokens = sum(len(s) - len(prev["states"][i]) for i, s in zip(grow, new))
     rec = dict(states=states, log_weights=lw, rewards=rewards, new_tokens=new_tokens)
     return self._maybe_resample(rec, t, rows, seed, spec, always=False)
-
-# %% ../nbs/18_mcmc.ipynb #f79b20f7
-@patch
-def _maybe_resample(self: SMC, rec, t, rows, seed, spec, always) -> dict:
-    e = ess(torch.tensor(rec["log_weights"]))
-    go = always or e < self.ess_threshold * len(rows)
-    if go:
-        w = torch.tensor(rec["log_weights"], dtype=torch.float64).sub(max(rec["log_weights"])).exp()
-        anc = systematic_resample(w, float(keyed_uniform(seed, rows[:1], 0, t, RESAMPLE_STREAM)[0]))
-        rec = dict(rec, states=[rec["states"][a] for a in anc], rewards=[rec["rewards"][a] for a in anc],
-                   log_weights=self.reset_weights(torch.tensor(rec["log_weights"]), anc).tolist())
-    return dict(rec, trace=dict(kind=spec["kind"], max_len=spec["max_len"], ess=e, resampled=go))
 
 # %% ../nbs/18_mcmc.ipynb #d4816acb
 @patch
@@ -755,9 +755,8 @@ def _arith_resume(out, settings: dict, restart: bool) -> dict:
 def arith_grid(obj: dict,  # `mcmc_arithmetic`'s records
                ) -> list[dict]:
     "The records of the grid named in `obj['settings']` (seeds × problem ids): what the table and tests read."
-    s = obj["settings"]
-    ids = set(s.get("problem_ids", [r["id"] for r in obj["records"]]))
-    return [r for r in obj["records"] if r["seed"] in s["seeds"] and r["id"] in ids]
+    s, ids = obj["settings"], obj["settings"].get("problem_ids")  # no ids named: every problem
+    return [r for r in obj["records"] if r["seed"] in s["seeds"] and (ids is None or r["id"] in ids)]
 
 # %% ../nbs/18_mcmc.ipynb #1e2f6709
 def _arith_missing(recs: dict, sd: int, pb: dict) -> list[str]:
@@ -891,10 +890,13 @@ def plot_arithmetic(obj: dict,  # `mcmc_arithmetic`'s records
     if ax is None:
         import matplotlib.pyplot as plt
         _, ax = plt.subplots(figsize=(7, 3.5))
-    for m, v in tab.items():
+    from matplotlib.ticker import FixedLocator, NullFormatter, ScalarFormatter
+    for k, (m, v) in enumerate(tab.items()):
         err = [[v["accuracy"] - v["wilson_low"]], [v["wilson_high"] - v["accuracy"]]]
-        ax.errorbar(v["tokens"], v["accuracy"], yerr=np.clip(err, 0, None), fmt="o", capsize=3, label=m)
-    ax.set_xscale("log"); ax.set_ylim(-0.05, 1.05)
+        x = v["tokens"] * math.exp(0.03 * (k - len(tab) / 2))  # dodged: methods with equal tokens stay apart
+        ax.errorbar(x, v["accuracy"], yerr=np.clip(err, 0, None), fmt="o", capsize=3, label=m)
+    ax.set_xscale("log"); ax.set_ylim(-0.05, 1.05); ax.xaxis.set_major_locator(FixedLocator([10, 30, 100, 300, 1000]))
+    ax.xaxis.set_major_formatter(ScalarFormatter()); ax.xaxis.set_minor_formatter(NullFormatter())
     ax.set_xlabel("generated tokens per problem"); ax.set_ylabel("accuracy (95% Wilson interval)")
     if title: ax.set_title(title, fontsize=9)
     ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1)); return ax
