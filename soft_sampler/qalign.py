@@ -18,7 +18,7 @@ from fastcore.basics import patch, store_attr
 from tqdm.auto import tqdm
 from transformers import DynamicCache
 from . import sampling
-from .sampling import keyed_uniform, StepContext, sample_from_logits, _is_chat, _is_ids
+from .sampling import keyed_uniform, StepContext, sample_from_logits, is_chat, is_token_ids
 from .rewards import NumericAnswer, FormatReward, last_number
 
 # %% auto #0
@@ -255,7 +255,7 @@ def _suffixes(self: QAlign, prompt_ids, prefixes, max_new_tokens, rows, seed, at
 # %% ../nbs/10_qalign.ipynb #270bc97a
 def encode_prompts(prompts, tokenizer=None) -> tuple[list[list[int]], bool]:
     "Token ids of each prompt (the sampling loop's `encode_prompts`), and whether a single prompt was given."
-    single = isinstance(prompts, str) or _is_chat(prompts) or _is_ids(prompts) or (isinstance(prompts, Tensor) and prompts.dim() == 1)
+    single = isinstance(prompts, str) or is_chat(prompts) or is_token_ids(prompts) or (isinstance(prompts, Tensor) and prompts.dim() == 1)
     try: return sampling.encode_prompts(prompts, tokenizer), single
     except ValueError as e:
         if tokenizer is None: raise ValueError("prompts: text and chat prompts need a tokenizer (QAlign(..., tokenizer=tok)); or pass token ids") from e

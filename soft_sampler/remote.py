@@ -42,7 +42,7 @@ def sampling_params(pipeline=None, engine: str = "llama.cpp") -> dict:
 class RemoteServerError(RuntimeError):
     "An inference server could not be reached or answered badly; the message names the URL."
 
-from .rewards import _session, _post_json, MAX_RESPONSE_BYTES  # the retrying HTTP session reward servers use too
+from .rewards import http_session, post_json, MAX_RESPONSE_BYTES  # the retrying HTTP session reward servers use too
 
 # %% ../nbs/11_remote.ipynb #d7f1c2ed
 class RemoteEngine:
@@ -73,14 +73,14 @@ class RemoteEngine:
         store_attr("engine,model,tokenizer,prompts_per_request,concurrency,timeout,retries,backoff,vocab_size,max_response_bytes")
         self.url = str(url).rstrip("/")
         self.endpoint = self.url + "/v1/completions"
-        self.session = _session(retries, backoff, concurrency)
+        self.session = http_session(retries, backoff, concurrency)
     def __repr__(self): return f"RemoteEngine({self.url!r}, engine={self.engine!r}, concurrency={self.concurrency})"
 
 # %% ../nbs/11_remote.ipynb #efb893cf
 @patch
 def _post(self: RemoteEngine, payload: dict) -> dict:
     "POST `payload` to the completions endpoint with retries; any failure is a `RemoteServerError` naming the URL."
-    return _post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries,
+    return post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries,
                       backoff=self.backoff, max_bytes=self.max_response_bytes)
 
 # %% ../nbs/11_remote.ipynb #cd8eb832

@@ -12,14 +12,15 @@ import torch
 from torch import Tensor
 from jaxtyping import Float, Int
 from fastcore.basics import patch
-from .core import _quiet_from_pretrained
+from .core import quiet_from_pretrained
 
 # %% auto #0
 __all__ = ['TokenIds', 'DEFAULT_RUBRIC', 'RETRY_STATUS', 'MAX_RESPONSE_BYTES', 'RewardFn', 'PairwiseJudge', 'check_ids',
            'as_scores', 'score', 'unpad', 'trim_response', 'user_message', 'encode_pairs', 'decode_pairs', 'TextReward',
            'last_number', 'NumericAnswer', 'FormatReward', 'LengthReward', 'VaderSentiment', 'minilm_path',
-           'MiniLMSimilarity', 'RewardModel', 'next_token_logprobs', 'YesNoJudge', 'RewardServerError', 'RemoteReward',
-           'WeightedSum', 'Clip', 'Standardize', 'BradleyTerryJudge', 'LMPairwiseJudge', 'score_cli']
+           'MiniLMSimilarity', 'RewardModel', 'next_token_logprobs', 'YesNoJudge', 'RewardServerError', 'http_session',
+           'post_json', 'RemoteReward', 'WeightedSum', 'Clip', 'Standardize', 'BradleyTerryJudge', 'LMPairwiseJudge',
+           'score_cli']
 
 # %% ../nbs/06_rewards.ipynb #da5d6ce1
 TokenIds = Sequence[Sequence[int]]  # a batch of token-id lists, one per row, no padding
@@ -261,8 +262,8 @@ class MiniLMSimilarity(TextReward):
         super().__init__(None, tokenizer)
         self.reference, self.batch_size, self.max_length = reference, batch_size, max_length
         path = Path(path) if path is not None else minilm_path()
-        self.encoder_tokenizer = _quiet_from_pretrained(AutoTokenizer, path)
-        self.encoder = _quiet_from_pretrained(AutoModel, path).eval()
+        self.encoder_tokenizer = quiet_from_pretrained(AutoTokenizer, path)
+        self.encoder = quiet_from_pretrained(AutoModel, path).eval()
 
 # %% ../nbs/06_rewards.ipynb #d0475c57
 @patch
@@ -318,8 +319,8 @@ def _load(self: RewardModel, model, rm_tokenizer, device):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
     if isinstance(model, (str, Path)):
         if not (Path(model)/"config.json").is_file(): raise ValueError(f"`model` must be a model folder with a config.json, got {str(model)!r}")
-        rm_tokenizer = rm_tokenizer or _quiet_from_pretrained(AutoTokenizer, model)
-        model = _quiet_from_pretrained(AutoModelForSequenceClassification, model)
+        rm_tokenizer = rm_tokenizer or quiet_from_pretrained(AutoTokenizer, model)
+        model = quiet_from_pretrained(AutoModelForSequenceClassification, model)
     if rm_tokenizer is None: raise ValueError("`rm_tokenizer` is required when `model` is a loaded model")
     if rm_tokenizer.pad_token_id is None: rm_tokenizer.pad_token = rm_tokenizer.eos_token
     if model.config.pad_token_id is None: model.config.pad_token_id = rm_tokenizer.pad_token_id
@@ -411,8 +412,8 @@ class RewardServerError(RuntimeError):
 RETRY_STATUS = (429, 500, 502, 503, 504)  # answers worth another attempt
 MAX_RESPONSE_BYTES = 64 * 2**20  # the largest answer read (decoded), 64 MiB
 
-def _session(retries: int, backoff: float, pool: int = 10):
-    "A requests session with `pool` connections per host; `_post_json` retries, within its deadline."
+def http_session(retries: int, backoff: float, pool: int = 10):
+    "A requests session with `pool` connections per host; `post_json` retries, within its deadline."
     import requests
     from requests.adapters import HTTPAdapter
     s, a = requests.Session(), HTTPAdapter(max_retries=0, pool_connections=pool, pool_maxsize=pool)
@@ -475,8 +476,8 @@ def _attempt(session, url, payload, headers, deadline: float, max_bytes: int) ->
         raise _Fault(f"dropped the connection ({type(e).__name__})") from e
 
 # %% ../nbs/06_rewards.ipynb #5f14a4b8
-def _post_json(
-    session,  # a session from `_session`
+def post_json(
+    session,  # a session from `http_session`
     url: str,  # the endpoint
     payload: Any,  # sent as JSON
     what: str,  # who answers, for messages: "reward server", "inference server"
@@ -528,7 +529,7 @@ class RemoteReward(TextReward):
         super().__init__(None, tokenizer, chat)
         self.url, self.api, self.model, self.label, self.template = url, api, model, label, template
         self.timeout, self.retries, self.batch_size, self.headers = timeout, retries, batch_size, dict(headers or {})
-        self.session = _session(retries, backoff)
+        self.session = http_session(retries, backoff)
 
 # %% ../nbs/06_rewards.ipynb #36586502
 @patch
@@ -554,7 +555,7 @@ def _parse(self: RemoteReward, body) -> list:
 @patch
 def _post(self: RemoteReward, payload: dict) -> Any:
     "POST with retries; any failure becomes a `RewardServerError` naming the URL."
-    return _post_json(self.session, self.url, payload, "reward server", RewardServerError, self.timeout, self.retries, self.headers)
+    return post_json(self.session, self.url, payload, "reward server", RewardServerError, self.timeout, self.retries, self.headers)
 
 @patch
 def score_texts(self: RemoteReward, prompts, completions, prompt_ids=None, completion_ids=None, **kw):

@@ -17,8 +17,8 @@ from tqdm.auto import trange
 # %% auto #0
 __all__ = ['TOKEN_STREAM', 'keyed_hash', 'keyed_uniform', 'keyed_generator', 'StepContext', 'BadLogitsError',
            'check_logits_finite', 'token_uniform', 'sample_from_logits', 'choose_tokens', 'as_processors',
-           'apply_processors', 'encode_prompts', 'KeptLogits', 'GenerationResult', 'generate', 'sample_parser',
-           'check_sample_args', 'token_table', 'run_sample', 'sample_cli']
+           'apply_processors', 'is_chat', 'is_token_ids', 'encode_prompts', 'KeptLogits', 'GenerationResult',
+           'generate', 'sample_parser', 'check_sample_args', 'token_table', 'run_sample', 'sample_cli']
 
 # %% ../nbs/02_sampling.ipynb #82e8f284
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -181,8 +181,8 @@ def apply_processors(
     return scores
 
 # %% ../nbs/02_sampling.ipynb #4e497321
-def _is_chat(x) -> bool: return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, Mapping) for m in x)
-def _is_ids(x) -> bool: return isinstance(x, (list, tuple)) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
+def is_chat(x) -> bool: return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, Mapping) for m in x)
+def is_token_ids(x) -> bool: return isinstance(x, (list, tuple)) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
 
 def _need_tokenizer(tokenizer, what):
     if tokenizer is None: raise ValueError(f"`tokenizer` is needed to encode {what}; pass `tokenizer=` or token ids")
@@ -209,17 +209,17 @@ def encode_prompts(prompts, tokenizer=None) -> list[list[int]]:
         if prompts.dim() not in (1, 2) or prompts.is_floating_point(): raise TypeError(f"`prompts` as a tensor must be integer token ids of shape [seq] or [batch, seq], got {prompts.dtype} {tuple(prompts.shape)}")
         return (prompts[None] if prompts.dim() == 1 else prompts).tolist()
     if isinstance(prompts, Mapping) and "input_ids" in prompts: return _from_encoding(prompts)
-    if _is_chat(prompts): prompts = [prompts]
+    if is_chat(prompts): prompts = [prompts]
     if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
         raise TypeError(f"`prompts` must be text, a list of texts, chat messages, token ids or a tensor; got {type(prompts).__name__ if not isinstance(prompts, (list, tuple)) else 'an empty list'}")
-    if _is_ids(prompts): return [[int(i) for i in prompts]]
+    if is_token_ids(prompts): return [[int(i) for i in prompts]]
     return [_encode_one(p, tokenizer, i) for i, p in enumerate(prompts)]
 
 def _encode_one(p, tokenizer, i) -> list[int]:
     if isinstance(p, str): _need_tokenizer(tokenizer, "text prompts"); return tokenizer(p)["input_ids"]
-    if _is_chat(p): return _chat_ids(tokenizer, p)
+    if is_chat(p): return _chat_ids(tokenizer, p)
     if isinstance(p, Tensor) and p.dim() == 1 and not p.is_floating_point(): return p.tolist()
-    if _is_ids(p): return [int(t) for t in p]
+    if is_token_ids(p): return [int(t) for t in p]
     raise TypeError(f"prompt {i} must be text, a list of chat messages (dicts) or a list of token ids, got {type(p).__name__}")
 
 # %% ../nbs/02_sampling.ipynb #c9ba36a7
@@ -309,7 +309,7 @@ def _check_ids(rows: list[list[int]], vocab: int, what: str):
 # %% ../nbs/02_sampling.ipynb #79adb7d6
 def _check_prefixes(prefixes, rows, stop_ids, vocab) -> list[list[int]]:
     if prefixes is None: return [[] for _ in range(rows)]
-    if not isinstance(prefixes, (list, tuple)) or len(prefixes) != rows or not all(_is_ids(p) or isinstance(p, Tensor) for p in prefixes):
+    if not isinstance(prefixes, (list, tuple)) or len(prefixes) != rows or not all(is_token_ids(p) or isinstance(p, Tensor) for p in prefixes):
         raise ValueError(f"`prefixes` must be a list of {rows} token-id lists (one per row = len(prompts) * n)")
     prefixes = [_as_id_list(p) for p in prefixes]
     _check_ids(prefixes, vocab, "prefix")

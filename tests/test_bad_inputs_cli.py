@@ -19,8 +19,8 @@ def no_models(monkeypatch):
     "Every model / tokenizer loader the commands use raises `ModelLoaded`."
     def boom(*a, **k): raise ModelLoaded("a model was loaded before the arguments were checked")
     import soft_sampler.core as core, transformers
-    for name in ("load_model", "load_tokenizer", "tiny_model", "default_model_dir", "_quiet_from_pretrained"): monkeypatch.setattr(core, name, boom)
-    for mod, name in (("soft_sampler.curation", "load_model"), ("soft_sampler.curation", "tiny_model"), ("soft_sampler.rewards", "_quiet_from_pretrained")):
+    for name in ("load_model", "load_tokenizer", "tiny_model", "default_model_dir", "quiet_from_pretrained"): monkeypatch.setattr(core, name, boom)
+    for mod, name in (("soft_sampler.curation", "load_model"), ("soft_sampler.curation", "tiny_model"), ("soft_sampler.rewards", "quiet_from_pretrained")):
         monkeypatch.setattr(__import__(mod, fromlist=[name]), name, boom)
     for cls in (transformers.AutoModelForCausalLM, transformers.AutoTokenizer, transformers.AutoModel):
         monkeypatch.setattr(cls, "from_pretrained", boom)

@@ -118,8 +118,10 @@ def text_measures() -> dict:
     long, manual = 0, 0
     for py in LIB.glob("*.py"):
         if py.stem == "_modidx": continue
+        auto = False  # nbdev's generated `# %% auto` cell (`__all__`) is not hand-written: not counted
         for line in py.read_text(encoding="utf-8").splitlines():
-            long += len(line) > 120
+            if line.startswith("# %%"): auto = line.startswith("# %% auto")
+            long += len(line) > 120 and not auto
             manual += bool(re.match(r"\s*self\.\w+\s*,\s*self\.\w+.*=", line))
     return dict(lines_over_120=long, manual_self_tuple_assignments=manual)
 
