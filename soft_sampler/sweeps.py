@@ -14,7 +14,8 @@ from .sampling import generate
 from .heuristics import Pipeline
 from .rewards import NumericAnswer
 from .remote import load_arithmetic, ARITH_INSTRUCTION
-from .curation import self_bleu, write_atomic, load_prompts, default_prompt_sources
+from .curation import self_bleu, load_prompts, default_prompt_sources
+from .core import atomic_write
 
 # %% auto #0
 __all__ = ['SWEEP_TEMPERATURES', 'SWEEP_SAMPLERS', 'MATH_TEMPLATE', 'METRICS', 'sweep_pipeline', 'distinct_n',
@@ -112,7 +113,7 @@ def _settings(out_dir: Path, settings: dict) -> None:
     p = out_dir / "settings.json"
     if p.is_file() and (old := json.loads(p.read_text())) != settings:
         raise ValueError(f"{out_dir} holds a sweep with other settings {old}; use a new `out_dir` (asked: {settings})")
-    if not p.is_file(): write_atomic(p, json.dumps(settings))
+    if not p.is_file(): atomic_write(p, json.dumps(settings))
 
 # %% ../nbs/19_sweeps.ipynb #0a13d6b9
 def quality_diversity(
@@ -143,7 +144,7 @@ def quality_diversity(
         if not path.is_file() and not run_missing: continue
         if not path.is_file():
             recs = run_cell(model, tokenizer, samplers[n], temps, s, pbs, ops, samples, max_new_tokens, embed)
-            write_atomic(path, json.dumps([dict(sampler=n, seed=s, **r) for r in recs]))
+            atomic_write(path, json.dumps([dict(sampler=n, seed=s, **r) for r in recs]))
         out.update({(r["sampler"], r["temperature"], s): r for r in json.loads(path.read_text())})
     return out
 
@@ -257,7 +258,7 @@ def sweep_cli(argv: list[str]) -> int:
         return interrupted(p.prog, f"the finished cells are saved in {cells_dir}; run the same command to resume")
     summary = summarise(cells)
     settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
-    if ns.results: write_atomic(ns.results, json.dumps(dict(settings=settings, summary=summary, cells=list(cells.values()))))
+    if ns.results: atomic_write(ns.results, json.dumps(dict(settings=settings, summary=summary, cells=list(cells.values()))))
     for r in summary: print(f"{r['sampler']:12s} T={r['temperature']:<4g} acc={r['accuracy']:.2f} distinct2={r['distinct_2']:.2f} embdiv={r['embedding_diversity']:.3f}")
     return 0
 
