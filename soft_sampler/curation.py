@@ -169,6 +169,8 @@ def _merge(default: dict, given: dict, where: str) -> dict:
         else: out[k] = v
     return out
 
+
+
 # %% ../nbs/16_curation.ipynb #ffd78949
 def _int_list(cfg, key):
     v = cfg[key]
@@ -243,6 +245,8 @@ PROMPT_FILES = ("prompts.jsonl", "arithmetic.jsonl")
 def default_prompt_sources() -> list[Path]:
     "The prompt files shipped with the library that exist in this install."
     return [DATA_DIR/f for f in PROMPT_FILES if (DATA_DIR/f).is_file()]
+
+
 
 # %% ../nbs/16_curation.ipynb #9fea31d9
 def _words(t: str) -> list[str]: return re.findall(r"[\w']+", t.lower())
@@ -319,11 +323,14 @@ def row_id(prompt_id: str) -> int:
     "A stable non-negative row id for a prompt id (CRC-32), keying the sampling randomness."
     return zlib.crc32(prompt_id.encode())
 
+# %% ../nbs/16_curation.ipynb #fb87b7d8
 def chat_ids(tokenizer, text: str) -> list[int]:
     "Token ids of `text` as a user turn (chat template, generation prompt added), or plain if there is no template."
     if getattr(tokenizer, "chat_template", None) is None: return tokenizer(text)["input_ids"]
     t = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     return tokenizer(t, add_special_tokens=False)["input_ids"]
+
+
 
 # %% ../nbs/16_curation.ipynb #9b79c3ec
 class LocalEngine:
@@ -350,6 +357,8 @@ def _record(p, name, pipe, seed, ids, tokenizer) -> dict:
     spec = pipe.to_spec() if isinstance(pipe, Pipeline) else None  # None: not a pipeline (e.g. a sampler network)
     return {"prompt_id": p["id"], "pipeline": name, "spec": spec, "seed": seed,
             "token_ids": list(map(int, ids)), "text": tokenizer.decode(ids, skip_special_tokens=True)}
+
+
 
 # %% ../nbs/16_curation.ipynb #1b6b15a4
 def make_candidates(prompts: list[dict],  # prompt records (stage 1)
@@ -455,6 +464,8 @@ def swiss_pairs(points: Sequence[float], played: set) -> list[tuple[int, int]]:
         if j is None: continue  # a has played everyone left: it sits out
         pairs.append((a, order.pop(j)))
     return pairs
+
+
 
 # %% ../nbs/16_curation.ipynb #5bb5a804
 def swiss_tournament(n: int,  # players
@@ -604,6 +615,7 @@ def zscores(x: Sequence[float]) -> np.ndarray:
     if ok.sum() < 2 or x[ok].std() == 0: return np.zeros_like(x)
     return np.where(ok, (x - x[ok].mean()) / x[ok].std(), 0.0)
 
+# %% ../nbs/16_curation.ipynb #5192b21e
 def score_labels(labels: list[dict], weights: dict | None = None, top_k: int = 4) -> list[dict]:
     "Stage 5: every label record with per-prompt z-scores, `score`, `rank` (0 = best) and `kept` (rank < top_k)."
     weights = {**{k: 0.0 for k in DEFAULT_WEIGHTS}, **(DEFAULT_WEIGHTS if weights is None else weights)}
@@ -649,6 +661,8 @@ def split_prompts(prompts: list[dict], holdout: float | int = 0.25) -> tuple[lis
     k = holdout if holdout >= 1 else max(1, round(holdout * len(order))) if holdout > 0 else 0
     if len(order) < 2 or k >= len(order): raise ValueError(f"`holdout`={holdout} leaves no training prompts out of {len(order)}")
     return order[:len(order) - int(k)], order[len(order) - int(k):]
+
+
 
 # %% ../nbs/16_curation.ipynb #2168cf5f
 def training_rows(model, tokenizer, prompts: dict[str, dict], kept: list[dict], candidates: dict, batch_size: int = 4):
