@@ -54,11 +54,10 @@ def _check_finite_rows(x: Tensor, name: str, need_finite: bool) -> None:
     "Raise if `x` has NaN/+inf, or a row with no finite entry (when `need_finite`)."
     if torch.isnan(x).any() or torch.isposinf(x).any():
         raise ValueError(f"`{name}` must not contain NaN or +inf (removed tokens are -inf)")
-    if need_finite:
-        empty = ~torch.isfinite(x).any(-1)
-        if empty.any():
-            raise ValueError(f"every row of `{name}` needs at least one finite logit; "
-                             f"rows {empty.nonzero().flatten().tolist()} are all -inf")
+    empty = ~torch.isfinite(x).any(-1) if need_finite else None
+    if need_finite and empty.any():
+        raise ValueError(f"every row of `{name}` needs at least one finite logit; "
+                         f"rows {empty.nonzero().flatten().tolist()} are all -inf")
 
 # %% ../nbs/07_loss.ipynb #c42ba828
 def _check_pair(pred: Tensor, target: Tensor) -> None:
