@@ -671,7 +671,8 @@ class RemoteReward(TextReward):
         _check_client_numbers(timeout=timeout, retries=retries, backoff=backoff, batch_size=batch_size)
         super().__init__(None, tokenizer, chat)
         store_attr("url,api,model,label,template,timeout,retries,batch_size")
-        self.headers, self.session = dict(headers or {}), http_session(retries, backoff)
+        self.headers = dict(headers or {})
+        self.session = http_session(retries, backoff)
 
 # %% ../nbs/06_rewards.ipynb #194eebcc
 @patch
@@ -818,7 +819,8 @@ class LMPairwiseJudge:
                  chat: bool = True):  # reduce chat-templated prompts to the last user message
         store_attr("model,judge_tokenizer,rubric,batch_size,chat")
         self.tokenizer = tokenizer or judge_tokenizer
-        self.a_ids, self.b_ids = _single_tokens(judge_tokenizer, a, "a"), _single_tokens(judge_tokenizer, b, "b")
+        self.a_ids = _single_tokens(judge_tokenizer, a, "a")
+        self.b_ids = _single_tokens(judge_tokenizer, b, "b")
         if set(self.a_ids) & set(self.b_ids): raise ValueError("`a` and `b` must not share tokens")
 
 # %% ../nbs/06_rewards.ipynb #a4d3d8cf
