@@ -132,6 +132,8 @@ def open_log(self: VLLMServer):
 @patch
 def env(self: VLLMServer) -> dict: return self.environment(self.run)  # offline, caches inside the run folder
 
+
+
 # %% ../nbs/17_engines.ipynb #0ce082df
 @patch
 def cleanup(self: VLLMServer) -> None:
@@ -262,6 +264,8 @@ def _update_state(self: VLLMLogitsProcessor, batch_update) -> None:
 
 VLLMLogitsProcessor.update_state = _update_state  # (assigned, not @patch-ed: vLLM's base declares it abstract)
 
+
+
 # %% ../nbs/17_engines.ipynb #89bb0d69
 def _apply(self: VLLMLogitsProcessor, logits: Float[Tensor, "reqs vocab"]) -> Float[Tensor, "reqs vocab"]:
     "Each network once on all its rows, then each row's pipeline; rows without our arguments are left as they are."
@@ -299,6 +303,8 @@ def _sglang_state(params: dict) -> RowState | None:
         if st is not None and req is not None: req._soft_sampler_state = st
     if st is not None and req is not None: st.prompt_ids, st.output_ids = list(req.origin_input_ids), req.output_ids
     return st
+
+
 
 # %% ../nbs/17_engines.ipynb #af60668d
 class SGLangLogitsProcessor(_SGLangBase):

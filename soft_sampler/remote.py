@@ -45,6 +45,8 @@ class RemoteServerError(RuntimeError):
 
 from .rewards import http_session, post_json, MAX_RESPONSE_BYTES  # the retrying HTTP session reward servers use too
 
+
+
 # %% ../nbs/11_remote.ipynb #d7f1c2ed
 class RemoteEngine:
     "Generation backend for an OpenAI-compatible `/v1/completions` server, with token-id prompts and log-probs."
@@ -77,12 +79,16 @@ class RemoteEngine:
         self.session = http_session(retries, backoff, concurrency)
     def __repr__(self): return f"RemoteEngine({self.url!r}, engine={self.engine!r}, concurrency={self.concurrency})"
 
+
+
 # %% ../nbs/11_remote.ipynb #efb893cf
 @patch
 def _post(self: RemoteEngine, payload: dict) -> dict:
     "POST `payload` to the completions endpoint with retries; any failure is a `RemoteServerError` naming the URL."
     return post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries,
                       backoff=self.backoff, max_bytes=self.max_response_bytes)
+
+
 
 # %% ../nbs/11_remote.ipynb #cd8eb832
 @dataclass
@@ -142,6 +148,8 @@ def _request(self: RemoteEngine, seqs, budgets, seed, params) -> list[Completion
     except ValueError as e: raise RemoteServerError(f"inference server {self.endpoint} answered a malformed completion: {e}") from e
     return [Completion(c.token_ids[:b], c.logprobs[:b], c.finish_reason) for c, b in zip(out, budgets)]
 
+
+
 # %% ../nbs/11_remote.ipynb #f19f6639
 @patch
 def complete(self: RemoteEngine,
@@ -159,6 +167,8 @@ def complete(self: RemoteEngine,
         futs = [pool.submit(self._request, [seqs[i] for i in g], [max_tokens[i] for i in g], seed_of(g), params) for g in groups]
         return [c for f in futs for c in f.result()]
 
+
+
 # %% ../nbs/11_remote.ipynb #a860073b
 REQUEST_STREAM = 103  # keyed_hash stream of request seeds
 
@@ -174,6 +184,8 @@ def sample_suffixes(self: RemoteEngine,
                     ) -> list[list[int]]:
     "Sample a suffix for each row from the server, until a stop token or `max_new_tokens` in total (QAlign's hook)."
     return [c.token_ids for c in self._suffix_completions(prompt_ids, prefixes, max_new_tokens, stop_token_ids, row_ids, seed, attempt, pipeline)]
+
+
 
 # %% ../nbs/11_remote.ipynb #8304b232
 def _cut(c: Completion, budget: int, stops: set) -> tuple[Completion, bool]:
@@ -201,6 +213,8 @@ def _suffix_completions(self: RemoteEngine, prompt_ids, prefixes, max_new_tokens
         todo, i = nxt, i + 1
     return got
 
+
+
 # %% ../nbs/11_remote.ipynb #9e03f881
 @patch
 def generate(self: RemoteEngine,
@@ -223,6 +237,8 @@ def generate(self: RemoteEngine,
     return GenerationResult([ids[r // n] for r in rows], toks, [torch.tensor(c.logprobs, dtype=torch.float64) for c in outs],
                             [torch.full((len(t),), math.nan) for t in toks],
                             ["eos" if t and t[-1] in stops else "length" for t in toks], seed, rows, [0] * len(rows), stops[0], texts)
+
+
 
 # %% ../nbs/11_remote.ipynb #1da17ede
 class _LoopbackServer(ThreadingHTTPServer):
@@ -287,6 +303,8 @@ def llama_server_path(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     "Where the `llama-server` built from llama-cpp-python `version` is cached."
     return cache_dir()/"llama-server"/version/"llama-server"
 
+
+
 # %% ../nbs/11_remote.ipynb #0a6731ce
 def _run(cmd: list, log) -> None:
     "Run one build command with its output appended to `log`; a failure names the command and the log."
@@ -309,6 +327,8 @@ def build_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int = 2, f
         with atomic_path(dest) as part: shutil.copy2(tmp/"build"/"bin"/"llama-server", part)  # never half a binary
         dest.chmod(0o755)
     return dest
+
+
 
 # %% ../nbs/11_remote.ipynb #213772e8
 def free_port() -> int:
@@ -457,6 +477,8 @@ register_cli_extension(ServerFlags())  # `qalign_cli` (re-exported here: the com
 from .qalign import load_arithmetic, ARITH_INSTRUCTION  # the shipped problems live with QAlign (re-exported here)
 _all_ = ["load_arithmetic", "ARITH_INSTRUCTION", "qalign_cli"]
 
+
+
 # %% ../nbs/11_remote.ipynb #cce661ee
 def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 18, chains: int = 4, steps: int = 8, max_new_tokens: int = 24, beta: float = 0.5, seed: int = 0) -> dict:
     "QAlign chains and, with the same token budget, independent samples on the first `problems` problems; raw records to `out`."
@@ -485,6 +507,8 @@ def _step_tokens(res) -> list[int]:
     init = sum(len(ch[0]) for ch in res.states)
     return [init] + [sum(len(ch_p[t]) - c[t] for ch_p, c in zip(res.proposals, res.cuts)) for t in range(res.steps)]
 
+
+
 # %% ../nbs/11_remote.ipynb #f646a39a
 SENTIMENT_PROMPTS = ["Write a short review of the restaurant you visited yesterday.",
                      "Describe your commute to work this morning in two sentences."]
@@ -508,6 +532,8 @@ def sentiment_demo(engine, model, tokenizer, out: Path, prompts: Sequence[str] =
     obj = dict(settings=dict(chains=chains, steps=steps, max_new_tokens=max_new_tokens, beta=beta, seed=seed, engine=repr(engine)), records=recs)
     atomic_write_json(out, obj)
     return obj
+
+
 
 # %% ../nbs/11_remote.ipynb #8b3bad50
 def arithmetic_curves(obj: dict) -> dict[str, tuple[list[float], list[float]]]:
