@@ -37,7 +37,7 @@ COMMANDS: dict[str, Command] = {
         "Score responses with a reward: vader, minilm, number, format, length, judge, remote.",
         demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response",
               "I loved it!"]),
-    "qalign": Command("soft_sampler.qalign:qalign_cli",
+    "qalign": Command("soft_sampler.remote:qalign_cli",
         "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
         demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16",
               "--no-progress"]),
