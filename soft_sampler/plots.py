@@ -152,9 +152,16 @@ class Recording:
     tokenizer: object = None  # for token strings and text
     pipeline: object = None  # the sampler the tokens were drawn with (informative)
 
-    def __len__(self): return len(self.token_ids)
-    def __repr__(self):
-        return f"Recording({len(self.prompt_ids)} prompt tokens, {len(self)} steps, vocab {self.raw_logits.shape[-1]})"
+# %% ../nbs/14_plots.ipynb #43ea6342
+@patch
+def __len__(self: Recording) -> int:
+    "Response steps."
+    return len(self.token_ids)
+
+# %% ../nbs/14_plots.ipynb #780fd509
+@patch
+def __repr__(self: Recording) -> str:
+    return f"Recording({len(self.prompt_ids)} prompt tokens, {len(self)} steps, vocab {self.raw_logits.shape[-1]})"
 
 # %% ../nbs/14_plots.ipynb #9beed1c4
 @patch
@@ -228,14 +235,16 @@ class StepView:
     metrics: dict[str, dict[str, float]]  # 'raw' and each sampler -> distribution_metrics
     target: str | None = None  # the sampler the kl / removed_mass / jaccard columns compare with
 
-    def __repr__(self):
-        return f"StepView(t={self.position}, {len(self.token_ids)} tokens, {self.names}, target={self.target})"
-
 # %% ../nbs/14_plots.ipynb #00ef85f3
 @patch(as_prop=True)
 def names(self: StepView) -> list[str]:
     "'raw' and the samplers' names, in display order."
     return list(self.probs)
+
+# %% ../nbs/14_plots.ipynb #7837fb54
+@patch
+def __repr__(self: StepView) -> str:
+    return f"StepView(t={self.position}, {len(self.token_ids)} tokens, {self.names}, target={self.target})"
 
 # %% ../nbs/14_plots.ipynb #08972224
 def _check_outputs(outputs: dict, target: str | None):
@@ -654,9 +663,8 @@ def write_html(
     title: str = "soft_sampler",  # the page title
 ) -> Path:
     "Write a full HTML page atomically."
-    page = (f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title></head>"
-            f"<body style='font-family:sans-serif'>{body}</body></html>")
-    return atomic_write(path, page)
+    return atomic_write(path, f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+                              f"</head><body style='font-family:sans-serif'>{body}</body></html>")
 
 # %% ../nbs/14_plots.ipynb #4719bdfc
 CONTROLS = {  # step -> (parameter, widget class, kwargs)
@@ -666,8 +674,7 @@ CONTROLS = {  # step -> (parameter, widget class, kwargs)
     "min_p": ("p", "FloatSlider", dict(value=0.05, min=0.0, max=0.5, step=0.01)),
     "typical": ("p", "FloatSlider", dict(value=0.95, min=0.05, max=0.99, step=0.01)),
     "top_n_sigma": ("n", "FloatSlider", dict(value=1.0, min=0.1, max=5.0, step=0.1)),
-    "epsilon": ("eps", "FloatLogSlider", dict(value=3e-4, base=10, min=-6, max=-1)),
-}
+    "epsilon": ("eps", "FloatLogSlider", dict(value=3e-4, base=10, min=-6, max=-1))}
 
 # %% ../nbs/14_plots.ipynb #395d72ac
 def _slider(name: str, spec: list[dict]):
@@ -686,7 +693,7 @@ class PipelineControls:
                  pipeline=None):  # the starting pipeline; steps without a control stay fixed after the others
         import ipywidgets as W
         spec = as_pipeline(pipeline).to_spec()
-        self.label, self.fixed = label, [s for s in spec if s["name"] not in CONTROLS]
+        store_attr("label"); self.fixed = [s for s in spec if s["name"] not in CONTROLS]
         self.sliders = {name: _slider(name, spec) for name in CONTROLS}
         self.order = W.TagsInput(value=[s["name"] for s in spec if s["name"] in CONTROLS], allowed_tags=list(CONTROLS),
                                  allow_duplicates=False)
@@ -767,14 +774,18 @@ def view(self: TokenInspector, t: int | None = None) -> StepView:
     return step_view(self.rec, self.position.value if t is None else t, self.samplers(), self.top, target="A")
 
 # %% ../nbs/14_plots.ipynb #4fdd1761
+def _token_span(s: str, i: int, t: int) -> str:
+    "Token `s` at response position `i` as HTML, seen from position `t`."
+    if i == t: return f"<span class='ss-cur' style='background:#ffd54f;font-weight:bold'>{html.escape(s)}</span>"
+    return f"<span style='opacity:{1 if i < t else 0.35}'>{html.escape(s)}</span>"
+
+# %% ../nbs/14_plots.ipynb #d2a98101
 @patch
 def prefix_html(self: TokenInspector, t: int) -> str:
     "The prompt's tail, the response so far, the current token highlighted and the rest faded."
     text = self.rec.tokenizer.decode(self.rec.prompt_ids) if self.rec.tokenizer else ""
     tail = html.escape(("…" + text[-160:]) if len(text) > 160 else text)  # the prompt's last 160 characters
-    span = lambda i, s: (f"<span class='ss-cur' style='background:#ffd54f;font-weight:bold'>{html.escape(s)}</span>"
-                         if i == t else f"<span style='opacity:{1 if i < t else 0.35}'>{html.escape(s)}</span>")
-    body = "".join(span(i, s) for i, s in enumerate(self._tokens))
+    body = "".join(_token_span(s, i, t) for i, s in enumerate(self._tokens))
     return f"<div style='font:13px monospace;white-space:pre-wrap'><span style='color:#888'>{tail}</span>{body}</div>"
 
 # %% ../nbs/14_plots.ipynb #0fbe9a7c
@@ -903,11 +914,6 @@ class Analysis:
     pipeline: Pipeline  # the target
     target_name: str  # its name
     views: list[StepView]  # one per generated token: raw, target, predicted
-    def __len__(self): return len(self.views)
-    def __repr__(self):
-        s = self.summary()
-        return (f"Analysis({len(self)} tokens, target {self.target_name}: mean KL {s['mean kl']:.4f}, "
-                f"mean removed mass {s['mean removed_mass']:.4f})")
 
 # %% ../nbs/14_plots.ipynb #8d7f2b0b
 def analyze(
@@ -933,6 +939,12 @@ def analyze(
     views = [step_view(rec, t, {"target": pipe, "predicted": sampler}, top, target="target") for t in range(len(rec))]
     return Analysis(rec, pipe, pipeline_name(pipe), views)
 
+# %% ../nbs/14_plots.ipynb #c06abac3
+@patch
+def __len__(self: Analysis) -> int:
+    "Generated tokens analysed."
+    return len(self.views)
+
 # %% ../nbs/14_plots.ipynb #dbd7c11d
 @patch
 def table(self: Analysis) -> list[dict]:
@@ -953,11 +965,19 @@ ANALYSIS_KEYS = ("kl", "removed_mass", "jaccard", "kept target", "kept predicted
 ANALYSIS_NOTE = ("kept predicted / jaccard: tokens with p >= 1e-4, as in the fidelity table; "
                  "(finite): tokens with a finite logit, which a network almost never removes")
 
+# %% ../nbs/14_plots.ipynb #b3a8150c
 @patch
 def summary(self: Analysis) -> dict[str, float]:
     "Means over tokens of the table's numeric columns (see `ANALYSIS_NOTE` for the two kept-set definitions)."
     rows = self.table()
     return {f"mean {k}": float(np.mean([r[k] for r in rows])) for k in ANALYSIS_KEYS}
+
+# %% ../nbs/14_plots.ipynb #35ea026b
+@patch
+def __repr__(self: Analysis) -> str:
+    s = self.summary()
+    return (f"Analysis({len(self)} tokens, target {self.target_name}: mean KL {s['mean kl']:.4f}, "
+            f"mean removed mass {s['mean removed_mass']:.4f})")
 
 # %% ../nbs/14_plots.ipynb #6e96497b
 @patch
@@ -982,12 +1002,8 @@ def trace_figure(self: Analysis,
 
 # %% ../nbs/14_plots.ipynb #63c2f97d
 @patch
-def figure(self: Analysis,
-           t: int,  # the generated token
-           log: bool = True,  # log-scale probabilities
-           backend: str = "plotly",  # "plotly" or "matplotlib"
-):
-    "Raw, target and predicted bars at token `t`."
+def figure(self: Analysis, t: int, log: bool = True, backend: str = "plotly"):
+    "Raw, target and predicted bars at generated token `t` (log scale by default; plotly or matplotlib)."
     v = self.views[t]
     return plot_step(v, log, backend, title=f"token {t}: {v.tokens[v.token_ids.index(v.chosen)]!r}")
 

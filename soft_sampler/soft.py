@@ -212,7 +212,7 @@ def _feed(E, weights, sampled, soft_rows, finished, pad_id, seed, row_ids, t, no
 class _Record:
     "Per-row bookkeeping on the model's device: trace, entropy, top tokens, soft flags, finished and cold-stop state."
     def __init__(self, rows: int, k: int, device):
-        self.k, self.steps, self.device = k, [], device
+        store_attr("k,device"); self.steps = []
         self.finished = torch.zeros(rows, dtype=torch.bool, device=device)
         self.cold = torch.zeros(rows, dtype=torch.bool, device=device)
         self.run = torch.zeros(rows, dtype=torch.long, device=device)

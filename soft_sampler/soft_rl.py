@@ -462,13 +462,18 @@ def _state(self: SoftRLTrainer) -> dict:
 
 # %% ../nbs/13_soft_rl.ipynb #81c41da7
 @patch
+def _meta(self: SoftRLTrainer) -> dict:
+    "What `trainer.json` keeps: the step, the history and the config."
+    return dict(step=self.step_count, history=self.history, config=asdict(self.config))
+
+# %% ../nbs/13_soft_rl.ipynb #c5215f34
+@patch
 def save_checkpoint(self: SoftRLTrainer, path: str | Path) -> Path:
     "Write the trainable parameters (safetensors), optimiser + RNG state and trainer state to `path`, atomically."
     with atomic_dir(path) as tmp:
         save_file({n: p.detach().cpu().contiguous() for n, p in self.params.items()}, tmp/"trainable.safetensors")
         torch.save(self._state(), tmp/"state.pt")
-        meta = dict(step=self.step_count, history=self.history, config=asdict(self.config))
-        (tmp/"trainer.json").write_text(json.dumps(meta, indent=1))
+        (tmp/"trainer.json").write_text(json.dumps(self._meta(), indent=1))
     return Path(path)
 
 # %% ../nbs/13_soft_rl.ipynb #17cd86fa
@@ -498,13 +503,19 @@ def _read_checkpoint(self: SoftRLTrainer, path: Path) -> tuple[dict, dict, dict]
 
 # %% ../nbs/13_soft_rl.ipynb #cd5545a8
 @patch
-def load_checkpoint(self: SoftRLTrainer, path: str | Path) -> SoftRLTrainer:
-    "Restore a checkpoint written by `save_checkpoint` (same config and trainable parameters required)."
-    meta, tensors, state = self._read_checkpoint(Path(path))  # a refused file leaves the trainer as it was
+def _restore(self: SoftRLTrainer, tensors: dict, state: dict):
+    "Copy checkpointed parameters in; restore the optimiser and both random generators."
     with torch.no_grad():
         for n, p in self.params.items(): p.copy_(tensors[n])
     self.optimizer.load_state_dict(state["optimizer"])
     torch.set_rng_state(state["torch_rng"]); random.setstate(state["py_rng"])
+
+# %% ../nbs/13_soft_rl.ipynb #58e850d5
+@patch
+def load_checkpoint(self: SoftRLTrainer, path: str | Path) -> SoftRLTrainer:
+    "Restore a checkpoint written by `save_checkpoint` (same config and trainable parameters required)."
+    meta, tensors, state = self._read_checkpoint(Path(path))  # a refused file leaves the trainer as it was
+    self._restore(tensors, state)
     self.step_count, self.history = meta["step"], meta["history"]
     return self
 
