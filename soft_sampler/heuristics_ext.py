@@ -572,7 +572,7 @@ def _two_arg_call(f):
 class HistoryProcessor:
     "Base of the history-aware processors: `proc(input_ids, scores, ctx=None)` finds where prompts end."
     def __init__(self, pad_token_id: int | None = None):  # left padding, never history
-        self.pad_token_id, self.__signature__ = pad_token_id, _LOOP_SIGNATURE  # the loop sees `ctx`
+        store_attr("pad_token_id"); self.__signature__ = _LOOP_SIGNATURE  # the loop sees `ctx`
         self.reset()
 
     def reset(self):
