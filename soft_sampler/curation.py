@@ -4,7 +4,7 @@
 
 # %% ../nbs/16_curation.ipynb #14660ebe
 from __future__ import annotations
-import argparse, contextlib, fcntl, json, math, os, re, sys, tempfile, time, zlib
+import argparse, contextlib, fcntl, json, math, os, re, sys, time, zlib
 from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
@@ -13,8 +13,9 @@ import torch, yaml
 from torch import Tensor
 from jaxtyping import Float
 from tqdm.auto import tqdm
+from fastcore.basics import patch, store_attr
 from .heuristics import Pipeline, SpecError, expand, pipeline_name
-from .core import load_model, tiny_model
+from .core import atomic_write, load_model, tiny_model
 from .sampling import generate, StepContext
 from .networks import SamplingNetwork, SamplingNetworkConfig
 from .rewards import NumericAnswer, LMPairwiseJudge, YesNoJudge, BradleyTerryJudge, MiniLMSimilarity, score
@@ -34,7 +35,10 @@ __all__ = ['DEFAULT_GRID', 'DEFAULT_WEIGHTS', 'DEFAULT_CONFIG', 'DATA_DIR', 'PRO
 class JsonlError(ValueError):
     "A malformed JSONL file: the message names the file and the line numbers."
 
-def repair_tail(path: str | Path) -> int:
+# %% ../nbs/16_curation.ipynb #7d245220
+def repair_tail(
+    path: str | Path,  # a JSONL file (a missing one is left alone)
+) -> int:
     "Make `path` end with a complete line: cut a partial last line (returns the bytes cut) or add a missing newline."
     p = Path(path)
     if not p.exists(): return 0
@@ -50,7 +54,9 @@ def repair_tail(path: str | Path) -> int:
     return cut
 
 # %% ../nbs/16_curation.ipynb #02ebcf5e
-def scan_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
+def scan_jsonl(
+    path: str | Path,  # a JSONL file
+) -> tuple[list[tuple[int, dict]], list[tuple[int, str]]]:
     "`(records, problems)`: each record with its 1-based line number, and each malformed line's number and reason."
     recs, problems = [], []
     if Path(path).is_dir(): raise IsADirectoryError(f"{path} is a directory, not a JSONL file")
@@ -65,7 +71,10 @@ def scan_jsonl(path: str | Path) -> tuple[list[tuple[int, dict]], list[tuple[int
             else: problems.append((i, f"expected a JSON object, got {type(r).__name__}"))
     return recs, problems
 
-def read_jsonl(path: str | Path) -> list[dict]:
+# %% ../nbs/16_curation.ipynb #3562b669
+def read_jsonl(
+    path: str | Path,  # a JSONL file
+) -> list[dict]:
     "All records of a JSONL file; `JsonlError` listing the malformed lines if there are any."
     if not Path(path).is_file(): raise FileNotFoundError(f"no such JSONL file: {path}")
     recs, problems = scan_jsonl(path)
@@ -76,12 +85,16 @@ def read_jsonl(path: str | Path) -> list[dict]:
 
 # %% ../nbs/16_curation.ipynb #c71aca4c
 def _finite(x):
+    "`x` with every non-finite float (at any depth) replaced by None."
     if isinstance(x, float) and not math.isfinite(x): return None
     if isinstance(x, dict): return {k: _finite(v) for k, v in x.items()}
     if isinstance(x, (list, tuple)): return [_finite(v) for v in x]
     return x
 
-def to_json(record: dict) -> str:
+# %% ../nbs/16_curation.ipynb #f35a8e91
+def to_json(
+    record: dict,  # a JSON-able record (NaN/inf allowed)
+) -> str:
     "One strict-JSON line (non-finite floats become null)."
     return json.dumps(_finite(record), ensure_ascii=False, allow_nan=False)
 
@@ -90,38 +103,38 @@ class JsonlAppender:
     "Append records to a JSONL file, skipping keys already present; each `write` is flushed and fsynced."
     def __init__(self, path: str | Path,  # the JSONL file (created if missing)
                  key: Callable[[dict], Any]):  # a record's identity, e.g. `lambda r: r['id']`
-        self.path, self.key = Path(path), key
+        store_attr("key"); self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         repair_tail(self.path)
         self.done = {key(r) for r in read_jsonl(self.path)} if self.path.exists() else set()
         self.f = open(self.path, "a", encoding="utf-8")
 
-    def write(self, records: Iterable[dict]) -> int:
-        "Append the records whose key is new; returns how many were written."
-        new = []
-        for r in records:
-            k = self.key(r)
-            if k not in self.done: self.done.add(k); new.append(r)
-        if new:
-            self.f.write("".join(to_json(r) + "\n" for r in new))
-            self.f.flush(); os.fsync(self.f.fileno())
-        return len(new)
-
     def close(self): self.f.close()
     def __enter__(self): return self
     def __exit__(self, *exc): self.close()
 
-# %% ../nbs/16_curation.ipynb #2eccc7aa
-def write_atomic(path: str | Path, text: str) -> Path:
-    "Write `text` to `path` through a temporary file and `os.replace` (readers never see half a file)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f: f.write(text); f.flush(); os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp): os.remove(tmp)
-    return path
+# %% ../nbs/16_curation.ipynb #fae7486b
+@patch
+def write(self: JsonlAppender,
+          records: Iterable[dict],  # records to append (those with a key already present are skipped)
+         ) -> int:
+    "Append the records whose key is new, flushed and fsynced; returns how many were written."
+    new = []
+    for r in records:
+        k = self.key(r)
+        if k not in self.done: self.done.add(k); new.append(r)
+    if new:
+        self.f.write("".join(to_json(r) + "\n" for r in new))
+        self.f.flush(); os.fsync(self.f.fileno())
+    return len(new)
+
+# %% ../nbs/16_curation.ipynb #6edc3682
+def write_atomic(
+    path: str | Path,  # the file to (re)place (parent folders are created)
+    text: str,  # its whole content (UTF-8)
+) -> Path:
+    "Write `text` to `path` atomically: `soft_sampler.core.atomic_write` (readers never see half a file)."
+    return atomic_write(path, text)
 
 # %% ../nbs/16_curation.ipynb #4db877b7
 DEFAULT_GRID = [
@@ -155,6 +168,8 @@ def _merge(default: dict, given: dict, where: str) -> dict:
             out[k] = _merge(default[k], v, f"{where}{k}.")
         else: out[k] = v
     return out
+
+
 
 # %% ../nbs/16_curation.ipynb #ffd78949
 def _int_list(cfg, key):
@@ -231,6 +246,8 @@ def default_prompt_sources() -> list[Path]:
     "The prompt files shipped with the library that exist in this install."
     return [DATA_DIR/f for f in PROMPT_FILES if (DATA_DIR/f).is_file()]
 
+
+
 # %% ../nbs/16_curation.ipynb #9fea31d9
 def _words(t: str) -> list[str]: return re.findall(r"[\w']+", t.lower())
 
@@ -306,11 +323,14 @@ def row_id(prompt_id: str) -> int:
     "A stable non-negative row id for a prompt id (CRC-32), keying the sampling randomness."
     return zlib.crc32(prompt_id.encode())
 
+# %% ../nbs/16_curation.ipynb #fb87b7d8
 def chat_ids(tokenizer, text: str) -> list[int]:
     "Token ids of `text` as a user turn (chat template, generation prompt added), or plain if there is no template."
     if getattr(tokenizer, "chat_template", None) is None: return tokenizer(text)["input_ids"]
     t = tokenizer.apply_chat_template([{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True)
     return tokenizer(t, add_special_tokens=False)["input_ids"]
+
+
 
 # %% ../nbs/16_curation.ipynb #9b79c3ec
 class LocalEngine:
@@ -337,6 +357,8 @@ def _record(p, name, pipe, seed, ids, tokenizer) -> dict:
     spec = pipe.to_spec() if isinstance(pipe, Pipeline) else None  # None: not a pipeline (e.g. a sampler network)
     return {"prompt_id": p["id"], "pipeline": name, "spec": spec, "seed": seed,
             "token_ids": list(map(int, ids)), "text": tokenizer.decode(ids, skip_special_tokens=True)}
+
+
 
 # %% ../nbs/16_curation.ipynb #1b6b15a4
 def make_candidates(prompts: list[dict],  # prompt records (stage 1)
@@ -417,17 +439,19 @@ def verify_candidates(path: str | Path,  # the candidates JSONL
 # %% ../nbs/16_curation.ipynb #95283aad
 REJECTED = "candidates.rejected.jsonl"
 
-def repair_candidates(path: str | Path, tokenizer) -> int:
-    "Move the lines `verify_candidates` rejects (malformed, mistyped, duplicated) to `REJECTED` beside `path`; how many moved."
+def repair_candidates(
+    path: str | Path,  # the candidates JSONL
+    tokenizer,  # the tokenizer the candidates were generated with
+) -> int:
+    "Move the lines `verify_candidates` rejects (malformed, mistyped, duplicate) to `REJECTED` beside it; how many."
     path = Path(path)
     bad = {line for line, _ in verify_candidates(path, tokenizer)["problems"]}
     if not bad: return 0
     lines = path.read_bytes().splitlines(keepends=True)
     keep, drop = [l for i, l in enumerate(lines, 1) if i not in bad], [l for i, l in enumerate(lines, 1) if i in bad]
-    with open(path.with_name(REJECTED), "ab") as f: f.write(b"".join(l if l.endswith(b"\n") else l + b"\n" for l in drop)); f.flush(); os.fsync(f.fileno())
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "wb") as f: f.write(b"".join(keep)); f.flush(); os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with open(path.with_name(REJECTED), "ab") as f:
+        f.write(b"".join(l if l.endswith(b"\n") else l + b"\n" for l in drop)); f.flush(); os.fsync(f.fileno())
+    atomic_write(path, b"".join(keep))
     return len(drop)
 
 # %% ../nbs/16_curation.ipynb #af560736
@@ -440,6 +464,8 @@ def swiss_pairs(points: Sequence[float], played: set) -> list[tuple[int, int]]:
         if j is None: continue  # a has played everyone left: it sits out
         pairs.append((a, order.pop(j)))
     return pairs
+
+
 
 # %% ../nbs/16_curation.ipynb #5bb5a804
 def swiss_tournament(n: int,  # players
@@ -589,6 +615,7 @@ def zscores(x: Sequence[float]) -> np.ndarray:
     if ok.sum() < 2 or x[ok].std() == 0: return np.zeros_like(x)
     return np.where(ok, (x - x[ok].mean()) / x[ok].std(), 0.0)
 
+# %% ../nbs/16_curation.ipynb #5192b21e
 def score_labels(labels: list[dict], weights: dict | None = None, top_k: int = 4) -> list[dict]:
     "Stage 5: every label record with per-prompt z-scores, `score`, `rank` (0 = best) and `kept` (rank < top_k)."
     weights = {**{k: 0.0 for k in DEFAULT_WEIGHTS}, **(DEFAULT_WEIGHTS if weights is None else weights)}
@@ -634,6 +661,8 @@ def split_prompts(prompts: list[dict], holdout: float | int = 0.25) -> tuple[lis
     k = holdout if holdout >= 1 else max(1, round(holdout * len(order))) if holdout > 0 else 0
     if len(order) < 2 or k >= len(order): raise ValueError(f"`holdout`={holdout} leaves no training prompts out of {len(order)}")
     return order[:len(order) - int(k)], order[len(order) - int(k):]
+
+
 
 # %% ../nbs/16_curation.ipynb #2168cf5f
 def training_rows(model, tokenizer, prompts: dict[str, dict], kept: list[dict], candidates: dict, batch_size: int = 4):
