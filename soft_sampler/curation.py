@@ -381,7 +381,9 @@ def make_prompts(out: str | Path,  # the prompts JSONL to write (appended; exist
     with JsonlAppender(out, key=lambda r: r["id"]) as w: return w.write(sel)
 
 # %% ../nbs/16_curation.ipynb #7386b339
-def row_id(prompt_id: str) -> int:
+def row_id(
+    prompt_id: str,  # a prompt record's id
+) -> int:
     "A stable non-negative row id for a prompt id (CRC-32), keying the sampling randomness."
     return zlib.crc32(prompt_id.encode())
 
@@ -549,7 +551,10 @@ def repair_candidates(
     return len(drop)
 
 # %% ../nbs/16_curation.ipynb #af560736
-def swiss_pairs(points: Sequence[float], played: set) -> list[tuple[int, int]]:
+def swiss_pairs(
+    points: Sequence[float],  # each player's points so far
+    played: set,  # the pairs that have met, as `frozenset((i, j))`
+) -> list[tuple[int, int]]:
     "One round: pair players in order of points (ties by index), each with the next one it has not played yet."
     order, pairs = sorted(range(len(points)), key=lambda i: (-points[i], i)), []
     while len(order) > 1:
@@ -558,8 +563,6 @@ def swiss_pairs(points: Sequence[float], played: set) -> list[tuple[int, int]]:
         if j is None: continue  # a has played everyone left: it sits out
         pairs.append((a, order.pop(j)))
     return pairs
-
-
 
 # %% ../nbs/16_curation.ipynb #5bb5a804
 def swiss_tournament(n: int,  # players
@@ -577,8 +580,13 @@ def swiss_tournament(n: int,  # players
             points[i] += p; points[j] += 1 - p
     return games
 
-# %% ../nbs/16_curation.ipynb #58354ec9
-def bradley_terry(n: int, games: Sequence[tuple[int, int, float]], l2: float = 0.01, tol: float = 1e-10, max_iter: int = 100) -> np.ndarray:
+# %% ../nbs/16_curation.ipynb #a154903d
+def bradley_terry(n: int,  # players
+                  games: Sequence[tuple[int, int, float]],  # `(i, j, P(i ≻ j))` outcomes, soft or 0/1
+                  l2: float = 0.01,  # ridge penalty λ (keeps an unbeaten player's rating finite)
+                  tol: float = 1e-10,  # stop when no rating moves by more than this
+                  max_iter: int = 100,  # Newton steps at most
+                 ) -> np.ndarray:
     "Centred ratings θ maximising Σ [y log σ(θi−θj) + (1−y) log σ(θj−θi)] − l2·‖θ‖²/2 (Newton's method)."
     if l2 < 0: raise ValueError(f"`l2` must be >= 0, got {l2}")
     theta = np.zeros(n)
@@ -597,14 +605,20 @@ def bradley_terry(n: int, games: Sequence[tuple[int, int, float]], l2: float = 0
     return theta
 
 # %% ../nbs/16_curation.ipynb #6c99a095
-def self_bleu(texts: Sequence[str]) -> float:
+def self_bleu(
+    texts: Sequence[str],  # generations of one (prompt, pipeline) under different seeds
+) -> float:
     "Mean sentence BLEU (0..1) of each text against the others; NaN for fewer than two texts."
     from sacrebleu.metrics import BLEU
     if len(texts) < 2: return math.nan
     bleu = BLEU(effective_order=True)
-    return float(np.mean([bleu.sentence_score(t, [o for j, o in enumerate(texts) if j != i]).score / 100 for i, t in enumerate(texts)]))
+    others = lambda i: [o for j, o in enumerate(texts) if j != i]
+    return float(np.mean([bleu.sentence_score(t, others(i)).score / 100 for i, t in enumerate(texts)]))
 
-def vendi_score(emb: Float[Tensor, "n dim"]) -> float:
+# %% ../nbs/16_curation.ipynb #da8d22e8
+def vendi_score(
+    emb: Float[Tensor, "n dim"],  # one embedding per generation (normalised here)
+) -> float:
     "exp(entropy of the eigenvalues of K/n), K the cosine-similarity matrix of the rows of `emb`."
     if emb.shape[0] == 0: return math.nan
     x = torch.nn.functional.normalize(emb.double(), dim=-1)
@@ -615,39 +629,72 @@ def vendi_score(emb: Float[Tensor, "n dim"]) -> float:
 # %% ../nbs/16_curation.ipynb #a5dc08ef
 _NUMERIC = NumericAnswer()
 
-def correctness(prompt: dict, text: str) -> float:
+def correctness(
+    prompt: dict,  # a prompt record (with `answer` or `constraints`, or neither)
+    text: str,  # the response
+) -> float:
     "1/0 for prompts with an `answer`, the fraction of constraints met for prompts with `constraints`, else NaN."
     if "answer" in prompt: return float(_NUMERIC.score_texts([prompt["text"]], [text], answer=[prompt["answer"]])[0])
     if "constraints" in prompt: return check_constraints(text, prompt["constraints"])
     return math.nan
 
-def ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+# %% ../nbs/16_curation.ipynb #e3308afc
+def ngrams(
+    text: str,  # any text (lower-cased words, as `check_constraints` counts them)
+    n: int,  # the n-gram length
+) -> set[tuple[str, ...]]:
+    "The set of word n-grams of `text`."
     w = _words(text)
     return {tuple(w[i:i + n]) for i in range(len(w) - n + 1)}
 
-def ngram_overlap(text: str, corpus: set, n: int) -> float:
-    "Fraction of the word n-grams of `text` found in `corpus` (a set from `ngrams`); NaN if `text` has none."
+# %% ../nbs/16_curation.ipynb #36000007
+def ngram_overlap(
+    text: str,  # a response
+    corpus: set,  # reference n-grams (`ngrams` of a local corpus)
+    n: int,  # the n-gram length (as in `corpus`)
+) -> float:
+    "Fraction of the word n-grams of `text` found in `corpus`; NaN if `text` has none."
     g = ngrams(text, n)
     return len(g & corpus) / len(g) if g else math.nan
 
 # %% ../nbs/16_curation.ipynb #2e626489
-def _single(tokenizer, words): return tuple(w for w in words if len(tokenizer.encode(w, add_special_tokens=False)) == 1)
-
 class CachedReward:
     "A reward whose scores are memoised per (prompt ids, response ids)."
-    def __init__(self, reward): self.reward, self.cache, self.__name__ = reward, {}, type(reward).__name__
-    def __call__(self, prompt_ids, response_ids):
-        keys = [(tuple(p), tuple(r)) for p, r in zip(prompt_ids, response_ids)]
-        todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
-        if todo:
-            for k, v in zip(todo, score(self.reward, [list(k[0]) for k in todo], [list(k[1]) for k in todo]).tolist()): self.cache[k] = v
-        return torch.tensor([self.cache[k] for k in keys])
+    def __init__(self,
+                 reward):  # a reward on token ids (`soft_sampler.rewards.score` calls it)
+        store_attr(); self.cache, self.__name__ = {}, type(reward).__name__
 
-def make_judge(model, tokenizer, kind: str = "lm", batch_size: int = 8, temperature: float = 1.0):
-    "The pairwise judge of the config: `lm` (LMPairwiseJudge) or `yesno` (Bradley–Terry over a cached YesNoJudge)."
-    if kind == "lm": return LMPairwiseJudge(model, tokenizer, a=_single(tokenizer, ("A", " A")), b=_single(tokenizer, ("B", " B")), batch_size=batch_size)
+# %% ../nbs/16_curation.ipynb #7124d8b1
+@patch
+def __call__(self: CachedReward,
+             prompt_ids: list[list[int]],  # one prompt per row
+             response_ids: list[list[int]],  # one response per row
+            ) -> Tensor:
+    "The reward of each row; only (prompt, response) pairs not seen before are scored."
+    keys = [(tuple(p), tuple(r)) for p, r in zip(prompt_ids, response_ids)]
+    todo = list(dict.fromkeys(k for k in keys if k not in self.cache))
+    if todo:
+        scores = score(self.reward, [list(k[0]) for k in todo], [list(k[1]) for k in todo]).tolist()
+        for k, v in zip(todo, scores): self.cache[k] = v
+    return torch.tensor([self.cache[k] for k in keys])
+
+# %% ../nbs/16_curation.ipynb #775085b6
+def _single(tokenizer, words): return tuple(w for w in words if len(tokenizer.encode(w, add_special_tokens=False)) == 1)
+
+# %% ../nbs/16_curation.ipynb #f65161e0
+def make_judge(model,  # the judging causal LM
+               tokenizer,  # its tokenizer (single-token answer words are looked up in it)
+               kind: str = "lm",  # 'lm' (LMPairwiseJudge) or 'yesno' (Bradley–Terry over a cached YesNoJudge)
+               batch_size: int = 8,  # rows per judge forward pass
+               temperature: float = 1.0,  # `yesno`: P(a ≻ b) = σ((r_a − r_b) / temperature)
+              ):
+    "The pairwise judge of the config."
+    if kind == "lm":
+        return LMPairwiseJudge(model, tokenizer, a=_single(tokenizer, ("A", " A")), b=_single(tokenizer, ("B", " B")),
+                               batch_size=batch_size)
     if kind == "yesno":
-        yn = YesNoJudge(model, tokenizer, yes=_single(tokenizer, ("Yes", " Yes", "yes")), no=_single(tokenizer, ("No", " No", "no")), batch_size=batch_size)
+        yn = YesNoJudge(model, tokenizer, yes=_single(tokenizer, ("Yes", " Yes", "yes")),
+                        no=_single(tokenizer, ("No", " No", "no")), batch_size=batch_size)
         return BradleyTerryJudge(CachedReward(yn), temperature=temperature)
     raise ValueError(f"`kind` must be 'lm' or 'yesno', got {kind!r}")
 
@@ -659,8 +706,10 @@ def _quality(cands, prompt_ids, judge, rounds):
     games = swiss_tournament(len(cands), play, rounds)
     wins = np.zeros(len(cands))
     for i, j, p in games: wins[i] += p; wins[j] += 1 - p
-    return bradley_terry(len(cands), games), wins, np.bincount([g for i, j, _ in games for g in (i, j)], minlength=len(cands))
+    played = np.bincount([g for i, j, _ in games for g in (i, j)], minlength=len(cands))
+    return bradley_terry(len(cands), games), wins, played
 
+# %% ../nbs/16_curation.ipynb #1165d932
 def _diversity(cands, embed) -> dict[str, tuple[float, float]]:
     "(self-BLEU, Vendi) per pipeline, across its seeds."
     by = defaultdict(list)
@@ -670,26 +719,31 @@ def _diversity(cands, embed) -> dict[str, tuple[float, float]]:
     for k, c in enumerate(cands): idx[c["pipeline"]].append(k)
     return {n: (self_bleu(t), vendi_score(emb[idx[n]]) if emb is not None else math.nan) for n, t in by.items()}
 
-# %% ../nbs/16_curation.ipynb #2f275cc3
+# %% ../nbs/16_curation.ipynb #0bcdb3e0
 def _label_records(prompt, cands, tokenizer, judge, embed, rounds, corpus, n):
     quality, wins, games = _quality(cands, chat_ids(tokenizer, prompt["text"]), judge, rounds)
     div = _diversity(cands, embed)
     out = []
     for k, c in enumerate(cands):
         lab = {"quality": float(quality[k]), "wins": float(wins[k]), "games": int(games[k]),
-               "self_bleu": div[c["pipeline"]][0], "vendi": div[c["pipeline"]][1], "correctness": correctness(prompt, c["text"]),
+               "self_bleu": div[c["pipeline"]][0], "vendi": div[c["pipeline"]][1],
+               "correctness": correctness(prompt, c["text"]),
                "ngram_overlap": ngram_overlap(c["text"], corpus, n) if corpus is not None else math.nan}
         out.append({"prompt_id": c["prompt_id"], "pipeline": c["pipeline"], "seed": c["seed"], "labels": lab})
     return out
 
+# %% ../nbs/16_curation.ipynb #db3b8da7
 def make_labels(prompts: list[dict],  # prompt records
                 candidates: list[dict],  # verified candidate records
                 out: str | Path,  # labels JSONL (appended; finished prompts skipped)
-                tokenizer, judge: Callable,  # a pairwise judge on token ids (`make_judge`)
+                tokenizer,  # the candidates' tokenizer (prompts are sent to the judge as chat turns)
+                judge: Callable,  # a pairwise judge on token ids (`make_judge`)
                 embed: Callable[[list[str]], Tensor] | None = None,  # texts -> embeddings, for the Vendi score
                 rounds: int | None = None,  # Swiss rounds (default ceil(log2 n))
-                corpus: set | None = None, ngram_n: int = 3,  # reference n-grams (`ngrams` of a local corpus)
-                progress: bool = True) -> int:
+                corpus: set | None = None,  # reference n-grams (`ngrams` of a local corpus)
+                ngram_n: int = 3,  # the n-gram length of `corpus`
+                progress: bool = True,  # show a progress bar
+               ) -> int:
     "Stage 4: quality, diversity, correctness and overlap labels for every candidate; returns records written."
     by = defaultdict(list)
     for c in candidates: by[c["prompt_id"]].append(c)
@@ -702,7 +756,9 @@ def make_labels(prompts: list[dict],  # prompt records
     return written
 
 # %% ../nbs/16_curation.ipynb #3dd7a5a7
-def zscores(x: Sequence[float]) -> np.ndarray:
+def zscores(
+    x: Sequence[float],  # one label over a prompt's candidates (NaN: undefined)
+) -> np.ndarray:
     "(x − mean) / std over the finite entries; 0 where x is NaN or the finite entries are constant."
     x = np.asarray(x, dtype=float)
     ok = np.isfinite(x)
@@ -710,7 +766,10 @@ def zscores(x: Sequence[float]) -> np.ndarray:
     return np.where(ok, (x - x[ok].mean()) / x[ok].std(), 0.0)
 
 # %% ../nbs/16_curation.ipynb #5192b21e
-def score_labels(labels: list[dict], weights: dict | None = None, top_k: int = 4) -> list[dict]:
+def score_labels(labels: list[dict],  # label records (stage 4)
+                 weights: dict | None = None,  # label -> weight (None: `DEFAULT_WEIGHTS`; labels not named weigh 0)
+                 top_k: int = 4,  # candidates kept per prompt
+                ) -> list[dict]:
     "Stage 5: every label record with per-prompt z-scores, `score`, `rank` (0 = best) and `kept` (rank < top_k)."
     weights = {**{k: 0.0 for k in DEFAULT_WEIGHTS}, **(DEFAULT_WEIGHTS if weights is None else weights)}
     by, out = defaultdict(list), []
@@ -720,12 +779,15 @@ def score_labels(labels: list[dict], weights: dict | None = None, top_k: int = 4
         z = {k: zscores([r["labels"][k] for r in rs]) for k in weights}
         s = sum(w * z[k] for k, w in weights.items())
         for rank, i in enumerate(sorted(range(len(rs)), key=lambda i: (-s[i], i))):
-            out.append({**rs[i], "z": {k: float(z[k][i]) for k in weights}, "score": float(s[i]), "rank": rank, "kept": rank < top_k})
+            out.append({**rs[i], "z": {k: float(z[k][i]) for k in weights}, "score": float(s[i]),
+                        "rank": rank, "kept": rank < top_k})
     return out
 
-# %% ../nbs/16_curation.ipynb #2a634667
-def best_pipeline(scored: list[dict], prompt_ids: Iterable[str] | None = None) -> tuple[str, float]:
-    "The pipeline with the highest mean score over the given prompts (all if None), and that mean."
+# %% ../nbs/16_curation.ipynb #de56512d
+def best_pipeline(scored: list[dict],  # scored records (stage 5)
+                  prompt_ids: Iterable[str] | None = None,  # average over these prompts only (None: all)
+                 ) -> tuple[str, float]:
+    "The pipeline with the highest mean score over the given prompts, and that mean."
     keep = None if prompt_ids is None else set(prompt_ids)
     by = defaultdict(list)
     for r in scored:
