@@ -799,30 +799,40 @@ def best_pipeline(scored: list[dict],  # scored records (stage 5)
 @torch.no_grad()
 def replay_targets(logits: Float[Tensor, "steps vocab"],  # the raw logits of each response step (replayed)
                    pipeline: Pipeline,  # the pipeline that generated the response
-                   prompt_ids: list[int], response_ids: list[int],  # the sequence
-                   row: int = 0, seed: int = 0,  # the row id and seed it was generated with (keyed steps)
+                   prompt_ids: list[int],  # the prompt's token ids
+                   response_ids: list[int],  # the response's token ids
+                   row: int = 0,  # the row id it was generated with (keyed steps)
+                   seed: int = 0,  # the seed it was generated with
                   ) -> Float[Tensor, "steps vocab"]:
     "The processed logits the pipeline produced at each step of this response (fresh state, real history)."
     pipeline.reset()
     ids = torch.tensor([prompt_ids + response_ids], dtype=torch.long)
     ctx = StepContext(torch.tensor([len(prompt_ids)]), torch.tensor([row]), seed)
-    return torch.cat([pipeline.with_ctx(ids[:, :len(prompt_ids) + t], logits[t:t + 1].float(), ctx) for t in range(len(response_ids))])
+    steps = [pipeline.with_ctx(ids[:, :len(prompt_ids) + t], logits[t:t + 1].float(), ctx) for t in range(len(response_ids))]
+    return torch.cat(steps)
 
 # %% ../nbs/16_curation.ipynb #9cd7d849
-def split_prompts(prompts: list[dict], holdout: float | int = 0.25) -> tuple[list[dict], list[dict]]:
+def split_prompts(prompts: list[dict],  # prompt records
+                  holdout: float | int = 0.25,  # the held-out share (< 1) or count (>= 1) of prompts
+                 ) -> tuple[list[dict], list[dict]]:
     "(train, held-out): a fraction (< 1) or a count of prompts, interleaved across kinds in CRC-32 order."
     by = defaultdict(list)
     for p in sorted(prompts, key=lambda p: row_id(p["id"])): by[p["kind"]].append(p)
     order = select_prompts([p for k in sorted(by) for p in by[k]])
     k = holdout if holdout >= 1 else max(1, round(holdout * len(order))) if holdout > 0 else 0
-    if len(order) < 2 or k >= len(order): raise ValueError(f"`holdout`={holdout} leaves no training prompts out of {len(order)}")
+    if len(order) < 2 or k >= len(order):
+        raise ValueError(f"`holdout`={holdout} leaves no training prompts out of {len(order)}")
     return order[:len(order) - int(k)], order[len(order) - int(k):]
 
-
-
 # %% ../nbs/16_curation.ipynb #2168cf5f
-def training_rows(model, tokenizer, prompts: dict[str, dict], kept: list[dict], candidates: dict, batch_size: int = 4):
-    "Replayed raw logits and per-row targets `(logits, targets)` for the kept generations (`soft_sampler.train.replay_logits`)."
+def training_rows(model,  # the model that generated the candidates
+                  tokenizer,  # its tokenizer
+                  prompts: dict[str, dict],  # prompt id -> prompt record
+                  kept: list[dict],  # the scored records to train on (`kept`)
+                  candidates: dict,  # `candidate_key` -> candidate record (token ids, spec)
+                  batch_size: int = 4,  # sequences per replay forward pass
+                 ) -> tuple[Float[Tensor, "n vocab"], Float[Tensor, "n vocab"]]:
+    "Replayed raw logits and per-row targets `(logits, targets)` (`soft_sampler.train.replay_logits`)."
     from soft_sampler.train import replay_logits
     cands = [candidates[candidate_key(r)] for r in kept]
     pids = [chat_ids(tokenizer, prompts[c["prompt_id"]]["text"]) for c in cands]
@@ -830,17 +840,28 @@ def training_rows(model, tokenizer, prompts: dict[str, dict], kept: list[dict], 
     targets = []
     for i, c in enumerate(cands):
         rows = (rep.rows == i).nonzero().flatten()
-        targets.append(replay_targets(rep.logits[rows], Pipeline.from_spec(c["spec"]), pids[i], c["token_ids"], row_id(c["prompt_id"]), c["seed"]))
+        pipe = Pipeline.from_spec(c["spec"])
+        targets.append(replay_targets(rep.logits[rows], pipe, pids[i], c["token_ids"], row_id(c["prompt_id"]), c["seed"]))
     return rep.logits.float(), torch.cat(targets)
 
-# %% ../nbs/16_curation.ipynb #123a47d0
-def train_network(logits: Float[Tensor, "n vocab"], targets: Float[Tensor, "n vocab"], out_dir: str | Path,
-                  steps: int = 200, lr: float = 0.01, network: dict | None = None, batch_size: int = 32, seed: int = 0, progress: bool = True):
+# %% ../nbs/16_curation.ipynb #9e25d316
+def train_network(logits: Float[Tensor, "n vocab"],  # replayed raw logits (`training_rows`)
+                  targets: Float[Tensor, "n vocab"],  # the pipelines' processed logits
+                  out_dir: str | Path,  # writes `sampler.safetensors` and `checkpoints/` here
+                  steps: int = 200,  # optimiser steps
+                  lr: float = 0.01,  # learning rate
+                  network: dict | None = None,  # `SamplingNetworkConfig` fields (None: the defaults)
+                  batch_size: int = 32,  # rows per step
+                  seed: int = 0,  # seeds the network's init and the batches
+                  progress: bool = True,  # show a progress bar
+                 ):
     "Train a `SamplingNetwork` on (logits, target) rows with `train_sampler`; checkpoints in `out_dir/checkpoints` resume."
     from soft_sampler.train import LogitsDataset, TrainConfig, train_sampler
     net = SamplingNetwork(SamplingNetworkConfig.from_dict({"seed": seed, **(network or {})}))
-    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup=min(10, steps), checkpoint_every=max(1, steps // 4), seed=seed)
-    res = train_sampler(net, data=LogitsDataset(logits, targets, seed), config=cfg, checkpoint_dir=Path(out_dir)/"checkpoints", progress=progress)
+    cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup=min(10, steps),
+                      checkpoint_every=max(1, steps // 4), seed=seed)
+    res = train_sampler(net, data=LogitsDataset(logits, targets, seed), config=cfg,
+                        checkpoint_dir=Path(out_dir)/"checkpoints", progress=progress)
     res.net.save(Path(out_dir)/"sampler.safetensors")
     return res
 
@@ -854,17 +875,35 @@ def _side_metrics(recs: list[dict], prompts: dict, embed) -> dict:
     return {"correctness": mean(corr), "self_bleu": mean([s for s, _ in div]), "vendi": mean([v for _, v in div]),
             "tokens": float(np.mean([len(r["token_ids"]) for r in recs])), "n": len(recs)}
 
-def compare_methods(recs: list[dict], a: str, b: str, prompts: dict, tokenizer, judge, embed) -> dict:
+# %% ../nbs/16_curation.ipynb #d2c12705
+def compare_methods(recs: list[dict],  # generations of both methods on the same (prompt, seed)s
+                    a: str,  # one method's `pipeline` name
+                    b: str,  # the other's
+                    prompts: dict,  # prompt id -> prompt record
+                    tokenizer,  # the judge's tokenizer (prompts are sent as chat turns)
+                    judge,  # a pairwise judge on token ids
+                    embed,  # texts -> embeddings for the Vendi score (None: no Vendi)
+                   ) -> dict:
     "Win rate of method `a` over `b` (judge, paired by prompt and seed) and each side's metrics."
     side = {m: {(r["prompt_id"], r["seed"]): r for r in recs if r["pipeline"] == m} for m in (a, b)}
     keys = sorted(set(side[a]) & set(side[b]))
-    p = [judge([chat_ids(tokenizer, prompts[k[0]]["text"])], [side[a][k]["token_ids"]], [side[b][k]["token_ids"]]).item() for k in keys]
+    p = [judge([chat_ids(tokenizer, prompts[k[0]]["text"])], [side[a][k]["token_ids"]], [side[b][k]["token_ids"]]).item()
+         for k in keys]
     return {"win_rate": float(np.mean(p)) if p else None, "games": len(p),
             a: _side_metrics(list(side[a].values()), prompts, embed), b: _side_metrics(list(side[b].values()), prompts, embed)}
 
-# %% ../nbs/16_curation.ipynb #98378e23
-def train_and_compare(cfg: dict, prompts: list[dict], candidates: list[dict], scored: list[dict], out_dir: str | Path,
-                      model, tokenizer, judge, embed=None, progress: bool = True) -> dict:
+# %% ../nbs/16_curation.ipynb #8e33e75f
+def train_and_compare(cfg: dict,  # the full config (`load_config`): its `train` part, `max_new_tokens`, `batch_size`
+                      prompts: list[dict],  # every prompt record
+                      candidates: list[dict],  # every candidate record
+                      scored: list[dict],  # scored records (stage 5)
+                      out_dir: str | Path,  # the network, its checkpoints and `heldout.jsonl` go here
+                      model,  # the generating model (replays the logits, generates on held-out prompts)
+                      tokenizer,  # its tokenizer
+                      judge,  # the pairwise judge of the comparison
+                      embed=None,  # texts -> embeddings for the Vendi score (None: no Vendi)
+                      progress: bool = True,  # show progress bars
+                     ) -> dict:
     "Stage 6: train on the kept generations of the training prompts, compare with the best fixed pipeline on held-out ones."
     out_dir, t = Path(out_dir), cfg["train"]
     train_p, held = split_prompts(prompts, t["holdout"])
@@ -874,13 +913,16 @@ def train_and_compare(cfg: dict, prompts: list[dict], candidates: list[dict], sc
     best, best_score = best_pipeline(scored, ids)
     logits, targets = training_rows(model, tokenizer, pmap, kept, cmap)
     res = train_network(logits, targets, out_dir, t["steps"], t["lr"], t["network"], t["batch_size"], progress=progress)
-    methods = {"network": res.net.as_processor(), best: Pipeline.from_spec(next(c["spec"] for c in candidates if c["pipeline"] == best))}
-    make_candidates(held, out_dir/"heldout.jsonl", methods, t["eval_seeds"], LocalEngine(model, tokenizer, cfg["max_new_tokens"]), tokenizer, cfg["batch_size"], progress)
+    best_spec = next(c["spec"] for c in candidates if c["pipeline"] == best)
+    methods = {"network": res.net.as_processor(), best: Pipeline.from_spec(best_spec)}
+    make_candidates(held, out_dir/"heldout.jsonl", methods, t["eval_seeds"], LocalEngine(model, tokenizer, cfg["max_new_tokens"]),
+                    tokenizer, cfg["batch_size"], progress)
     cmp = compare_methods(read_jsonl(out_dir/"heldout.jsonl"), "network", best, pmap, tokenizer, judge, embed)
     h = res.history
-    return {"best_pipeline": best, "best_train_score": best_score, "train_prompts": len(train_p), "heldout_prompts": [p["id"] for p in held],
-            "kept_generations": len(kept), "train_rows": len(logits), "steps": len(h["loss"]),
-            "loss_first": h["loss"][0] if h["loss"] else None, "loss_last": h["loss"][-1] if h["loss"] else None, "comparison": cmp}
+    return {"best_pipeline": best, "best_train_score": best_score, "train_prompts": len(train_p),
+            "heldout_prompts": [p["id"] for p in held], "kept_generations": len(kept), "train_rows": len(logits),
+            "steps": len(h["loss"]), "loss_first": h["loss"][0] if h["loss"] else None,
+            "loss_last": h["loss"][-1] if h["loss"] else None, "comparison": cmp}
 
 # %% ../nbs/16_curation.ipynb #b1f7731e
 STAGES = ("prompts", "candidates", "verify", "labels", "score", "train")
