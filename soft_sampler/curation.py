@@ -215,8 +215,8 @@ def make_grid(
 # %% ../nbs/16_curation.ipynb #e8981b8d
 def _int_list(cfg, key):
     v = cfg[key]
-    if not isinstance(v, list) or not v or not all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v):
-        raise ConfigError(f"config key '{key}' must be a non-empty list of integers >= 0, got {v!r}")
+    ok = isinstance(v, list) and v and all(isinstance(s, int) and not isinstance(s, bool) and s >= 0 for s in v)
+    if not ok: raise ConfigError(f"config key '{key}' must be a non-empty list of integers >= 0, got {v!r}")
 
 # %% ../nbs/16_curation.ipynb #b4866b41
 def _pos_int(v, key, low=1):
@@ -234,7 +234,8 @@ def _check_weights(w):
     bad = {k: v for k, v in (w or {}).items()
            if k not in DEFAULT_WEIGHTS or isinstance(v, bool) or not isinstance(v, (int, float))}
     if bad or not isinstance(w, dict):
-        raise ConfigError(f"config key 'weights' maps labels {sorted(DEFAULT_WEIGHTS)} to numbers; bad entries: {bad or w!r}")
+        raise ConfigError(f"config key 'weights' maps labels {sorted(DEFAULT_WEIGHTS)} to numbers; "
+                          f"bad entries: {bad or w!r}")
 
 # %% ../nbs/16_curation.ipynb #35102c93
 def _check_engine(e: dict):
@@ -242,7 +243,8 @@ def _check_engine(e: dict):
     urls_ok = isinstance(u, list) and u and all(isinstance(x, str) and re.match(r"https?://", x) for x in u)
     if u is not None and not urls_ok:
         raise ConfigError(f"config key 'engine.urls' must be null or a non-empty list of http(s) URLs, got {u!r}")
-    if e["server"] not in ("llama.cpp", "vllm", "openai", "vllm-processor"):  # vllm-processor: pipelines in vLLM (ch. 17)
+    # vllm-processor: the pipelines run inside vLLM (ch. 17)
+    if e["server"] not in ("llama.cpp", "vllm", "openai", "vllm-processor"):
         raise ConfigError("config key 'engine.server' must be 'llama.cpp', 'vllm', 'openai' or 'vllm-processor', "
                           f"got {e['server']!r}")
     _pos_int(e["concurrency"], "engine.concurrency")
@@ -277,7 +279,8 @@ def load_config(
         try: given = yaml.safe_load(text) or {}
         except yaml.YAMLError as e: raise ConfigError(f"invalid YAML{f' in {src}' if is_file else ''}: {e}") from e
     if not isinstance(given, dict):
-        raise ConfigError(f"a curation config is a mapping of keys {sorted(DEFAULT_CONFIG)}, got {type(given).__name__}")
+        raise ConfigError(f"a curation config is a mapping of keys {sorted(DEFAULT_CONFIG)}, "
+                          f"got {type(given).__name__}")
     return _check_config(_merge(DEFAULT_CONFIG, given, ""))
 
 # %% ../nbs/16_curation.ipynb #ce2efed6
@@ -498,7 +501,8 @@ _FIELDS = {"prompt_id": str, "pipeline": str, "spec": list, "seed": int, "token_
 
 def _check_record(r: dict, tokenizer, vocab: int) -> str | None:
     "The first problem of one candidate record, or None."
-    bad = [f"{k} ({t.__name__})" for k, t in _FIELDS.items() if not isinstance(r.get(k), t) or isinstance(r.get(k), bool)]
+    bad = [f"{k} ({t.__name__})" for k, t in _FIELDS.items()
+           if not isinstance(r.get(k), t) or isinstance(r.get(k), bool)]
     if bad: return f"missing or mistyped field(s): {', '.join(bad)}"
     try: name = pipeline_name(Pipeline.from_spec(r["spec"]))
     except (SpecError, TypeError) as e: return f"spec does not parse: {e}"
@@ -513,7 +517,7 @@ def _check_record(r: dict, tokenizer, vocab: int) -> str | None:
 def verify_candidates(path: str | Path,  # the candidates JSONL
                       tokenizer,  # the tokenizer that made the ids
                       prompt_ids: Sequence[str] | None = None,  # expected prompts (None: don't check completeness)
-                      pipelines: Sequence[str] | None = None,  # expected pipeline names (None: don't check completeness)
+                      pipelines: Sequence[str] | None = None,  # expected pipeline names (None: don't check either)
                       seeds: Sequence[int] | None = None,  # expected seeds (None: don't check completeness)
                      ) -> dict:
     "Stage 3: a report `{'ok', 'records', 'problems': [[line, message]], 'missing': [[prompt, pipeline, seed]]}`."
@@ -587,7 +591,7 @@ def bradley_terry(n: int,  # players
                   tol: float = 1e-10,  # stop when no rating moves by more than this
                   max_iter: int = 100,  # Newton steps at most
                  ) -> np.ndarray:
-    "Centred ratings θ maximising Σ [y log σ(θi−θj) + (1−y) log σ(θj−θi)] − l2·‖θ‖²/2 (Newton's method)."
+    "Centred ratings θ maximising Σ [y log σ(θi−θj) + (1−y) log σ(θj−θi)] − l2·‖θ‖²/2 (Newton)."
     if l2 < 0: raise ValueError(f"`l2` must be >= 0, got {l2}")
     theta = np.zeros(n)
     if not games: return theta
@@ -808,8 +812,9 @@ def replay_targets(logits: Float[Tensor, "steps vocab"],  # the raw logits of ea
     pipeline.reset()
     ids = torch.tensor([prompt_ids + response_ids], dtype=torch.long)
     ctx = StepContext(torch.tensor([len(prompt_ids)]), torch.tensor([row]), seed)
-    steps = [pipeline.with_ctx(ids[:, :len(prompt_ids) + t], logits[t:t + 1].float(), ctx) for t in range(len(response_ids))]
-    return torch.cat(steps)
+    n = len(prompt_ids)
+    steps = range(len(response_ids))
+    return torch.cat([pipeline.with_ctx(ids[:, :n + t], logits[t:t + 1].float(), ctx) for t in steps])
 
 # %% ../nbs/16_curation.ipynb #9cd7d849
 def split_prompts(prompts: list[dict],  # prompt records
@@ -841,7 +846,8 @@ def training_rows(model,  # the model that generated the candidates
     for i, c in enumerate(cands):
         rows = (rep.rows == i).nonzero().flatten()
         pipe = Pipeline.from_spec(c["spec"])
-        targets.append(replay_targets(rep.logits[rows], pipe, pids[i], c["token_ids"], row_id(c["prompt_id"]), c["seed"]))
+        row = row_id(c["prompt_id"])
+        targets.append(replay_targets(rep.logits[rows], pipe, pids[i], c["token_ids"], row, c["seed"]))
     return rep.logits.float(), torch.cat(targets)
 
 # %% ../nbs/16_curation.ipynb #9e25d316
@@ -855,7 +861,7 @@ def train_network(logits: Float[Tensor, "n vocab"],  # replayed raw logits (`tra
                   seed: int = 0,  # seeds the network's init and the batches
                   progress: bool = True,  # show a progress bar
                  ):
-    "Train a `SamplingNetwork` on (logits, target) rows with `train_sampler`; checkpoints in `out_dir/checkpoints` resume."
+    "Train a `SamplingNetwork` on (logits, target) rows with `train_sampler`; `out_dir/checkpoints` resume."
     from soft_sampler.train import LogitsDataset, TrainConfig, train_sampler
     net = SamplingNetwork(SamplingNetworkConfig.from_dict({"seed": seed, **(network or {})}))
     cfg = TrainConfig(steps=steps, lr=lr, batch_size=batch_size, warmup=min(10, steps),
@@ -887,10 +893,10 @@ def compare_methods(recs: list[dict],  # generations of both methods on the same
     "Win rate of method `a` over `b` (judge, paired by prompt and seed) and each side's metrics."
     side = {m: {(r["prompt_id"], r["seed"]): r for r in recs if r["pipeline"] == m} for m in (a, b)}
     keys = sorted(set(side[a]) & set(side[b]))
-    p = [judge([chat_ids(tokenizer, prompts[k[0]]["text"])], [side[a][k]["token_ids"]], [side[b][k]["token_ids"]]).item()
-         for k in keys]
+    ids = lambda m, k: [side[m][k]["token_ids"]]
+    p = [judge([chat_ids(tokenizer, prompts[k[0]]["text"])], ids(a, k), ids(b, k)).item() for k in keys]
     return {"win_rate": float(np.mean(p)) if p else None, "games": len(p),
-            a: _side_metrics(list(side[a].values()), prompts, embed), b: _side_metrics(list(side[b].values()), prompts, embed)}
+            **{m: _side_metrics(list(side[m].values()), prompts, embed) for m in (a, b)}}
 
 # %% ../nbs/16_curation.ipynb #8e33e75f
 def train_and_compare(cfg: dict,  # the full config (`load_config`): its `train` part, `max_new_tokens`, `batch_size`
@@ -904,7 +910,7 @@ def train_and_compare(cfg: dict,  # the full config (`load_config`): its `train`
                       embed=None,  # texts -> embeddings for the Vendi score (None: no Vendi)
                       progress: bool = True,  # show progress bars
                      ) -> dict:
-    "Stage 6: train on the kept generations of the training prompts, compare with the best fixed pipeline on held-out ones."
+    "Stage 6: train on the training prompts' kept generations, compare with the best fixed pipeline on held-out ones."
     out_dir, t = Path(out_dir), cfg["train"]
     train_p, held = split_prompts(prompts, t["holdout"])
     pmap, cmap = {p["id"]: p for p in prompts}, {candidate_key(c): c for c in candidates}
@@ -915,9 +921,10 @@ def train_and_compare(cfg: dict,  # the full config (`load_config`): its `train`
     res = train_network(logits, targets, out_dir, t["steps"], t["lr"], t["network"], t["batch_size"], progress=progress)
     best_spec = next(c["spec"] for c in candidates if c["pipeline"] == best)
     methods = {"network": res.net.as_processor(), best: Pipeline.from_spec(best_spec)}
-    make_candidates(held, out_dir/"heldout.jsonl", methods, t["eval_seeds"], LocalEngine(model, tokenizer, cfg["max_new_tokens"]),
-                    tokenizer, cfg["batch_size"], progress)
-    cmp = compare_methods(read_jsonl(out_dir/"heldout.jsonl"), "network", best, pmap, tokenizer, judge, embed)
+    engine = LocalEngine(model, tokenizer, cfg["max_new_tokens"])
+    heldout = out_dir/"heldout.jsonl"
+    make_candidates(held, heldout, methods, t["eval_seeds"], engine, tokenizer, cfg["batch_size"], progress)
+    cmp = compare_methods(read_jsonl(heldout), "network", best, pmap, tokenizer, judge, embed)
     h = res.history
     return {"best_pipeline": best, "best_train_score": best_score, "train_prompts": len(train_p),
             "heldout_prompts": [p["id"] for p in held], "kept_generations": len(kept), "train_rows": len(logits),
@@ -927,50 +934,70 @@ def train_and_compare(cfg: dict,  # the full config (`load_config`): its `train`
 # %% ../nbs/16_curation.ipynb #b1f7731e
 STAGES = ("prompts", "candidates", "verify", "labels", "score", "train")
 
+# %% ../nbs/16_curation.ipynb #f4f2a625
 class Workspace:
     "The files of one curation run in `dir`, and the model / judge / embeddings loaded once, when first needed."
-    def __init__(self, dir: str | Path, cfg: dict, progress: bool = True):
-        self.dir, self.cfg, self.progress, self._model, self._judge, self._embed = Path(dir), cfg, progress, None, None, None
+    def __init__(self,
+                 dir: str | Path,  # the working directory (created if missing)
+                 cfg: dict,  # the full config (`load_config`)
+                 progress: bool = True):  # show progress bars
+        store_attr("cfg,progress"); self.dir, self._model, self._judge, self._embed = Path(dir), None, None, None
         self.dir.mkdir(parents=True, exist_ok=True)
 
-    def path(self, name: str) -> Path: return self.dir/name
-    def prompts(self) -> list[dict]: return read_jsonl(self.path("prompts.jsonl"))
+# %% ../nbs/16_curation.ipynb #79ed678a
+@patch
+def path(self: Workspace,
+         name: str,  # a file name inside the working directory
+        ) -> Path:
+    "The path of `name` in the working directory."
+    return self.dir/name
 
-# %% ../nbs/16_curation.ipynb #1989424b
+# %% ../nbs/16_curation.ipynb #4ea1f94b
 @torch.no_grad()
 def _load(spec: str):
     if spec == "tiny": return tiny_model()
     return load_model(None if spec == "embedded" else spec)
 
-def _model(self: Workspace):
+# %% ../nbs/16_curation.ipynb #c842f02c
+@patch
+def model(self: Workspace):
+    "`(model, tokenizer)` of the config's `model`, loaded on first use."
     if self._model is None: self._model = _load(self.cfg["model"])
     return self._model
 
-def _judge(self: Workspace):
+# %% ../nbs/16_curation.ipynb #689f516f
+@patch
+def judge(self: Workspace):
+    "The config's pairwise judge (`make_judge`) on the workspace's model, built on first use."
     j = self.cfg["judge"]
     if self._judge is None: self._judge = make_judge(*self.model(), j["kind"], j["batch_size"], j["temperature"])
     return self._judge
 
-def _embed(self: Workspace):
+# %% ../nbs/16_curation.ipynb #5fdc2b45
+@patch
+def embed(self: Workspace):
+    "The embedding function of the labels (MiniLM), or None when `labels.embeddings` is not 'minilm'."
     if self._embed is None and self.cfg["labels"]["embeddings"] == "minilm": self._embed = MiniLMSimilarity().embed
     return self._embed
 
-Workspace.model, Workspace.judge, Workspace.embed = _model, _judge, _embed
-
-# %% ../nbs/16_curation.ipynb #f4f2a625
+# %% ../nbs/16_curation.ipynb #bcbc059f
 class WorkspaceBusy(RuntimeError):
     "Another curation run holds the workspace's lock; the message names its process id."
 
+# %% ../nbs/16_curation.ipynb #c631a694
 @contextlib.contextmanager
-def workspace_lock(dir: str | Path):
-    "Hold `dir/.lock` (an `fcntl` lock, released when the process ends, with the holder's pid in it) or raise `WorkspaceBusy`."
+def workspace_lock(
+    dir: str | Path,  # the working directory to lock
+):
+    "Hold `dir/.lock` (an `fcntl` lock, released when the process ends, holding the pid) or raise `WorkspaceBusy`."
     p = Path(dir)/".lock"
     f = open(p, "a+")
     try:
         try: fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             f.seek(0); pid = f.read().strip() or "?"
-            raise WorkspaceBusy(f"another curation run (pid {pid}) is using {dir}; wait for it to finish, or use another --dir") from None
+            raise WorkspaceBusy(f"another curation run (pid {pid}) is using {dir}; wait for it to finish, "
+                                "or use another --dir") from None
         f.seek(0); f.truncate(); f.write(str(os.getpid())); f.flush()
         yield p
     finally: f.close()
@@ -978,58 +1005,78 @@ def workspace_lock(dir: str | Path):
 # %% ../nbs/16_curation.ipynb #c4929ed2
 def _engine(ws: Workspace):
     e = ws.cfg["engine"]
-    if e["urls"]: return RemoteCandidates(e["urls"], ws.model()[1], ws.cfg["max_new_tokens"], e["server"], e["concurrency"])
-    return LocalEngine(*ws.model(), max_new_tokens=ws.cfg["max_new_tokens"])
+    n = ws.cfg["max_new_tokens"]
+    if e["urls"]: return RemoteCandidates(e["urls"], ws.model()[1], n, e["server"], e["concurrency"])
+    return LocalEngine(*ws.model(), max_new_tokens=n)
 
+# %% ../nbs/16_curation.ipynb #3b28dbb6
 def _stage_prompts(ws):
     p = ws.cfg["prompts"]
     return {"written": make_prompts(ws.path("prompts.jsonl"), p["sources"], p["per_kind"], p["limit"], p["kinds"])}
 
+# %% ../nbs/16_curation.ipynb #a6d54670
+@patch
+def prompts(self: Workspace) -> list[dict]:
+    "The workspace's prompt records (stage 1's output)."
+    return read_jsonl(self.path("prompts.jsonl"))
+
+# %% ../nbs/16_curation.ipynb #b8c7f9ed
 def _stage_candidates(ws):
-    c = ws.cfg
-    moved = repair_candidates(ws.path("candidates.jsonl"), ws.model()[1]) if ws.path("candidates.jsonl").exists() else 0
-    if moved: print(f"candidates: set {moved} rejected line(s) aside in {ws.path(REJECTED)}; generating them again", file=sys.stderr)
-    n = make_candidates(ws.prompts(), ws.path("candidates.jsonl"), make_grid(c["grid"]), c["seeds"], _engine(ws), ws.model()[1], c["batch_size"], ws.progress)
+    c, cands = ws.cfg, ws.path("candidates.jsonl")
+    moved = repair_candidates(cands, ws.model()[1]) if cands.exists() else 0
+    if moved:
+        print(f"candidates: set {moved} rejected line(s) aside in {ws.path(REJECTED)}; generating them again",
+              file=sys.stderr)
+    n = make_candidates(ws.prompts(), cands, make_grid(c["grid"]), c["seeds"], _engine(ws), ws.model()[1],
+                        c["batch_size"], ws.progress)
     return {"written": n}
 
-# %% ../nbs/16_curation.ipynb #0a901e4c
+# %% ../nbs/16_curation.ipynb #355cfc04
 def _stage_verify(ws):
-    c = ws.cfg
-    rep = verify_candidates(ws.path("candidates.jsonl"), ws.model()[1], [p["id"] for p in ws.prompts()], list(make_grid(c["grid"])), c["seeds"])
+    c, cands = ws.cfg, ws.path("candidates.jsonl")
+    ids, names = [p["id"] for p in ws.prompts()], list(make_grid(c["grid"]))
+    rep = verify_candidates(cands, ws.model()[1], ids, names, c["seeds"])
     write_atomic(ws.path("verify.json"), json.dumps(_finite(rep), indent=1))
     if not rep["ok"]:
         shown = "; ".join(f"line {l}: {m}" for l, m in rep["problems"][:5])
-        raise ValueError(f"{ws.path('candidates.jsonl')} failed verification: {len(rep['problems'])} problem(s) ({shown}), "
-                         f"{len(rep['missing'])} missing triple(s); see {ws.path('verify.json')}. Rerun `curate candidates`: it sets the "
-                         f"rejected lines aside in {REJECTED} and generates them again, with the missing triples")
+        raise ValueError(f"{cands} failed verification: {len(rep['problems'])} problem(s) ({shown}), "
+                         f"{len(rep['missing'])} missing triple(s); see {ws.path('verify.json')}. "
+                         f"Rerun `curate candidates`: it sets the rejected lines aside in {REJECTED} "
+                         "and generates them again, with the missing triples")
     return {"records": rep["records"]}
 
+# %% ../nbs/16_curation.ipynb #43ec737e
 def _corpus(lab):
     if not lab["ngram_corpus"]: return None
     return ngrams(Path(lab["ngram_corpus"]).read_text(), lab["ngram_n"])
 
+# %% ../nbs/16_curation.ipynb #902db694
 def _stage_labels(ws):
     lab, j = ws.cfg["labels"], ws.cfg["judge"]
-    n = make_labels(ws.prompts(), read_jsonl(ws.path("candidates.jsonl")), ws.path("labels.jsonl"), ws.model()[1], ws.judge(),
-                    ws.embed(), j["rounds"], _corpus(lab), lab["ngram_n"], ws.progress)
+    n = make_labels(ws.prompts(), read_jsonl(ws.path("candidates.jsonl")), ws.path("labels.jsonl"), ws.model()[1],
+                    ws.judge(), ws.embed(), j["rounds"], _corpus(lab), lab["ngram_n"], ws.progress)
     return {"written": n}
 
-# %% ../nbs/16_curation.ipynb #3b28dbb6
+# %% ../nbs/16_curation.ipynb #19742ff2
 def _stage_score(ws):
     scored = score_labels(read_jsonl(ws.path("labels.jsonl")), ws.cfg["weights"], ws.cfg["top_k"])
     write_atomic(ws.path("scored.jsonl"), "".join(to_json(r) + "\n" for r in scored))
     return {"kept": sum(r["kept"] for r in scored), "records": len(scored)}
 
+# %% ../nbs/16_curation.ipynb #2090de12
 def _stage_train(ws):
     out = ws.path("train")/"comparison.json"
     if out.exists(): return json.loads(out.read_text())
-    res = train_and_compare(ws.cfg, ws.prompts(), read_jsonl(ws.path("candidates.jsonl")), read_jsonl(ws.path("scored.jsonl")),
-                            ws.path("train"), *ws.model(), ws.judge(), ws.embed(), ws.progress)
+    res = train_and_compare(ws.cfg, ws.prompts(), read_jsonl(ws.path("candidates.jsonl")),
+                            read_jsonl(ws.path("scored.jsonl")), ws.path("train"), *ws.model(), ws.judge(), ws.embed(),
+                            ws.progress)
     write_atomic(out, json.dumps(_finite(res), indent=1))
     return res
 
-# %% ../nbs/16_curation.ipynb #76745db2
-def run_stage(stage: str, ws: Workspace) -> dict:
+# %% ../nbs/16_curation.ipynb #fd1ef34b
+def run_stage(stage: str,  # one of `STAGES`
+              ws: Workspace,  # the working directory and its config
+             ) -> dict:
     "Run one stage in `ws` (holding its lock), record its wall time in `timings.json`; returns the stage's summary."
     if stage not in STAGES: raise ValueError(f"`stage` must be one of {STAGES}, got {stage!r}")
     torch.manual_seed(0)
@@ -1041,24 +1088,37 @@ def run_stage(stage: str, ws: Workspace) -> dict:
     write_atomic(tp, json.dumps(times, indent=1))
     return out
 
-def run_chain(cfg: dict, dir: str | Path, stages: Sequence[str] = STAGES, progress: bool = True) -> dict:
+# %% ../nbs/16_curation.ipynb #43f8163b
+def run_chain(cfg: dict,  # the full config (`load_config`)
+              dir: str | Path,  # the working directory
+              stages: Sequence[str] = STAGES,  # the stages to run, in order
+              progress: bool = True,  # show progress bars
+             ) -> dict:
     "Run the stages in order on one workspace; returns `{stage: summary}`."
     ws = Workspace(dir, cfg, progress)
     return {s: run_stage(s, ws) for s in stages}
 
-# %% ../nbs/16_curation.ipynb #a6d54670
+# %% ../nbs/16_curation.ipynb #3251b929
 def _curate_parser() -> argparse.ArgumentParser:
     from soft_sampler.cli import ArgumentParser, int_at_least, text_file
-    p = ArgumentParser(prog="soft-sampler curate", description="Data curation: prompts -> candidates -> verify -> labels -> score -> train.")
+    p = ArgumentParser(prog="soft-sampler curate",
+                       description="Data curation: prompts -> candidates -> verify -> labels -> score -> train.")
     p.add_argument("stage", choices=[*STAGES, "all"], help="the stage to run (all: every stage in order)")
-    p.add_argument("--config", default=None, type=text_file, help="YAML config (safe loader); default: the built-in defaults")
-    p.add_argument("--dir", default="curation", help="working directory holding every stage's files (default ./curation)")
-    p.add_argument("--source", action="append", default=None, type=text_file, help="prompts: a prompt JSONL file (repeat; default: the shipped ones)")
-    p.add_argument("--per-kind", type=int_at_least(1), default=None, help="prompts: keep the first N prompts of each kind")
+    p.add_argument("--config", default=None, type=text_file,
+                   help="YAML config (safe loader); default: the built-in defaults")
+    p.add_argument("--dir", default="curation",
+                   help="working directory holding every stage's files (default ./curation)")
+    p.add_argument("--source", action="append", default=None, type=text_file,
+                   help="prompts: a prompt JSONL file (repeat; default: the shipped ones)")
+    p.add_argument("--per-kind", type=int_at_least(1), default=None,
+                   help="prompts: keep the first N prompts of each kind")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     return p
 
-def curate_cli(argv: list[str]) -> int:
+# %% ../nbs/16_curation.ipynb #96f0a499
+def curate_cli(
+    argv: list[str],  # the arguments after `curate`, e.g. `['verify', '--config', 'c.yaml', '--dir', 'D']`
+) -> int:
     "`soft-sampler curate STAGE`: run one stage (or all) of the curation chain on a working directory."
     p = _curate_parser()
     ns = p.parse_args(argv)
@@ -1067,7 +1127,8 @@ def curate_cli(argv: list[str]) -> int:
         if ns.source: cfg["prompts"]["sources"] = ns.source
         if ns.per_kind is not None: cfg["prompts"]["per_kind"] = ns.per_kind
     except (ConfigError, OSError) as e: p.error(str(e))
-    if Path(ns.dir).exists() and not Path(ns.dir).is_dir(): p.error(f"--dir {ns.dir} is a file, not a working directory")
+    if Path(ns.dir).exists() and not Path(ns.dir).is_dir():
+        p.error(f"--dir {ns.dir} is a file, not a working directory")
     ws = Workspace(ns.dir, cfg, not ns.no_progress)
     for stage in (STAGES if ns.stage == "all" else [ns.stage]):
         try: out = run_stage(stage, ws)
@@ -1075,7 +1136,8 @@ def curate_cli(argv: list[str]) -> int:
             print(f"curate {stage}: error: {e}", file=sys.stderr); return 1
         except KeyboardInterrupt:
             from soft_sampler.cli import interrupted
-            return interrupted(f"soft-sampler curate {stage}", f"the finished records are in {ws.dir}; run the same command to resume")
+            return interrupted(f"soft-sampler curate {stage}",
+                               f"the finished records are in {ws.dir}; run the same command to resume")
         print(f"{stage}: {json.dumps(out)}", flush=True)
     return 0
 
@@ -1085,7 +1147,10 @@ def _rank_pipelines(scored: list[dict]) -> list[tuple[str, float]]:
     for r in scored: by[r["pipeline"]].append(r["score"])
     return sorted(((k, round(float(np.mean(v)), 4)) for k, v in by.items()), key=lambda x: -x[1])
 
-def summarise_run(dir: str | Path) -> dict:
+# %% ../nbs/16_curation.ipynb #17ea18d4
+def summarise_run(
+    dir: str | Path,  # the working directory of a finished run (every stage done)
+) -> dict:
     "Timings, counts, pipeline rankings and the train comparison of a finished run in `dir`."
     d = Path(dir)
     prompts, scored = read_jsonl(d/"prompts.jsonl"), read_jsonl(d/"scored.jsonl")
@@ -1093,8 +1158,9 @@ def summarise_run(dir: str | Path) -> dict:
     kinds = sorted(set(kind.values()))
     kept = defaultdict(int)
     for r in scored: kept[r["pipeline"]] += r["kept"]
-    return {"timings_s": json.loads((d/"timings.json").read_text()), "prompts": len(prompts), "pipelines": len({r["pipeline"] for r in scored}),
-            "candidates": len(scored), "kept": sum(kept.values()), "pipelines_by_score": _rank_pipelines(scored)[:8],
+    return {"timings_s": json.loads((d/"timings.json").read_text()), "prompts": len(prompts),
+            "pipelines": len({r["pipeline"] for r in scored}), "candidates": len(scored), "kept": sum(kept.values()),
+            "pipelines_by_score": _rank_pipelines(scored)[:8],
             "best_by_kind": {k: _rank_pipelines([r for r in scored if kind[r["prompt_id"]] == k])[0] for k in kinds},
             "kept_by_pipeline": dict(sorted(kept.items(), key=lambda x: -x[1])[:8]),
             "train": json.loads((d/"train"/"comparison.json").read_text())}
