@@ -118,6 +118,8 @@ def close(self: JsonlAppender):
 # %% ../nbs/16_curation.ipynb #29eaae9e
 @patch
 def __enter__(self: JsonlAppender): return self
+
+# %% ../nbs/16_curation.ipynb #de99b258
 @patch
 def __exit__(self: JsonlAppender, *exc): self.close()
 
@@ -631,8 +633,9 @@ def vendi_score(
     return float(torch.exp(-(lam * lam.log()).sum()))
 
 # %% ../nbs/16_curation.ipynb #a5dc08ef
-_NUMERIC = NumericAnswer()
+_NUMERIC = NumericAnswer()  # one verifier for every arithmetic prompt
 
+# %% ../nbs/16_curation.ipynb #9247c41f
 def correctness(
     prompt: dict,  # a prompt record (with `answer` or `constraints`, or neither)
     text: str,  # the response
