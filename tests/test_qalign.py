@@ -347,3 +347,14 @@ def test_initial_states_are_the_sampling_loops_samples():
     res = q.run("hello", chains=3, steps=1, max_new_tokens=6, seed=7)
     loop = generate(model, ["hello"], tok, max_new_tokens=6, seed=7, n=3)
     assert [res.states[c][0] for c in range(3)] == loop.token_ids
+
+
+def test_qalign_imports_nothing_from_remote():
+    "qalign (lesson 10) is below remote (11): the server flags reach its command through `register_cli_extension`."
+    import ast, soft_sampler.qalign as q
+    tree = ast.parse(Path(q.__file__).read_text(encoding="utf-8"))
+    mods = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    mods |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m.split(".")[-1] in ("remote", "engines") for m in mods), mods
+    import soft_sampler.remote as remote
+    assert remote.qalign_cli is q.qalign_cli and any(type(e).__name__ == "ServerFlags" for e in q.CLI_EXTENSIONS)

@@ -4,7 +4,7 @@ Run: `.venv/bin/python tools/lesson_shape.py` (add `--json` for machine-readable
 and `soft_sampler/*.py` as text (plus an import of each module for docments) and prints one line a measure,
 with the goal of issue 27 beside it where the issue sets one. Nothing is written.
 """
-import argparse, ast, importlib, inspect, json, re, statistics, sys
+import argparse, ast, dataclasses, importlib, inspect, json, re, statistics, sys
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -143,7 +143,7 @@ def docments_coverage(nums: dict[str, int]) -> dict:
             params = [p for p in params if inspect.signature(f).parameters[p].kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)]
             if not params: continue
             total += 1
-            try: d = docments(f)
+            try: d = docments(obj) if dataclasses.is_dataclass(obj) else docments(f)  # a dataclass: its fields' comments
             except Exception: d = {}
             if all(d.get(p) for p in params): full += 1
             else: missing.append(f"{mod}.{name}")
