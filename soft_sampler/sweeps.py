@@ -283,6 +283,19 @@ def _sweep_samplers(ns, p, names) -> dict:
     return out
 
 # %% ../nbs/19_sweeps.ipynb #af8f210c
+def _sweep_report(ns, cells) -> None:
+    "Write the results file (if asked) and print one line per (sampler, temperature)."
+    summary = summarise(cells)
+    settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
+    if ns.results: atomic_write(ns.results, json.dumps(dict(settings=settings, summary=summary,
+                                                            cells=list(cells.values()))))
+    for r in summary:
+        print(f"{r['sampler']:12s} T={r['temperature']:<4g} acc={r['accuracy']:.2f} distinct2={r['distinct_2']:.2f}"
+              f" embdiv={r['embedding_diversity']:.3f}")
+
+
+
+# %% ../nbs/19_sweeps.ipynb #04238693
 def sweep_cli(
     argv: list[str],  # the arguments after `soft-sampler sweep`
 ) -> int:
@@ -305,16 +318,6 @@ def sweep_cli(
         return interrupted(p.prog, f"the finished cells are saved in {cells_dir}; run the same command to resume")
     _sweep_report(ns, cells)
     return 0
-
-def _sweep_report(ns, cells) -> None:
-    "Write the results file (if asked) and print one line per (sampler, temperature)."
-    summary = summarise(cells)
-    settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
-    if ns.results: atomic_write(ns.results, json.dumps(dict(settings=settings, summary=summary,
-                                                            cells=list(cells.values()))))
-    for r in summary:
-        print(f"{r['sampler']:12s} T={r['temperature']:<4g} acc={r['accuracy']:.2f} distinct2={r['distinct_2']:.2f}"
-              f" embdiv={r['embedding_diversity']:.3f}")
 
 # %% ../nbs/19_sweeps.ipynb #00e0cef9
 _LABELS = {"accuracy": "accuracy (arithmetic)", "distinct_2": "distinct-2 (↑ diverse)",
