@@ -236,7 +236,11 @@ def __call__(self: KeepTokens, input_ids, scores):
     return out
 
 # %% ../nbs/10_qalign.ipynb #cdd62b57
-def _stop_ids(model, tokenizer, stop_token_ids) -> list[int]:
+def _stop_ids(
+    model,  # a Hugging Face causal LM (its generation config's EOS is the last resort), or None
+    tokenizer,  # its tokenizer (its `eos_token_id` comes first), or None
+    stop_token_ids,  # the stop tokens to use, or None: find the EOS
+) -> list[int]:
     "Stop tokens: given, else the tokenizer's EOS, else the model's generation config EOS."
     if stop_token_ids is None:
         eos = getattr(tokenizer, "eos_token_id", None)
@@ -470,7 +474,11 @@ def _describe_model(self: QAlign):
 # %% ../nbs/10_qalign.ipynb #963d7059
 class _Checkpoint:
     "Append-only JSONL of step records, with a header of settings; repairs a partial last line on open."
-    def __init__(self, path, header: dict, restart: bool = False):
+    def __init__(self,
+                 path,  # the JSONL file (created with `header` if missing or empty)
+                 header: dict,  # the run's settings, written first; an existing file's header must agree
+                 restart: bool = False,  # discard an existing file and start afresh
+                ):
         self.path, self.records = Path(path), {}
         if restart and self.path.exists(): self.path.unlink()  # asked for: the old run is discarded
         if self.path.is_dir(): raise ChainCheckpointError(f"checkpoint {self.path} is a directory, not a JSONL file")

@@ -40,6 +40,9 @@ def sweep_pipeline(
     return Pipeline([{"name": "temperature", "t": t if isinstance(t, torch.Tensor) else float(t)}, *steps])
 
 # %% ../nbs/19_sweeps.ipynb #4235edcb
+def _words(text: str) -> list[str]: return re.findall(r"[\w']+", text.lower())  # words for n-grams, lower-cased
+
+# %% ../nbs/19_sweeps.ipynb #03a93410
 def distinct_n(
     texts: Sequence[str],  # the samples for one prompt
     n: int = 2,  # n-gram length (words)
@@ -47,8 +50,6 @@ def distinct_n(
     "Distinct n-grams over all n-grams of the texts (words, lower-cased); NaN when there is no n-gram."
     grams = [tuple(w[i:i + n]) for w in map(_words, texts) for i in range(len(w) - n + 1)]
     return len(set(grams)) / len(grams) if grams else math.nan
-
-def _words(text: str) -> list[str]: return re.findall(r"[\w']+", text.lower())
 
 # %% ../nbs/19_sweeps.ipynb #ed9eb7e0
 def embedding_diversity(
@@ -91,6 +92,7 @@ def _diversity(groups: list[list[str]], embed) -> dict:
 def _chat(tokenizer, text: str):
     return [{"role": "user", "content": text}] if getattr(tokenizer, "chat_template", None) else text
 
+# %% ../nbs/19_sweeps.ipynb #28e6685e
 def _open_part(model, tokenizer, steps, temperatures, prompts, samples, seed, max_new_tokens, embed) -> list[dict]:
     chats = [_chat(tokenizer, p["text"]) for p in prompts] * len(temperatures)
     pipe = sweep_pipeline(steps, _rows_t(temperatures, len(prompts) * samples))
@@ -134,6 +136,7 @@ def _check_sweep(samplers, temperatures, seeds):
     if not seeds or any(not isinstance(s, int) or s < 0 for s in seeds):
         raise ValueError(f"`seeds` must be integers >= 0, got {list(seeds)}")
 
+# %% ../nbs/19_sweeps.ipynb #46d71b57
 def _settings(out_dir: Path, settings: dict) -> None:
     "Write the sweep's settings, or check them against those of the cells already there."
     p = out_dir / "settings.json"
@@ -141,9 +144,10 @@ def _settings(out_dir: Path, settings: dict) -> None:
         raise ValueError(f"{out_dir} holds a sweep with other settings {old}; use a new `out_dir` (asked: {settings})")
     if not p.is_file(): atomic_write(p, json.dumps(settings))
 
-# %% ../nbs/19_sweeps.ipynb #46d71b57
+# %% ../nbs/19_sweeps.ipynb #3facb8c7
 def quality_diversity(
-    model, tokenizer,  # the model to sample from and its tokenizer
+    model,  # the Hugging Face causal LM to sample from
+    tokenizer,  # its tokenizer
     out_dir: str | Path,  # cells go to out_dir/cells/*.json (resumable)
     samplers: dict[str, list] | None = None,  # name -> steps after the temperature (default: SWEEP_SAMPLERS)
     temperatures: Sequence[float] = SWEEP_TEMPERATURES,  # temperatures > 0 (all in one batch per cell)
@@ -279,6 +283,19 @@ def _sweep_samplers(ns, p, names) -> dict:
     return out
 
 # %% ../nbs/19_sweeps.ipynb #af8f210c
+def _sweep_report(ns, cells) -> None:
+    "Write the results file (if asked) and print one line per (sampler, temperature)."
+    summary = summarise(cells)
+    settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
+    if ns.results: atomic_write(ns.results, json.dumps(dict(settings=settings, summary=summary,
+                                                            cells=list(cells.values()))))
+    for r in summary:
+        print(f"{r['sampler']:12s} T={r['temperature']:<4g} acc={r['accuracy']:.2f} distinct2={r['distinct_2']:.2f}"
+              f" embdiv={r['embedding_diversity']:.3f}")
+
+
+
+# %% ../nbs/19_sweeps.ipynb #04238693
 def sweep_cli(
     argv: list[str],  # the arguments after `soft-sampler sweep`
 ) -> int:
@@ -301,16 +318,6 @@ def sweep_cli(
         return interrupted(p.prog, f"the finished cells are saved in {cells_dir}; run the same command to resume")
     _sweep_report(ns, cells)
     return 0
-
-def _sweep_report(ns, cells) -> None:
-    "Write the results file (if asked) and print one line per (sampler, temperature)."
-    summary = summarise(cells)
-    settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
-    if ns.results: atomic_write(ns.results, json.dumps(dict(settings=settings, summary=summary,
-                                                            cells=list(cells.values()))))
-    for r in summary:
-        print(f"{r['sampler']:12s} T={r['temperature']:<4g} acc={r['accuracy']:.2f} distinct2={r['distinct_2']:.2f}"
-              f" embdiv={r['embedding_diversity']:.3f}")
 
 # %% ../nbs/19_sweeps.ipynb #00e0cef9
 _LABELS = {"accuracy": "accuracy (arithmetic)", "distinct_2": "distinct-2 (↑ diverse)",

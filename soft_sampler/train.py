@@ -150,7 +150,8 @@ def _replay_inputs(prompts, responses, rows) -> tuple[list[list[int]], list[list
     prompts, responses = [list(map(int, p)) for p in prompts], [list(map(int, r)) for r in responses]
     for i, p in enumerate(prompts):
         if not p:
-            raise ValueError(f"prompt {i} is empty: the first response token needs at least one token to be predicted from")
+            raise ValueError(f"prompt {i} is empty: the first response token needs at least one token "
+                             "to be predicted from")
     return prompts, responses
 
 # %% ../nbs/09_train.ipynb #5e34cd8d
@@ -317,8 +318,8 @@ def write_text_atomic(
 class TrainState:
     "What training has done so far: the step reached and one history entry per step."
     step: int = 0  # optimiser steps done
-    history: dict = field(default_factory=lambda: {k: [] for k in ("step", "loss", "kl", "removed_mass", "lr",
-                                                                   "seconds")})  # one list per measure
+    history: dict = field(  # one list per measure: step, loss, kl, removed_mass, lr, seconds
+        default_factory=lambda: {k: [] for k in ("step", "loss", "kl", "removed_mass", "lr", "seconds")})
 
 # %% ../nbs/09_train.ipynb #c640b879
 def write_step(directory: str | Path,  # the run's folder
@@ -375,7 +376,8 @@ def checkpoint_candidates(
         return steps
     try: named = d/json.loads((d/"latest.json").read_text())["path"]
     except (ValueError, KeyError, TypeError, OSError):
-        if not steps: raise CheckpointError(f"{d/'latest.json'} is damaged and no step folder is complete; {_AFRESH}") from None
+        if not steps:
+            raise CheckpointError(f"{d/'latest.json'} is damaged and no step folder is complete; {_AFRESH}") from None
         warnings.warn(f"{d/'latest.json'} is damaged: falling back to the newest complete step folder, {steps[0].name}")
         return steps
     if not (named/"trainer.json").is_file():
@@ -440,7 +442,8 @@ class TrainResult:
         h = self.history
         last = (f"loss {h['loss'][-1]:.4f} (KL {h['kl'][-1]:.4f}, removed mass {h['removed_mass'][-1]:.4f})"
                 if h["loss"] else "no steps")
-        return f"TrainResult({type(self.net).__name__}, {len(h['loss'])} steps, {last}, resumed from {self.resumed_from})"
+        return (f"TrainResult({type(self.net).__name__}, {len(h['loss'])} steps, {last}, "
+                f"resumed from {self.resumed_from})")
 
 # %% ../nbs/09_train.ipynb #1d916254
 def _target_spec(target):
@@ -497,8 +500,8 @@ def check_resumable(
     old, fingerprint = flat({k: old[k] for k in fingerprint if k in old}), flat(fingerprint)
     diff = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
     if diff:
-        shown = "; ".join(f"{k}: {json.dumps(old.get(k))[:80]} in the checkpoint, {json.dumps(fingerprint.get(k))[:80]} now"
-                          for k in diff)
+        shown = "; ".join(f"{k}: {json.dumps(old.get(k))[:80]} in the checkpoint, "
+                          f"{json.dumps(fingerprint.get(k))[:80]} now" for k in diff)
         raise CheckpointError(f"{Path(checkpoint).parent} holds a checkpoint of another run ({shown}); "
                               f"train into another folder (CLI: a new --out), or {_AFRESH}")
 
@@ -570,6 +573,7 @@ def train_sampler(
             ckpt = save_checkpoint(checkpoint_dir, net, opt, sched, config, state, _target_spec(target), fingerprint=fp)
     return TrainResult(net.eval(), state.history, ckpt, start)
 
+# %% ../nbs/09_train.ipynb #ca4b16be
 def _no_target(x):
     raise ValueError("`target` is None but the data did not provide target logits; pass `target=` (a Pipeline or spec)")
 
@@ -716,19 +720,28 @@ _DEFAULT_NET = "SamplingNetwork"
 def _train_parser() -> argparse.ArgumentParser:
     from soft_sampler.heuristics import add_pipeline_args
     from soft_sampler.cli import ArgumentParser, int_at_least, number_in, text_file
-    p = ArgumentParser(prog="soft-sampler train", description="Train a sampler network to imitate a pipeline of heuristics.")
-    p.add_argument("--target", default=None, type=text_file, help="YAML spec of the target pipeline (same as --pipeline); step flags below are appended in order")
-    p.add_argument("--net", default=_DEFAULT_NET, choices=sorted(NETWORKS), help=f"network class from soft_sampler.networks (default {_DEFAULT_NET})")
-    p.add_argument("--net-config", default=None, type=text_file, help="YAML file with the network's config fields (e.g. `typical: true`)")
-    p.add_argument("--out", default=None, help="checkpoint folder (resumed if it holds a checkpoint); none: no checkpoint")
+    p = ArgumentParser(prog="soft-sampler train",
+                       description="Train a sampler network to imitate a pipeline of heuristics.")
+    p.add_argument("--target", default=None, type=text_file,
+                   help="YAML spec of the target pipeline (same as --pipeline); step flags below are appended in order")
+    p.add_argument("--net", default=_DEFAULT_NET, choices=sorted(NETWORKS),
+                   help=f"network class from soft_sampler.networks (default {_DEFAULT_NET})")
+    p.add_argument("--net-config", default=None, type=text_file,
+                   help="YAML file with the network's config fields (e.g. `typical: true`)")
+    p.add_argument("--out", default=None,
+                   help="checkpoint folder (resumed if it holds a checkpoint); none: no checkpoint")
     p.add_argument("--restart", "--no-resume", dest="no_resume", action="store_true",
                    help="discard the checkpoints in --out and start afresh (needed when they are another run's)")
-    p.add_argument("--replay-text", default=None, type=text_file, help="train on the embedded model's logits over this text file (paragraphs separated by blank lines)")
+    p.add_argument("--replay-text", default=None, type=text_file,
+                   help="train on the embedded model's logits over this text file "
+                        "(paragraphs separated by blank lines)")
     p.add_argument("--vocab", type=int_at_least(2), default=4096, help="tokens per synthetic row (default 4096)")
-    for name, typ, default, help in (("steps", int_at_least(1), 300, "optimiser steps"), ("batch-size", int_at_least(1), 32, "rows per micro-batch"),
+    for name, typ, default, help in (("steps", int_at_least(1), 300, "optimiser steps"),
+                                     ("batch-size", int_at_least(1), 32, "rows per micro-batch"),
                                      ("accumulation", int_at_least(1), 1, "micro-batches per step"),
                                      ("lr", number_in(0, low_open=True), 0.03, "peak learning rate"),
-                                     ("warmup", int_at_least(0), 10, "warm-up steps"), ("checkpoint-every", int_at_least(1), 100, "steps between checkpoints"),
+                                     ("warmup", int_at_least(0), 10, "warm-up steps"),
+                                     ("checkpoint-every", int_at_least(1), 100, "steps between checkpoints"),
                                      ("seed", int_at_least(0), 0, "seed of the data stream")):
         dest = "n_steps" if name == "steps" else name.replace("-", "_")  # `steps` is the pipeline flags' list
         p.add_argument(f"--{name}", dest=dest, type=typ, default=default, help=f"{help} (default {default})")
@@ -744,7 +757,8 @@ def _train_args(p: argparse.ArgumentParser, argv: list[str]):
     ns.pipeline = ns.target or ns.pipeline
     try: pipe = pipeline_from_args(ns)
     except (SpecError, OSError) as e: p.error(str(e))
-    if pipe is None: p.error("a target is needed: --target spec.yaml, or step flags such as --temperature 0.7 --min-p 0.1")
+    if pipe is None:
+        p.error("a target is needed: --target spec.yaml, or step flags such as --temperature 0.7 --min-p 0.1")
     try:
         cfg = TrainConfig(steps=ns.n_steps, batch_size=ns.batch_size, accumulation=ns.accumulation, lr=ns.lr,
                           warmup=ns.warmup, checkpoint_every=ns.checkpoint_every, seed=ns.seed)
@@ -752,7 +766,8 @@ def _train_args(p: argparse.ArgumentParser, argv: list[str]):
         net_cfg = cls.config_class.from_yaml(Path(ns.net_config).read_text()) if ns.net_config else None
         net = cls(net_cfg)
     except (ValueError, TypeError, OSError) as e: p.error(str(e))
-    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a file, not a checkpoint folder")
+    if ns.out and Path(ns.out).exists() and not Path(ns.out).is_dir():
+        p.error(f"--out {ns.out} is a file, not a checkpoint folder")
     if ns.out and not ns.no_resume: _check_out(p, ns, pipe, net, cfg)
     return ns, pipe, net, cfg
 
@@ -812,15 +827,23 @@ def fidelity_cli(
     "`soft-sampler fidelity`: regenerate the fidelity table (train on synthetic rows, evaluate on real ones)."
     from soft_sampler.cli import ArgumentParser, int_at_least, number_in
     p = ArgumentParser(prog="soft-sampler fidelity", description=fidelity_cli.__doc__)
-    p.add_argument("--out", default="results/fidelity.csv", help="CSV to write (atomically; default results/fidelity.csv)")
-    p.add_argument("--networks", nargs="+", default=list(FIDELITY_NETWORKS), choices=sorted(NETWORKS), help="network classes")
-    p.add_argument("--targets", nargs="+", default=list(FIDELITY_TARGETS), choices=list(FIDELITY_TARGETS), help="targets")
-    p.add_argument("--steps", type=int_at_least(1), default=300); p.add_argument("--batch-size", type=int_at_least(1), default=16)
-    p.add_argument("--lr", type=number_in(0, low_open=True), default=0.05); p.add_argument("--vocab", type=int_at_least(2), default=4096)
-    p.add_argument("--eval-tokens", type=int_at_least(1), default=32, help="response tokens per evaluation prompt (8 prompts)")
-    p.add_argument("--threads", type=int_at_least(1), default=1, help="torch threads (default 1: the budget is single-threaded CPU)")
-    p.add_argument("--seed", type=int_at_least(0), default=None, help="key the synthetic data stream and seed the networks' initialisation "
-                   "(default: data stream 0 and torch's RNG as the process starts: the committed table)")
+    p.add_argument("--out", default="results/fidelity.csv",
+                   help="CSV to write (atomically; default results/fidelity.csv)")
+    p.add_argument("--networks", nargs="+", default=list(FIDELITY_NETWORKS), choices=sorted(NETWORKS),
+                   help="network classes")
+    p.add_argument("--targets", nargs="+", default=list(FIDELITY_TARGETS), choices=list(FIDELITY_TARGETS),
+                   help="targets")
+    p.add_argument("--steps", type=int_at_least(1), default=300)
+    p.add_argument("--batch-size", type=int_at_least(1), default=16)
+    p.add_argument("--lr", type=number_in(0, low_open=True), default=0.05)
+    p.add_argument("--vocab", type=int_at_least(2), default=4096)
+    p.add_argument("--eval-tokens", type=int_at_least(1), default=32,
+                   help="response tokens per evaluation prompt (8 prompts)")
+    p.add_argument("--threads", type=int_at_least(1), default=1,
+                   help="torch threads (default 1: the budget is single-threaded CPU)")
+    p.add_argument("--seed", type=int_at_least(0), default=None,
+                   help="key the synthetic data stream and seed the networks' initialisation "
+                        "(default: data stream 0 and torch's RNG as the process starts: the committed table)")
     ns = p.parse_args(argv)
     if Path(ns.out).is_dir(): p.error(f"--out {ns.out} is a directory; give the CSV file to write")
     torch.set_num_threads(ns.threads)
@@ -833,8 +856,8 @@ def fidelity_cli(
     if ns.seed is not None: torch.manual_seed(ns.seed)  # the networks' initial weights
     rows = fidelity_table(base, ns.networks, {t: FIDELITY_TARGETS[t] for t in ns.targets}, cfg, ns.vocab)
     write_csv_atomic(rows, ns.out)
-    meta = dict(command="soft-sampler fidelity " + " ".join(argv), eval_rows=len(base), eval_vocab=base.shape[1], tau=1e-4,
-                train=asdict(cfg), train_vocab=ns.vocab, threads=ns.threads, init_seed=ns.seed,
+    meta = dict(command="soft-sampler fidelity " + " ".join(argv), eval_rows=len(base), eval_vocab=base.shape[1],
+                tau=1e-4, train=asdict(cfg), train_vocab=ns.vocab, threads=ns.threads, init_seed=ns.seed,
                 seconds=round(time.perf_counter() - t0, 1))
     atomic_write(Path(ns.out).with_suffix(".json"), json.dumps(meta, indent=1))
     print(f"wrote {ns.out} ({len(rows)} rows, {meta['seconds']} s)")
@@ -862,13 +885,17 @@ def plot_fidelity(
     nets, targets = list(dict.fromkeys(r["network"] for r in rows)), list(dict.fromkeys(r["target"] for r in rows))
     fig, axes = plt.subplots(1, len(keys), figsize=(5.2 * len(keys), 0.45 * len(nets) + 1.6))
     for ax, key in zip(np.atleast_1d(axes), keys):
-        m = np.array([[next(r[key] for r in rows if r["network"] == n and r["target"] == t) for t in targets] for n in nets])
-        im = ax.imshow(np.maximum(m, 1e-6) if key == "kl" else m, norm=LogNorm() if key == "kl" else None, cmap="viridis_r" if key == "kl" else "viridis")
+        m = np.array([[next(r[key] for r in rows if r["network"] == n and r["target"] == t) for t in targets]
+                      for n in nets])
+        kl = key == "kl"
+        im = ax.imshow(np.maximum(m, 1e-6) if kl else m, norm=LogNorm() if kl else None,
+                       cmap="viridis_r" if kl else "viridis")
         ax.set(xticks=range(len(targets)), yticks=range(len(nets)), title=key.replace("_", " "))
-        ax.set_xticklabels(targets, rotation=45, ha="right", fontsize=8); ax.set_yticklabels([n.replace("Transform", "") for n in nets], fontsize=8)
+        ax.set_xticklabels(targets, rotation=45, ha="right", fontsize=8)
+        ax.set_yticklabels([n.replace("Transform", "") for n in nets], fontsize=8)
         for (i, j), v in np.ndenumerate(m):
-            r, g, b, _ = im.cmap(im.norm(max(v, 1e-6) if key == "kl" else v))  # dark text on light cells
-            ax.text(j, i, f"{v:.3f}" if key != "kl" or v >= 1e-3 else f"{v:.0e}", ha="center", va="center", fontsize=6,
+            r, g, b, _ = im.cmap(im.norm(max(v, 1e-6) if kl else v))  # dark text on light cells
+            ax.text(j, i, f"{v:.3f}" if not kl or v >= 1e-3 else f"{v:.0e}", ha="center", va="center", fontsize=6,
                     color="k" if 0.299 * r + 0.587 * g + 0.114 * b > 0.5 else "w")
     fig.tight_layout()
     return fig
