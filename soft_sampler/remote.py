@@ -103,7 +103,8 @@ class RemoteEngine:
         if vocab_size is None and tokenizer is not None: vocab_size = len(tokenizer)
         store_attr("engine,model,tokenizer,prompts_per_request,concurrency,timeout,retries,backoff,vocab_size,"
                    "max_response_bytes")
-        self.endpoint, self.session = self.url + "/v1/completions", http_session(retries, backoff, concurrency)
+        self.endpoint = self.url + "/v1/completions"
+        self.session = http_session(retries, backoff, concurrency)
 
 # %% ../nbs/11_remote.ipynb #1c043406
 @patch
