@@ -509,7 +509,7 @@ class PowerSampler(MetropolisHastings):
                  engine=None):  # as in `Sampler`
         check_int(blocks, "blocks", 1)
         super().__init__(target, steps, 1 / target.alpha if temperature is None else temperature, cut, proposal, engine)
-        self.blocks, self.stop_at_eos = blocks, stop_at_eos
+        store_attr("blocks,stop_at_eos")
 
 # %% ../nbs/18_mcmc.ipynb #ad3500ef
 @patch
@@ -617,7 +617,7 @@ class SMC(Sampler):
         check_int(block, "block", 1)
         if not (isinstance(ess_threshold, (int, float)) and 0 <= ess_threshold <= 1):
             raise ValueError(f"ess_threshold must be in [0, 1], got {ess_threshold!r}")
-        self.block, self.ess_threshold = block, ess_threshold
+        store_attr("block,ess_threshold")
 
     def plan(self, max_new_tokens: int) -> list[dict]:
         "One grow-and-reweight step per block up to `max_new_tokens`, then a final resampling."

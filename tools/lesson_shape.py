@@ -55,11 +55,12 @@ def notebook_measures(nbs: list[Path]) -> dict:
         for k, i in enumerate(idx):
             nxt = idx[k+1] if k+1 < len(idx) else len(cs)
             if not any(is_demo_or_test(c) for c in cs[i+1:nxt]): nb_orphans += 1
-        for i in idx:
-            sizes.append(len(body_lines(cs[i]["source"])))
-            multi += definitions(cs[i]["source"]) >= 2
+        nb_sizes = [len(body_lines(cs[i]["source"])) for i in idx]
+        nb_multi = sum(definitions(cs[i]["source"]) >= 2 for i in idx)
+        sizes += nb_sizes; multi += nb_multi
         exports += len(idx); orphan += nb_orphans
-        per_nb[nb.stem] = dict(export_cells=len(idx), orphans=nb_orphans)
+        per_nb[nb.stem] = dict(export_cells=len(idx), orphans=nb_orphans, multi=nb_multi,
+                               median_lines=statistics.median(nb_sizes) if nb_sizes else 0)
     q = statistics.quantiles(sizes, n=10) if len(sizes) >= 2 else [0]*9
     return dict(export_cells=exports, median_lines=statistics.median(sizes) if sizes else 0, p90_lines=q[8],
                 over_10_lines=sum(s > 10 for s in sizes)/max(len(sizes), 1),
@@ -184,7 +185,9 @@ def main(argv=None) -> int:
     for key in ("upward_imports", "cycles", "private_names_across_modules"):
         for item in res["imports"][key]: print(f"  {key}: {item}")
     if a.per_notebook:
-        for nb, d in n["per_notebook"].items(): print(f"  {nb}: {d['export_cells']} export cells, {d['orphans']} without a demo/test after")
+        for nb, d in n["per_notebook"].items():
+            print(f"  {nb}: {d['export_cells']} export cells, {d['orphans']} without a demo/test after, "
+                  f"median {d['median_lines']:g} lines, {d['multi']} with >= 2 definitions")
     return 0
 
 
