@@ -20,19 +20,21 @@ from .rewards import NumericAnswer, score
 from .networks import (NETWORKS, ContextAwareTransform, HiddenStateHead, LayerReadout, LogitsNetwork,
                                    SamplerInputs, SimpleDistributionAwareTransform, load_network, sampler_logits,
                                    step_stats)
-from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_step, write_text_atomic
+from .core import atomic_write_json, check_int
+from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_step
 from .heuristics_ext import mirostat_v2
 from .soft_rl import ADVANTAGES, clipped_surrogate, group_advantages
 
 # %% auto #0
 __all__ = ['SAMPLER_RL_STREAM', 'ARITH_INSTRUCTION', 'ANSWER_PREFIX', 'ENTROPY_BANDS', 'LOGP_GRID', 'RULE_GRID',
-           'CURATION_RESULTS', 'EXPERIMENT_NETS', 'SamplerRollout', 'needs', 'step_inputs', 'sampler_rollout',
-           'contexts', 'step_logits', 'policy_logprobs', 'exact_kl', 'SamplerRLConfig', 'rl_loss_backward',
-           'reference_logits', 'SamplerRLState', 'rl_step', 'save_rl_checkpoint', 'load_rl_checkpoint',
-           'SamplerRLResult', 'train_sampler_rl', 'arithmetic_tasks', 'arithmetic_reward', 'arithmetic_prompts',
-           'self_bleu_groups', 'rollout_metrics', 'evaluate_rl_sampler', 'transfer_curves', 'kept_vs_entropy',
-           'rule_specs', 'fit_rule', 'mirostat_trajectories', 'imitate_trajectories', 'trajectory_fidelity',
-           'mirostat_replay', 'replayed_mirostat', 'step_overhead', 'spec_from_name', 'best_heuristic',
+           'CURATION_RESULTS', 'EXPERIMENT_NETS', 'EXPERIMENT_TEMPERATURES', 'EXPERIMENT_CONFIG', 'SamplerRollout',
+           'needs', 'step_inputs', 'sampler_rollout', 'contexts', 'step_logits', 'policy_logprobs', 'exact_kl',
+           'SamplerRLConfig', 'rl_loss_backward', 'reference_logits', 'SamplerRLState', 'rl_step', 'lr_at',
+           'save_rl_checkpoint', 'load_rl_checkpoint', 'SamplerRLResult', 'train_sampler_rl', 'arithmetic_tasks',
+           'arithmetic_reward', 'addition_tasks', 'arithmetic_prompts', 'self_bleu_groups', 'rollout_metrics',
+           'evaluate_rl_sampler', 'distinct_answers', 'transfer_curves', 'kept_vs_entropy', 'rule_specs', 'fit_rule',
+           'mirostat_trajectories', 'imitate_trajectories', 'trajectory_fidelity', 'mirostat_replay',
+           'replayed_mirostat', 'step_overhead', 'spec_from_name', 'best_heuristic', 'temperature_at_kl',
            'sampler_rl_experiment', 'train_rl_cli', 'results_rows', 'print_rows', 'plot_comparison', 'plot_learned']
 
 # %% ../nbs/20_sampler_rl.ipynb #bf198405
@@ -197,13 +199,12 @@ class SamplerRLConfig:
     ppo_epochs: int = 1  # optimiser steps on each batch of rollouts
     checkpoint_every: int = 10  # steps between checkpoints (and one at the end), when a folder is given
     seed: int = 0  # keys the rollouts (with the step)
+    warmup_steps: int = 0  # linear learning-rate warm-up: step s uses lr·min(1, (s+1)/warmup_steps) (0: none)
 
     def __post_init__(self):
         for n, low in (("steps", 1), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1),
-                       ("ppo_epochs", 1), ("checkpoint_every", 1), ("seed", 0)):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"`{n}` must be an integer >= {low}, got {v!r}")
+                       ("ppo_epochs", 1), ("checkpoint_every", 1), ("seed", 0), ("warmup_steps", 0)):
+            check_int(getattr(self, n), n, low)
         for n in ("clip_eps", "kl_coef", "lr", "weight_decay", "max_grad_norm"):
             v, strict = getattr(self, n), n in ("lr", "clip_eps")
             bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
@@ -264,13 +265,18 @@ def rl_step(
     rewards = score(reward, r.prompt_ids, r.responses())
     adv, ref_logits = group_advantages(rewards, c.group_size, c.advantage, c.scale_rewards), reference_logits(ref, r)
     skipped = not bool(adv.abs().max() > 0)  # no group with reward variance: no signal, and Adam would amplify noise
+    for g in opt.param_groups: g["lr"] = lr_at(c, step)
     for _ in range(c.ppo_epochs):
         opt.zero_grad(set_to_none=True)
         s = rl_loss_backward(net, r, adv, ref_logits, c)
         gn = nn.utils.clip_grad_norm_(net.parameters(), c.max_grad_norm or math.inf)
         if not skipped: opt.step()
-    return dict(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()),
+    return dict(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()), lr=lr_at(c, step),
                 length=float(r.lengths.float().mean()), grad_norm=float(gn), skipped=skipped, **s)
+
+def lr_at(config: SamplerRLConfig, step: int) -> float:
+    "The learning rate of step `step`: `config.lr` after a linear warm-up of `config.warmup_steps` steps."
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
 
 # %% ../nbs/20_sampler_rl.ipynb #1bdcfb82
 _RL_FORMAT = "soft_sampler.sampler_rl/1"
@@ -301,8 +307,9 @@ def load_rl_checkpoint(
     meta = json.loads((path/"trainer.json").read_text())
     if meta.get("format") != _RL_FORMAT:
         raise ValueError(f"{path} is not a sampler-RL checkpoint (format {meta.get('format')!r})")
-    if meta["config"] != json.loads(json.dumps(asdict(config))):
-        diff = {k: (v, meta["config"].get(k)) for k, v in asdict(config).items() if meta["config"].get(k) != v}
+    saved_cfg = json.loads(json.dumps(asdict(SamplerRLConfig()))) | meta["config"]  # fields added later: defaults
+    if saved_cfg != json.loads(json.dumps(asdict(config))):
+        diff = {k: (v, saved_cfg.get(k)) for k, v in asdict(config).items() if saved_cfg.get(k) != v}
         raise ValueError(f"checkpoint config differs from this run's (this, checkpoint): {diff}")
     saved = load_network(path/"network.safetensors")
     if type(saved) is not type(net) or saved.config != net.config:
@@ -379,6 +386,18 @@ def arithmetic_reward(tokenizer, tasks: list[dict]) -> NumericAnswer:
         return answers[max(hits, key=len)]
     return NumericAnswer(answer, tokenizer=tokenizer)
 
+# %% ../nbs/20_sampler_rl.ipynb #2f63ce85
+def addition_tasks(split: str = "train", n: int | None = None, heldout: int = 24) -> list[dict]:
+    "Single-digit additions `What is a + b?` (a, b in 1..9), shuffled once; the first `heldout` are held out."
+    import random
+    if split not in ("train", "heldout"): raise ValueError(f"`split` must be 'train' or 'heldout', got {split!r}")
+    pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
+    random.Random(0).shuffle(pairs)
+    rows = pairs[:heldout] if split == "heldout" else pairs[heldout:]
+    return [dict(id=i, question=f"What is {a} + {b}?", answer=a + b, operation="digit_add",
+                 chat=[{"role": "user", "content": f"What is {a} + {b}?" + ARITH_INSTRUCTION}])
+            for i, (a, b) in enumerate(rows[:n])]
+
 # %% ../nbs/20_sampler_rl.ipynb #4a82dfa4
 ANSWER_PREFIX = "The answer is"
 
@@ -430,10 +449,17 @@ def evaluate_rl_sampler(
         rewards.append(score(reward, r.prompt_ids, r.responses())); parts.append(rollout_metrics(sampler, r))
         texts += [tokenizer.decode(x, skip_special_tokens=True) for x in r.responses()]
         lengths.append(r.lengths.float())
-    w = torch.cat(lengths)
+    w, rw = torch.cat(lengths), torch.cat(rewards)
     wmean = lambda k: float(sum(p[k] * float(l.sum()) for p, l in zip(parts, lengths)) / float(w.sum()))
-    return dict(reward=float(torch.cat(rewards).mean()), kl=wmean("kl"), entropy=wmean("entropy"),
-                self_bleu=self_bleu_groups(texts, group), length=float(w.mean()), samples=texts[:8])
+    return dict(reward=float(rw.mean()), reward_se=float(rw.std() / math.sqrt(len(rw))), kl=wmean("kl"),
+                entropy=wmean("entropy"), self_bleu=self_bleu_groups(texts, group),
+                distinct_answers=distinct_answers(texts, group), length=float(w.mean()), samples=texts[:8])
+
+def distinct_answers(texts: list[str], group: int) -> float:
+    "Mean share of distinct final numbers (None counts as one answer) among each prompt's `group` samples."
+    from soft_sampler.rewards import last_number
+    return float(np.mean([len({last_number(t) for t in texts[i:i + group]}) / len(texts[i:i + group])
+                          for i in range(0, len(texts), group)]))
 
 # %% ../nbs/20_sampler_rl.ipynb #b4c550f1
 ENTROPY_BANDS = ((0.0, 1.0), (1.0, 2.5), (2.5, 20.0))  # nats: confident, middling, flat rows
@@ -669,6 +695,9 @@ EXPERIMENT_NETS = {  # name: (network class, config overrides) of the reward-tra
     "RL multi-layer": ("ContextAwareTransform", dict(state_size=0, layers=[10, 20])),
     "RL hidden-state head": ("HiddenStateHead", dict(hidden_size=576)),
 }
+EXPERIMENT_TEMPERATURES = (0.3, 0.5, 0.7)  # plain sampling cooled: the accuracy–KL frontier to compare at equal KL
+EXPERIMENT_CONFIG = dict(group_size=8, prompts_per_step=2, max_new_tokens=6, lr=1e-3, warmup_steps=4, kl_coef=0.2,
+                         checkpoint_every=8)  # the committed run's RL settings (with `steps`)
 
 def _imitation_net(model, tok, spec, tasks, steps: int, seed: int):
     "A SimpleDistributionAwareTransform trained to imitate `spec` on the model's replayed logits of `tasks`."
@@ -694,73 +723,108 @@ def _learned(sampler, model, tok, tasks, reward, cfg, seed) -> dict:
     return dict(transfer=transfer_curves(x, y), kept=kv, rule=spec, rule_distance=dist)
 
 # %% ../nbs/20_sampler_rl.ipynb #2324af2f
+def temperature_at_kl(ev: dict, kl: float, temperatures=EXPERIMENT_TEMPERATURES) -> float | None:
+    "Held-out reward of plain sampling cooled to the KL `kl` (linear between the measured temperatures; None outside)."
+    pts = sorted([(0.0, ev["plain sampling (identity)"]["reward"])] +
+                 [(ev[f"plain sampling at t={t}"]["kl"], ev[f"plain sampling at t={t}"]["reward"]) for t in temperatures
+                  if f"plain sampling at t={t}" in ev])
+    if not pts[0][0] <= kl <= pts[-1][0]: return None
+    return float(np.interp(kl, [k for k, _ in pts], [r for _, r in pts]))
+
+# %% ../nbs/20_sampler_rl.ipynb #c089046b
 def sampler_rl_experiment(
-    out: str | Path = "results/sampler_rl.json",  # the results file (written atomically)
-    rl_steps: int = 8,  # RL steps per network
-    eval_tasks: int = 8,  # held-out problems (× 4 samples)
+    out: str | Path = "results/sampler_rl.json",  # the results file (written atomically after every part)
+    rl_steps: int = 32,  # RL steps per network
+    eval_tasks: int = 24,  # held-out additions (× 4 samples)
     imitation_steps: int = 30,  # steps of the imitation of the best heuristic
     mirostat_steps: int = 15,  # steps of each mirostat imitation
-    config: SamplerRLConfig | None = None,  # None: SamplerRLConfig(steps=rl_steps, max_new_tokens=6)
+    config: SamplerRLConfig | None = None,  # None: SamplerRLConfig(steps=rl_steps, **EXPERIMENT_CONFIG)
     nets: dict = EXPERIMENT_NETS,  # the reward-trained runs
     threads: int = 1,  # torch threads
-    work_dir: str | Path | None = None,  # checkpoints of the RL runs (None: a temporary folder)
+    work_dir: str | Path | None = None,  # checkpoints of the RL runs (None: a folder named after the settings)
     progress: bool = True,  # tqdm bars
+    temperatures=EXPERIMENT_TEMPERATURES,  # plain sampling at these temperatures (the equal-KL comparison)
 ) -> dict:
     "Train, evaluate and analyse every sampler of the comparison on the embedded model; write and return the results."
     from soft_sampler.core import load_model
     from soft_sampler.train import EVAL_PROMPTS, as_target
     torch.set_num_threads(threads)
     t_start, model, tok = time.perf_counter(), *load_model()
-    cfg = config or SamplerRLConfig(steps=rl_steps, max_new_tokens=6, kl_coef=0.05, lr=0.01)
-    train, held = arithmetic_tasks("train"), arithmetic_tasks("heldout", eval_tasks)
-    reward = arithmetic_reward(tok, train + held)
-    heur_name, heur = best_heuristic()
+    cfg = config or SamplerRLConfig(steps=rl_steps, **EXPERIMENT_CONFIG)
+    train, held = addition_tasks("train"), addition_tasks("heldout", eval_tasks)
+    reward, heur_name = arithmetic_reward(tok, train + held), best_heuristic()[0]
     res = dict(command="make heavy PYTEST_ARGS='-k sampler_rl'  (tests/test_sampler_rl.py::test_sampler_rl_experiment)",
-               config=asdict(cfg), threads=threads, heuristic=heur_name, train_tasks=len(train),
-               heldout_tasks=len(held))
-    samplers = {"plain sampling (identity)": None, f"best heuristic: {heur_name}": as_target(heur)}
-    learned, seconds = {}, {}
-    res["mirostat_fidelity"] = _mirostat_rows(model, tok, EVAL_PROMPTS, mirostat_steps)
-    write_text_atomic(Path(out), json.dumps(dict(res, complete=False), indent=1))
-    t0 = time.perf_counter()
-    imitation = _imitation_net(model, tok, heur, train[:16], imitation_steps, cfg.seed)
-    samplers["imitation of the heuristic"], res["imitation"] = imitation
-    seconds["imitation"] = time.perf_counter() - t0
-    work = Path(work_dir or tempfile.mkdtemp(prefix="sampler_rl_"))
-    res["rl"] = {}
+               config=asdict(cfg), threads=threads, task="addition_tasks: single-digit additions, 6 tokens after "
+               f"{ANSWER_PREFIX!r}", heuristic=heur_name, train_tasks=len(train), heldout_tasks=len(held),
+               eval_samples=4, temperatures=list(temperatures), imitation_steps=imitation_steps,
+               mirostat_steps=mirostat_steps, nets={k: list(v) for k, v in nets.items()})
+    work = Path(work_dir or _work_dir(res))
+    res = _resume_partial(out, res); before = res.get("seconds", 0.0)  # time spent by interrupted runs
+    elapsed = lambda: before + time.perf_counter() - t_start
+    save = lambda: atomic_write_json(out, dict(res, complete=False, seconds=elapsed()), indent=1)
+    if "mirostat_fidelity" not in res:
+        res["mirostat_fidelity"] = _mirostat_rows(model, tok, EVAL_PROMPTS, mirostat_steps); save()
+    samplers = {"plain sampling (identity)": None, f"best heuristic: {heur_name}": as_target(spec_from_name(heur_name)),
+                **{f"plain sampling at t={t}": as_target([dict(name="temperature", t=t)]) for t in temperatures}}
+    samplers["imitation of the heuristic"] = _cached_imitation(res, work, model, tok, heur_name, train, cfg.seed)
+    res.setdefault("rl", {}); res.setdefault("train_seconds", {}); save()
     for name, (cls, kw) in nets.items():
         t0 = time.perf_counter()
         r = train_sampler_rl(NETWORKS[cls](**kw), model, tok, arithmetic_prompts(tok, train), reward, cfg,
                              checkpoint_dir=work/name.replace(" ", "_"), progress=progress)
-        samplers[name], seconds[name] = r.net, time.perf_counter() - t0
-        res["rl"][name] = dict(network=cls, overrides=kw, history=r.history)
-        res["train_seconds"] = seconds; write_text_atomic(Path(out), json.dumps(dict(res, complete=False), indent=1))
-    _evaluate_all(res, samplers, learned, model, tok, held, reward, cfg, progress)
-    write_text_atomic(Path(out), json.dumps(dict(res, complete=False), indent=1))
+        samplers[name] = r.net
+        if r.resumed_from < cfg.steps: res["train_seconds"][name] = time.perf_counter() - t0
+        res["rl"][name] = dict(network=cls, overrides=kw, history=r.history); save()
+    _evaluate_all(res, samplers, model, tok, held, reward, cfg, progress, save)
     res["overhead"] = step_overhead(model, tok, {k: v for k, v in samplers.items() if v is not None},
                                     arithmetic_prompts(tok, held[:8]))
-    res["seconds"], res["complete"] = time.perf_counter() - t_start, True
-    write_text_atomic(Path(out), json.dumps(res, indent=1))
+    res["seconds"], res["complete"] = elapsed(), True
+    atomic_write_json(out, res, indent=1)
     return res
 
-# %% ../nbs/20_sampler_rl.ipynb #4a49430e
-def _evaluate_all(res, samplers, learned, model, tok, held, reward, cfg, progress):
-    "Evaluate every sampler, analyse the trained ones, and evaluate each one's fitted rule."
+# %% ../nbs/20_sampler_rl.ipynb #f2ecb9b0
+def _resume_partial(out, res: dict) -> dict:
+    "The partial results in `out` when they were written with the same settings, else `res` (a fresh run)."
+    try: old = json.loads(Path(out).read_text())
+    except (OSError, ValueError): return res
+    same = not old.get("complete", True) and all(old.get(k) == v for k, v in res.items() if k != "command")
+    return old if same else res
+
+def _work_dir(res: dict) -> Path:
+    "A checkpoint folder under the temporary directory, named after the run's settings."
+    import hashlib
+    digest = hashlib.sha1(json.dumps(res, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir())/f"soft_sampler_rl_{digest}"
+
+def _cached_imitation(res, work, model, tok, heur_name, train, seed):
+    "The imitation network: trained once, saved in `work`, reloaded on a rerun."
+    path = work/"imitation.safetensors"
+    if path.exists() and "imitation" in res: return load_network(path)
+    t0 = time.perf_counter()
+    net, res["imitation"] = _imitation_net(model, tok, spec_from_name(heur_name), train[:16], res["imitation_steps"], seed)
+    res["imitation"]["seconds"] = time.perf_counter() - t0
+    work.mkdir(parents=True, exist_ok=True); net.save(path)
+    return net
+
+# %% ../nbs/20_sampler_rl.ipynb #bc39c145
+def _evaluate_all(res, samplers, model, tok, held, reward, cfg, progress, save):
+    "Evaluate every sampler, analyse the trained ones, evaluate each one's fitted rule; each part saved when done."
     from soft_sampler.train import as_target
-    chats, ev = arithmetic_prompts(tok, held), {}
+    chats = arithmetic_prompts(tok, held)
+    ev, learned = res.setdefault("eval", {}), res.setdefault("learned", {})
+    run = lambda s: evaluate_rl_sampler(model, tok, s, chats, reward, res["eval_samples"], cfg.max_new_tokens, batch=6)
     for name, s in tqdm(list(samplers.items()), desc="evaluate", disable=not progress):
-        ev[name] = evaluate_rl_sampler(model, tok, s, chats, reward, 4, cfg.max_new_tokens)
-        if isinstance(s, LogitsNetwork):
-            learned[name] = _learned(s, model, tok, held[:8], reward, cfg, 99)
-            rule = learned[name]["rule"]
-            learned[name]["rule_eval"] = evaluate_rl_sampler(model, tok, as_target(rule), chats, reward, 4,
-                                                             cfg.max_new_tokens)
+        if name not in ev: ev[name] = run(s); save()
+        if isinstance(s, LogitsNetwork) and name not in learned:
+            a = _learned(s, model, tok, held[:8], reward, cfg, 99)
+            a["rule_eval"] = run(as_target(a["rule"])); learned[name] = a; save()
     base = ev["plain sampling (identity)"]["reward"]
     for name, a in learned.items():
         gain = ev[name]["reward"] - base
         a["gain_kept"] = (a["rule_eval"]["reward"] - base) / gain if abs(gain) > 1e-9 else None
-    res["eval"], res["learned"] = ev, learned
+    for name, e in ev.items(): e["temperature_reward_at_kl"] = temperature_at_kl(ev, e["kl"], res["temperatures"])
 
+# %% ../nbs/20_sampler_rl.ipynb #661e807a
 def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
     "Fidelity rows: networks with and without memory imitating mirostat v2 on held-out trajectories."
     chats = [[{"role": "user", "content": p}] for p in prompts]
@@ -776,12 +840,12 @@ def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
                          train_loss=float(np.mean(hist[-10:])), seconds=time.perf_counter() - t0))
     return rows
 
-# %% ../nbs/20_sampler_rl.ipynb #d59a8057
+# %% ../nbs/20_sampler_rl.ipynb #fd23bea0
 def _rl_parser() -> argparse.ArgumentParser:
     from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, text_file  # one-line errors
     p = ArgumentParser(prog="soft-sampler train-rl", description="Train a sampler network by reward (LM frozen).")
-    p.add_argument("--task", choices=("arithmetic", "vader"), default="arithmetic",
-                   help="reward: the arithmetic verifier or VADER sentiment")
+    p.add_argument("--task", choices=("arithmetic", "addition", "vader"), default="arithmetic",
+                   help="reward: the arithmetic verifier (word problems, or single-digit additions) or VADER sentiment")
     p.add_argument("--net", default="SimpleDistributionAwareTransform", choices=sorted(NETWORKS), help="network class")
     p.add_argument("--net-config", default=None, type=text_file,
                    help="YAML file with the network's config fields (`layers: [10, 20]`)")
@@ -794,7 +858,8 @@ def _rl_parser() -> argparse.ArgumentParser:
     for name, typ, default in (("steps", at_least(1), 20), ("group-size", at_least(2), 4),
                                ("prompts-per-step", at_least(1), 2),
                                ("max-new-tokens", at_least(1), 6), ("kl-coef", number_in(0), 0.05),
-                               ("lr", number_in(0, low_open=True), 0.01), ("checkpoint-every", at_least(1), 10),
+                               ("lr", number_in(0, low_open=True), 0.01), ("warmup-steps", at_least(0), 0),
+                               ("checkpoint-every", at_least(1), 10),
                                ("seed", at_least(0), 0)):
         p.add_argument(f"--{name}", type=typ, default=default, help=f"(default {default})")
     p.add_argument("--advantage", choices=ADVANTAGES, default="grpo")
@@ -825,7 +890,7 @@ def _rl_setup(p, ns):
     from soft_sampler.train import load_sampler
     try: cfg = SamplerRLConfig(steps=ns.steps, group_size=ns.group_size, prompts_per_step=ns.prompts_per_step,
                                max_new_tokens=ns.max_new_tokens, kl_coef=ns.kl_coef, lr=ns.lr, advantage=ns.advantage,
-                               checkpoint_every=ns.checkpoint_every, seed=ns.seed)
+                               checkpoint_every=ns.checkpoint_every, seed=ns.seed, warmup_steps=ns.warmup_steps)
     except ValueError as e: p.error(str(e))
     net = _rl_net(p, ns)
     try: ref = load_sampler(ns.ref) if ns.ref else None
@@ -849,8 +914,8 @@ def train_rl_cli(argv: list[str]) -> int:
     torch.set_num_threads(ns.threads)
     from soft_sampler.core import load_model
     model, tok = load_model()
-    if ns.task == "arithmetic":
-        tasks = arithmetic_tasks("train")
+    if ns.task in ("arithmetic", "addition"):
+        tasks = arithmetic_tasks("train") if ns.task == "arithmetic" else addition_tasks("train")
         prompts, reward = arithmetic_prompts(tok, tasks), arithmetic_reward(tok, tasks)
     else:
         from soft_sampler.rewards import VaderSentiment
