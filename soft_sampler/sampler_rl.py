@@ -29,10 +29,10 @@ from .soft_rl import ADVANTAGES, clipped_surrogate, group_advantages
 __all__ = ['SAMPLER_RL_STREAM', 'ARITH_INSTRUCTION', 'ANSWER_PREFIX', 'ENTROPY_BANDS', 'LOGP_GRID', 'RULE_GRID',
            'CURATION_RESULTS', 'EXPERIMENT_NETS', 'EXPERIMENT_TEMPERATURES', 'EXPERIMENT_CONFIG', 'SamplerRollout',
            'needs', 'step_inputs', 'sampler_rollout', 'contexts', 'step_logits', 'policy_logprobs', 'exact_kl',
-           'SamplerRLConfig', 'rl_loss_backward', 'reference_logits', 'SamplerRLState', 'rl_step', 'lr_at',
+           'SamplerRLConfig', 'rl_loss_backward', 'reference_logits', 'SamplerRLState', 'lr_at', 'rl_step',
            'save_rl_checkpoint', 'load_rl_checkpoint', 'SamplerRLResult', 'train_sampler_rl', 'arithmetic_tasks',
            'arithmetic_reward', 'addition_tasks', 'arithmetic_prompts', 'self_bleu_groups', 'rollout_metrics',
-           'evaluate_rl_sampler', 'distinct_answers', 'transfer_curves', 'kept_vs_entropy', 'rule_specs', 'fit_rule',
+           'distinct_answers', 'evaluate_rl_sampler', 'transfer_curves', 'kept_vs_entropy', 'rule_specs', 'fit_rule',
            'mirostat_trajectories', 'imitate_trajectories', 'trajectory_fidelity', 'mirostat_replay',
            'replayed_mirostat', 'step_overhead', 'spec_from_name', 'best_heuristic', 'temperature_at_kl',
            'sampler_rl_experiment', 'train_rl_cli', 'results_rows', 'print_rows', 'plot_comparison', 'plot_learned']
@@ -40,6 +40,7 @@ __all__ = ['SAMPLER_RL_STREAM', 'ARITH_INSTRUCTION', 'ANSWER_PREFIX', 'ENTROPY_B
 # %% ../nbs/20_sampler_rl.ipynb #bf198405
 SAMPLER_RL_STREAM = 20  # keyed-randomness stream of the per-step rollout seeds
 
+# %% ../nbs/20_sampler_rl.ipynb #6fc90320
 @dataclass
 class SamplerRollout:
     "Rollouts of a frozen LM with a sampler network; rows are prompt-major (prompt i, sample j is row i·group + j)."
@@ -60,19 +61,26 @@ def lengths(self: SamplerRollout) -> Int[Tensor, "rows"]:
     "Response steps per row (stop token included)."
     return self.step_mask.sum(-1)
 
+# %% ../nbs/20_sampler_rl.ipynb #49edfd2d
 @patch
 def responses(self: SamplerRollout) -> list[list[int]]:
     "Each row's response without padding and stop token."
     return [[t for t in row[:l].tolist() if t not in self.stop_ids] for row, l in zip(self.tokens, self.lengths)]
 
 # %% ../nbs/20_sampler_rl.ipynb #f3efada0
-def needs(net) -> dict:
+def needs(
+    net,  # a sampler network, a function logits -> logits, or None
+) -> dict:
     "What `net` reads besides the logits: `hidden` (bool) and `layers` (list)."
     cfg = getattr(net, "config", None)
     return dict(hidden=isinstance(net, HiddenStateHead), layers=list(getattr(cfg, "layers", []) or []))
 
 # %% ../nbs/20_sampler_rl.ipynb #d4f7eceb
-def step_inputs(r: SamplerRollout, t: int, context=None) -> SamplerInputs:
+def step_inputs(
+    r: SamplerRollout,  # a rollout
+    t: int,  # the step
+    context=None,  # the context state before step `t` (None: stateless)
+) -> SamplerInputs:
     "The `SamplerInputs` of step `t` of a rollout (with a given context state)."
     pick = lambda x: None if x is None else x[:, t]
     return SamplerInputs(pick(r.hidden), pick(r.channels), context)
@@ -85,6 +93,7 @@ def _stop_pad(model, tokenizer, stop_token_ids) -> tuple[list[int], int]:
     pad = getattr(tokenizer, "pad_token_id", None)
     return stops, int(pad if pad is not None else (stops[0] if stops else 0))
 
+# %% ../nbs/20_sampler_rl.ipynb #b5453a21
 def _left_pad(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     "Ids and attention mask of left-padded prompts."
     w = max(len(p) for p in prompts)
@@ -99,18 +108,29 @@ class _Decoder:
         self.mask, self.pos = mask, (mask.cumsum(-1) - 1).clamp(min=0)
         self._run(ids, self.pos, None)
 
-    def _run(self, ids, pos, past):
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=past,
-                         use_cache=True, output_hidden_states=self.want)
-        self.past, self.logits, self.hidden_states = out.past_key_values, out.logits[:, -1].float(), out.hidden_states
-        self.hidden = out.hidden_states[-1][:, -1].float() if self.want else None
-        self.channels = self.readout(out.hidden_states) if self.readout is not None else None
+# %% ../nbs/20_sampler_rl.ipynb #d27f10bb
+@patch
+def _run(self: _Decoder, ids, pos, past):
+    "One forward with the cache; keep the last logits, hidden state and readouts."
+    out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=past,
+                     use_cache=True, output_hidden_states=self.want)
+    self.past, self.logits, self.hidden_states = out.past_key_values, out.logits[:, -1].float(), out.hidden_states
+    self.hidden = out.hidden_states[-1][:, -1].float() if self.want else None
+    self.channels = self.readout(out.hidden_states) if self.readout is not None else None
 
-    def step(self, tokens: Int[Tensor, "rows"]):
-        "Feed one token per row."
-        self.mask = F.pad(self.mask, (0, 1), value=1)
-        self.pos = self.pos[:, -1:] + 1
-        self._run(tokens[:, None], self.pos, self.past)
+# %% ../nbs/20_sampler_rl.ipynb #bd818157
+@patch
+def step(self: _Decoder, tokens: Int[Tensor, "rows"]):
+    "Feed one token per row."
+    self.mask = F.pad(self.mask, (0, 1), value=1)
+    self.pos = self.pos[:, -1:] + 1
+    self._run(tokens[:, None], self.pos, self.past)
+
+# %% ../nbs/20_sampler_rl.ipynb #4f5b5573
+def _stack(rec, prompts, group, stops) -> SamplerRollout:
+    "The per-step records of `sampler_rollout` stacked along the step axis."
+    col = lambda i: None if rec[0][i] is None else torch.stack([r[i].cpu() for r in rec], 1)
+    return SamplerRollout(prompts, col(0), col(1), col(4), col(3), col(5), col(6), col(2), group, stops)
 
 # %% ../nbs/20_sampler_rl.ipynb #c239d28f
 @torch.no_grad()
@@ -146,14 +166,11 @@ def sampler_rollout(
         dec.step(torch.where(done, pad_id, tok).to(model.device))
     return _stack(rec, prompts, group, list(stop_ids or []))
 
-# %% ../nbs/20_sampler_rl.ipynb #4f5b5573
-def _stack(rec, prompts, group, stops) -> SamplerRollout:
-    "The per-step records of `sampler_rollout` stacked along the step axis."
-    col = lambda i: None if rec[0][i] is None else torch.stack([r[i].cpu() for r in rec], 1)
-    return SamplerRollout(prompts, col(0), col(1), col(4), col(3), col(5), col(6), col(2), group, stops)
-
 # %% ../nbs/20_sampler_rl.ipynb #e48ebda2
-def contexts(net, r: SamplerRollout) -> list:
+def contexts(
+    net,  # the sampler network (None or stateless: a list of None)
+    r: SamplerRollout,  # the rollout
+) -> list:
     "The context state before each step of `r` (differentiable in the GRU's weights; None for stateless nets)."
     if not isinstance(net, ContextAwareTransform) or net.cell is None: return [None] * r.tokens.shape[1]
     state, out = net.init_state(len(r.tokens)), []
@@ -162,12 +179,20 @@ def contexts(net, r: SamplerRollout) -> list:
     return out
 
 # %% ../nbs/20_sampler_rl.ipynb #b17bf6a4
-def step_logits(net, r: SamplerRollout, t: int, context=None) -> Float[Tensor, "rows vocab"]:
+def step_logits(
+    net,  # the sampler (None: the LM's logits)
+    r: SamplerRollout,  # the rollout
+    t: int,  # the step
+    context=None,  # the context state before step `t`
+) -> Float[Tensor, "rows vocab"]:
     "The network's logits at step `t` of `r` (the distribution the token was sampled from)."
     return sampler_logits(net, r.raw_logits[:, t], step_inputs(r, t, context)).float()
 
 # %% ../nbs/20_sampler_rl.ipynb #5bc028bd
-def policy_logprobs(net, r: SamplerRollout) -> Float[Tensor, "rows steps"]:
+def policy_logprobs(
+    net,  # the sampler network (the policy)
+    r: SamplerRollout,  # the rollout whose tokens are scored
+) -> Float[Tensor, "rows steps"]:
     "log π_net of every sampled token of `r` (float64, 0 outside `step_mask`), differentiable."
     ctx = contexts(net, r)
     lp = [step_logits(net, r, t, ctx[t]).double().log_softmax(-1).gather(-1, r.tokens[:, t:t + 1])[:, 0]
@@ -175,7 +200,10 @@ def policy_logprobs(net, r: SamplerRollout) -> Float[Tensor, "rows steps"]:
     return torch.stack(lp, 1).masked_fill(~r.step_mask, 0)
 
 # %% ../nbs/20_sampler_rl.ipynb #8ae03005
-def exact_kl(logits: Float[Tensor, "rows vocab"], ref_logits: Float[Tensor, "rows vocab"]) -> Float[Tensor, "rows"]:
+def exact_kl(
+    logits: Float[Tensor, "rows vocab"],  # the sampler's logits (-inf: removed)
+    ref_logits: Float[Tensor, "rows vocab"],  # the reference's logits
+) -> Float[Tensor, "rows"]:
     "KL(softmax(logits) ‖ softmax(ref_logits)) per row, exact over the vocabulary (float64)."
     lp, lq = logits.double().log_softmax(-1), ref_logits.double().log_softmax(-1)
     p = lp.exp()
@@ -194,7 +222,7 @@ class SamplerRLConfig:
     clip_eps: float = 0.2  # PPO clipping range
     kl_coef: float = 0.05  # β of the exact per-step KL(π_net ‖ π_ref)
     lr: float = 0.01  # AdamW learning rate (the network is small)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # clip the gradient norm (0: no clipping)
     ppo_epochs: int = 1  # optimiser steps on each batch of rollouts
     checkpoint_every: int = 10  # steps between checkpoints (and one at the end), when a folder is given
@@ -214,7 +242,13 @@ class SamplerRLConfig:
             raise ValueError(f"`advantage` must be one of {ADVANTAGES}, got {self.advantage!r}")
 
 # %% ../nbs/20_sampler_rl.ipynb #c5838c41
-def rl_loss_backward(net, r: SamplerRollout, advantages: Tensor, ref_logits: list, config: SamplerRLConfig) -> dict:
+def rl_loss_backward(
+    net,  # the policy
+    r: SamplerRollout,  # the rollout (its log-probs are π_old)
+    advantages: Tensor,  # one advantage per row
+    ref_logits: list,  # the reference's logits at every step
+    config: SamplerRLConfig,  # clip range and KL coefficient
+) -> dict:
     "Backpropagate the clipped surrogate + kl_coef·KL of a rollout, one step at a time (the sum is the full loss)."
     m, ctx, out = r.step_mask, contexts(net, r), dict(loss=0.0, kl=0.0, clip_frac=0.0)
     total = m.sum().clamp_min(1)
@@ -232,7 +266,10 @@ def rl_loss_backward(net, r: SamplerRollout, advantages: Tensor, ref_logits: lis
 
 # %% ../nbs/20_sampler_rl.ipynb #5668d061
 @torch.no_grad()
-def reference_logits(ref, r: SamplerRollout) -> list[Tensor]:
+def reference_logits(
+    ref,  # the reference network (None: the LM itself)
+    r: SamplerRollout,  # the rollout
+) -> list[Tensor]:
     "The reference's logits at every step of `r` (None: the identity, i.e. the LM's own logits)."
     ctx = contexts(ref, r)
     return [step_logits(ref, r, t, ctx[t]) for t in range(r.tokens.shape[1])]
@@ -241,9 +278,18 @@ def reference_logits(ref, r: SamplerRollout) -> list[Tensor]:
 @dataclass
 class SamplerRLState:
     "What training has done so far: steps done and one log line per step."
-    step: int = 0
-    history: list = field(default_factory=list)
+    step: int = 0  # optimiser steps done
+    history: list = field(default_factory=list)  # one log line (dict) per step
 
+# %% ../nbs/20_sampler_rl.ipynb #6bda19e0
+def lr_at(
+    config: SamplerRLConfig,  # `lr` and `warmup_steps`
+    step: int,  # the step (0-based)
+) -> float:
+    "The learning rate of step `step`: `config.lr` after a linear warm-up of `config.warmup_steps` steps."
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+
+# %% ../nbs/20_sampler_rl.ipynb #27f80f2d
 def rl_step(
     net,  # the sampler network (the policy)
     model,  # the frozen LM
@@ -273,10 +319,6 @@ def rl_step(
         if not skipped: opt.step()
     return dict(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()), lr=lr_at(c, step),
                 length=float(r.lengths.float().mean()), grad_norm=float(gn), skipped=skipped, **s)
-
-def lr_at(config: SamplerRLConfig, step: int) -> float:
-    "The learning rate of step `step`: `config.lr` after a linear warm-up of `config.warmup_steps` steps."
-    return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
 
 # %% ../nbs/20_sampler_rl.ipynb #1bdcfb82
 _RL_FORMAT = "soft_sampler.sampler_rl/1"
@@ -370,14 +412,21 @@ def train_sampler_rl(
 # %% ../nbs/20_sampler_rl.ipynb #6ed0970e
 ARITH_INSTRUCTION = " Answer with just the number."
 
-def arithmetic_tasks(split: str = "train", n: int | None = None) -> list[dict]:
+def arithmetic_tasks(
+    split: str = "train",  # 'train' (ids < 100) or 'heldout'
+    n: int | None = None,  # at most this many (None: all)
+) -> list[dict]:
     "Arithmetic problems of `split` ('train': ids < 100, 'heldout': the rest) as dicts with `chat` and `answer`."
     from soft_sampler.remote import load_arithmetic
     if split not in ("train", "heldout"): raise ValueError(f"`split` must be 'train' or 'heldout', got {split!r}")
     rows = [p for p in load_arithmetic() if (p["id"] < 100) == (split == "train")][:n]
     return [dict(p, chat=[{"role": "user", "content": p["question"] + ARITH_INSTRUCTION}]) for p in rows]
 
-def arithmetic_reward(tokenizer, tasks: list[dict]) -> NumericAnswer:
+# %% ../nbs/20_sampler_rl.ipynb #4868c909
+def arithmetic_reward(
+    tokenizer,  # the policy's tokenizer (decodes the ids)
+    tasks: list[dict],  # the tasks the prompts come from
+) -> NumericAnswer:
     "1 when the response's last number is the task's answer (the task found by its question in the prompt)."
     answers = {t["chat"][-1]["content"]: float(t["answer"]) for t in tasks}
     def answer(prompt: str) -> float:
@@ -387,7 +436,11 @@ def arithmetic_reward(tokenizer, tasks: list[dict]) -> NumericAnswer:
     return NumericAnswer(answer, tokenizer=tokenizer)
 
 # %% ../nbs/20_sampler_rl.ipynb #2f63ce85
-def addition_tasks(split: str = "train", n: int | None = None, heldout: int = 24) -> list[dict]:
+def addition_tasks(
+    split: str = "train",  # 'train' or 'heldout'
+    n: int | None = None,  # at most this many (None: all)
+    heldout: int = 24,  # how many of the 81 shuffled problems are held out
+) -> list[dict]:
     "Single-digit additions `What is a + b?` (a, b in 1..9), shuffled once; the first `heldout` are held out."
     import random
     if split not in ("train", "heldout"): raise ValueError(f"`split` must be 'train' or 'heldout', got {split!r}")
@@ -401,13 +454,20 @@ def addition_tasks(split: str = "train", n: int | None = None, heldout: int = 24
 # %% ../nbs/20_sampler_rl.ipynb #4a82dfa4
 ANSWER_PREFIX = "The answer is"
 
-def arithmetic_prompts(tokenizer, tasks: list[dict], prefix: str = ANSWER_PREFIX) -> list[list[int]]:
+def arithmetic_prompts(
+    tokenizer,  # the model's tokenizer (chat template)
+    tasks: list[dict],  # tasks with a `chat`
+    prefix: str = ANSWER_PREFIX,  # the start of the assistant's turn ('' or None: none)
+) -> list[list[int]]:
     "Prompt ids of `tasks`: the chat-templated question, then the start of the answer `prefix`."
     extra = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     return [ids + extra for ids in encode_prompts([t["chat"] for t in tasks], tokenizer)]
 
 # %% ../nbs/20_sampler_rl.ipynb #50921df3
-def self_bleu_groups(texts: list[str], group: int) -> float:
+def self_bleu_groups(
+    texts: list[str],  # the samples, prompt-major
+    group: int,  # samples per prompt
+) -> float:
     "Mean self-BLEU (0..1) within each prompt's group of samples (lower: more diverse)."
     from soft_sampler.curation import self_bleu
     vals = [self_bleu(texts[i:i + group]) for i in range(0, len(texts), group)]
@@ -416,7 +476,10 @@ def self_bleu_groups(texts: list[str], group: int) -> float:
 
 # %% ../nbs/20_sampler_rl.ipynb #e34bf165
 @torch.no_grad()
-def rollout_metrics(sampler, r: SamplerRollout) -> dict:
+def rollout_metrics(
+    sampler,  # the sampler the rollout was drawn with
+    r: SamplerRollout,  # the rollout
+) -> dict:
     "Per-token KL(π_sampler ‖ π_LM) and entropy of π_sampler along the rollout's own tokens."
     ctx, kl, ent, m = contexts(sampler, r), [], [], r.step_mask
     for t in range(r.tokens.shape[1]):
@@ -427,6 +490,16 @@ def rollout_metrics(sampler, r: SamplerRollout) -> dict:
     return dict(kl=mean(kl), entropy=mean(ent))
 
 # %% ../nbs/20_sampler_rl.ipynb #340d37f1
+def distinct_answers(
+    texts: list[str],  # the samples, prompt-major
+    group: int,  # samples per prompt
+) -> float:
+    "Mean share of distinct final numbers (None counts as one answer) among each prompt's `group` samples."
+    from soft_sampler.rewards import last_number
+    return float(np.mean([len({last_number(t) for t in texts[i:i + group]}) / len(texts[i:i + group])
+                          for i in range(0, len(texts), group)]))
+
+# %% ../nbs/20_sampler_rl.ipynb #3f5e91a6
 def evaluate_rl_sampler(
     model,  # the LM
     tokenizer,  # its tokenizer
@@ -455,16 +528,11 @@ def evaluate_rl_sampler(
                 entropy=wmean("entropy"), self_bleu=self_bleu_groups(texts, group),
                 distinct_answers=distinct_answers(texts, group), length=float(w.mean()), samples=texts[:8])
 
-def distinct_answers(texts: list[str], group: int) -> float:
-    "Mean share of distinct final numbers (None counts as one answer) among each prompt's `group` samples."
-    from soft_sampler.rewards import last_number
-    return float(np.mean([len({last_number(t) for t in texts[i:i + group]}) / len(texts[i:i + group])
-                          for i in range(0, len(texts), group)]))
-
 # %% ../nbs/20_sampler_rl.ipynb #b4c550f1
 ENTROPY_BANDS = ((0.0, 1.0), (1.0, 2.5), (2.5, 20.0))  # nats: confident, middling, flat rows
 LOGP_GRID = tuple(float(x) for x in np.arange(-14.0, 0.01, 1.0))  # bin edges of the input log-prob
 
+# %% ../nbs/20_sampler_rl.ipynb #d9b1bc25
 def _rows(sampler, r: SamplerRollout) -> tuple[Tensor, Tensor]:
     "(input log-probs, output log-probs) of every response step of `r`, `[rows, vocab]` each."
     ctx, m = contexts(sampler, r), r.step_mask
@@ -496,7 +564,11 @@ def transfer_curves(
 
 # %% ../nbs/20_sampler_rl.ipynb #08ad9992
 @torch.no_grad()
-def kept_vs_entropy(x: Float[Tensor, "rows vocab"], y: Float[Tensor, "rows vocab"], tau: float = 1e-4) -> dict:
+def kept_vs_entropy(
+    x: Float[Tensor, "rows vocab"],  # input log-probs
+    y: Float[Tensor, "rows vocab"],  # output log-probs
+    tau: float = 1e-4,  # a token counts as kept when p >= tau
+) -> dict:
     "Per row: input entropy, and the number of tokens with probability ≥ `tau` in the input and in the output."
     h = -(x.exp() * x).sum(-1)
     kept = lambda lp: (lp.exp() >= tau).sum(-1).tolist()
@@ -505,7 +577,9 @@ def kept_vs_entropy(x: Float[Tensor, "rows vocab"], y: Float[Tensor, "rows vocab
 # %% ../nbs/20_sampler_rl.ipynb #efd8f3db
 RULE_GRID = dict(t=(0.5, 0.7, 1.0, 1.3), min_p=(0.0, 0.05, 0.1, 0.2), epsilon=(3e-4, 1e-3))
 
-def rule_specs(grid: dict = RULE_GRID) -> list[list[dict]]:
+def rule_specs(
+    grid: dict = RULE_GRID,  # the temperatures, min-p and ε values to combine
+) -> list[list[dict]]:
     "Candidate rules: temperature alone, temperature + min-p, temperature + ε."
     specs = []
     for t in grid["t"]:
@@ -513,6 +587,7 @@ def rule_specs(grid: dict = RULE_GRID) -> list[list[dict]]:
         specs += [[{"name": "temperature", "t": t}, {"name": "epsilon", "eps": e}] for e in grid["epsilon"]]
     return specs
 
+# %% ../nbs/20_sampler_rl.ipynb #6929a7f1
 @torch.no_grad()
 def fit_rule(
     x: Float[Tensor, "rows vocab"],  # input log-probs
@@ -590,7 +665,11 @@ def imitate_trajectories(
 
 # %% ../nbs/20_sampler_rl.ipynb #2afe5585
 @torch.no_grad()
-def trajectory_fidelity(net, r: SamplerRollout, target: Tensor) -> dict:
+def trajectory_fidelity(
+    net,  # the network (None: the identity)
+    r: SamplerRollout,  # held-out trajectories
+    target: Tensor,  # the target's logits at every step
+) -> dict:
     "The fidelity table's metrics (`train.fidelity_metrics`) of `net` against `target` on every step of `r`."
     from soft_sampler.train import fidelity_metrics
     ctx, m, parts = contexts(net, r), r.step_mask, []
@@ -602,7 +681,8 @@ def trajectory_fidelity(net, r: SamplerRollout, target: Tensor) -> dict:
 @torch.no_grad()
 def mirostat_replay(
     raw: Float[Tensor, "rows steps vocab"],  # log-probs of every step of every trajectory
-    tau: float, eta: float,  # mirostat's target surprise (bits) and learning rate
+    tau: float,  # mirostat's target surprise (bits)
+    eta: float,  # its learning rate
     mu: float | None = None,  # a constant μ instead (bits)
     generator: torch.Generator | None = None,  # the token choices
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -612,7 +692,7 @@ def mirostat_replay(
         y = mirostat_v2(raw[:, t], m); lp = y.double().log_softmax(-1)
         tok = torch.multinomial(lp.exp().float(), 1, generator=generator)[:, 0]
         target.append(y); toks.append(tok); mus.append(m)
-        if mu is None: m = m - eta * (-lp.gather(1, tok[:, None])[:, 0] / math.log(2) - tau)  # μ ← μ − η(s − τ)
+        if mu is None: m = m - eta * (-lp.gather(1, tok[:, None])[:, 0] / math.log(2) - tau)  # μ ← μ−η(s−τ)
     return torch.stack(target, 1), torch.stack(toks, 1), torch.stack(mus, 1)
 
 # %% ../nbs/20_sampler_rl.ipynb #5f5bd2cf
@@ -665,7 +745,9 @@ def step_overhead(
     return {k: dict(seconds=v, ratio=v / med["decode"]) for k, v in med.items()}
 
 # %% ../nbs/20_sampler_rl.ipynb #58edcba7
-def spec_from_name(name: str) -> list[dict]:
+def spec_from_name(
+    name: str,  # a pipeline name, steps joined by '+'
+) -> list[dict]:
     "The pipeline spec of a `heuristics.pipeline_name` such as `temperature(t=1.3)+top_k(k=40)`."
     import re
     spec = []
@@ -677,13 +759,18 @@ def spec_from_name(name: str) -> list[dict]:
         spec.append({"name": m.group(1), **{k: num(v) for k, v in args.items()}})
     return spec
 
+# %% ../nbs/20_sampler_rl.ipynb #b4357d3c
 def _repo_results() -> Path:
     import soft_sampler
     return Path(soft_sampler.__file__).resolve().parents[1]/"results"
 
 CURATION_RESULTS = _repo_results()/"curation_full.json"  # the committed curation table
 
-def best_heuristic(path: str | Path = CURATION_RESULTS, kind: str = "arithmetic") -> tuple[str, list[dict]]:
+# %% ../nbs/20_sampler_rl.ipynb #5db63c94
+def best_heuristic(
+    path: str | Path = CURATION_RESULTS,  # the curation results (JSON)
+    kind: str = "arithmetic",  # the prompt kind of the table
+) -> tuple[str, list[dict]]:
     "The curation table's best pipeline for prompts of `kind`: its name and spec."
     name = json.loads(Path(path).read_text())["best_by_kind"][kind][0]
     return name, spec_from_name(name)
@@ -695,10 +782,13 @@ EXPERIMENT_NETS = {  # name: (network class, config overrides) of the reward-tra
     "RL multi-layer": ("ContextAwareTransform", dict(state_size=0, layers=[10, 20])),
     "RL hidden-state head": ("HiddenStateHead", dict(hidden_size=576)),
 }
+
+# %% ../nbs/20_sampler_rl.ipynb #c9f10afe
 EXPERIMENT_TEMPERATURES = (0.3, 0.5, 0.7)  # plain sampling cooled: the accuracy–KL frontier to compare at equal KL
 EXPERIMENT_CONFIG = dict(group_size=8, prompts_per_step=2, max_new_tokens=6, lr=1e-3, warmup_steps=4, kl_coef=0.2,
                          checkpoint_every=8)  # the committed run's RL settings (with `steps`)
 
+# %% ../nbs/20_sampler_rl.ipynb #00add471
 def _imitation_net(model, tok, spec, tasks, steps: int, seed: int):
     "A SimpleDistributionAwareTransform trained to imitate `spec` on the model's replayed logits of `tasks`."
     from soft_sampler.sampling import generate
@@ -723,13 +813,44 @@ def _learned(sampler, model, tok, tasks, reward, cfg, seed) -> dict:
     return dict(transfer=transfer_curves(x, y), kept=kv, rule=spec, rule_distance=dist)
 
 # %% ../nbs/20_sampler_rl.ipynb #2324af2f
-def temperature_at_kl(ev: dict, kl: float, temperatures=EXPERIMENT_TEMPERATURES) -> float | None:
+def temperature_at_kl(
+    ev: dict,  # evaluations by sampler name (with plain sampling at `temperatures`)
+    kl: float,  # the KL to match
+    temperatures=EXPERIMENT_TEMPERATURES,  # the measured temperatures
+) -> float | None:
     "Held-out reward of plain sampling cooled to the KL `kl` (linear between the measured temperatures; None outside)."
     pts = sorted([(0.0, ev["plain sampling (identity)"]["reward"])] +
                  [(ev[f"plain sampling at t={t}"]["kl"], ev[f"plain sampling at t={t}"]["reward"]) for t in temperatures
                   if f"plain sampling at t={t}" in ev])
     if not pts[0][0] <= kl <= pts[-1][0]: return None
     return float(np.interp(kl, [k for k, _ in pts], [r for _, r in pts]))
+
+# %% ../nbs/20_sampler_rl.ipynb #6b72efc7
+def _resume_partial(out, res: dict) -> dict:
+    "The partial results in `out` when they were written with the same settings, else `res` (a fresh run)."
+    try: old = json.loads(Path(out).read_text())
+    except (OSError, ValueError): return res
+    same = not old.get("complete", True) and all(old.get(k) == v for k, v in res.items() if k != "command")
+    return old if same else res
+
+# %% ../nbs/20_sampler_rl.ipynb #7ee8ee7c
+def _work_dir(res: dict) -> Path:
+    "A checkpoint folder under the temporary directory, named after the run's settings."
+    import hashlib
+    digest = hashlib.sha1(json.dumps(res, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir())/f"soft_sampler_rl_{digest}"
+
+# %% ../nbs/20_sampler_rl.ipynb #526a39b1
+def _cached_imitation(res, work, model, tok, heur_name, train, seed):
+    "The imitation network: trained once, saved in `work`, reloaded on a rerun."
+    path = work/"imitation.safetensors"
+    if path.exists() and "imitation" in res: return load_network(path)
+    t0 = time.perf_counter()
+    spec = spec_from_name(heur_name)
+    net, res["imitation"] = _imitation_net(model, tok, spec, train[:16], res["imitation_steps"], seed)
+    res["imitation"]["seconds"] = time.perf_counter() - t0
+    work.mkdir(parents=True, exist_ok=True); net.save(path)
+    return net
 
 # %% ../nbs/20_sampler_rl.ipynb #c089046b
 def sampler_rl_experiment(
@@ -781,30 +902,6 @@ def sampler_rl_experiment(
     res["seconds"], res["complete"] = elapsed(), True
     atomic_write_json(out, res, indent=1)
     return res
-
-# %% ../nbs/20_sampler_rl.ipynb #f2ecb9b0
-def _resume_partial(out, res: dict) -> dict:
-    "The partial results in `out` when they were written with the same settings, else `res` (a fresh run)."
-    try: old = json.loads(Path(out).read_text())
-    except (OSError, ValueError): return res
-    same = not old.get("complete", True) and all(old.get(k) == v for k, v in res.items() if k != "command")
-    return old if same else res
-
-def _work_dir(res: dict) -> Path:
-    "A checkpoint folder under the temporary directory, named after the run's settings."
-    import hashlib
-    digest = hashlib.sha1(json.dumps(res, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(tempfile.gettempdir())/f"soft_sampler_rl_{digest}"
-
-def _cached_imitation(res, work, model, tok, heur_name, train, seed):
-    "The imitation network: trained once, saved in `work`, reloaded on a rerun."
-    path = work/"imitation.safetensors"
-    if path.exists() and "imitation" in res: return load_network(path)
-    t0 = time.perf_counter()
-    net, res["imitation"] = _imitation_net(model, tok, spec_from_name(heur_name), train[:16], res["imitation_steps"], seed)
-    res["imitation"]["seconds"] = time.perf_counter() - t0
-    work.mkdir(parents=True, exist_ok=True); net.save(path)
-    return net
 
 # %% ../nbs/20_sampler_rl.ipynb #bc39c145
 def _evaluate_all(res, samplers, model, tok, held, reward, cfg, progress, save):
@@ -907,7 +1004,9 @@ def _rl_setup(p, ns):
     return net, ref, cfg
 
 # %% ../nbs/20_sampler_rl.ipynb #dcd48575
-def train_rl_cli(argv: list[str]) -> int:
+def train_rl_cli(
+    argv: list[str],  # the command-line arguments after `train-rl`
+) -> int:
     "`soft-sampler train-rl`: GRPO/RLOO on a sampler network with the embedded model frozen."
     p = _rl_parser(); ns = p.parse_args(argv)
     net, ref, cfg = _rl_setup(p, ns)
@@ -936,48 +1035,61 @@ def train_rl_cli(argv: list[str]) -> int:
     return 0
 
 # %% ../nbs/20_sampler_rl.ipynb #8c99f2c7
-def results_rows(res: dict) -> list[dict]:
-    "One row per evaluated sampler: reward, KL, entropy, self-BLEU, length, per-step cost; then each fitted rule."
+def results_rows(
+    res: dict,  # the results of `sampler_rl_experiment`
+) -> list[dict]:
+    "One row per evaluated sampler (reward, KL, diversity, cost, plain sampling's reward at its KL); then the rules."
     cost = {k: v["ratio"] for k, v in res.get("overhead", {}).items()}
-    rows = [dict(sampler=k, **{m: v[m] for m in ("reward", "kl", "entropy", "self_bleu", "length")}, cost=cost.get(k))
-            for k, v in res["eval"].items()]
+    keys = ("reward", "kl", "entropy", "self_bleu", "length")
+    more = lambda e: {k: e.get(k) for k in ("reward_se", "distinct_answers", "temperature_reward_at_kl")}
+    rows = [dict(sampler=k, **{m: v[m] for m in keys}, **more(v), cost=cost.get(k)) for k, v in res["eval"].items()]
     for k, a in res.get("learned", {}).items():
         args = lambda d: ",".join(f"{kk}={vv}" for kk, vv in d.items() if kk != "name")
-        name = "+".join(f"{d['name']}({args(d)})" for d in a["rule"])
-        e = a["rule_eval"]
-        metrics = {m: e[m] for m in ("reward", "kl", "entropy", "self_bleu", "length")}
-        rows.append(dict(sampler=f"rule fitted to {k}: {name}", **metrics,
+        name, e = "+".join(f"{d['name']}({args(d)})" for d in a["rule"]), a["rule_eval"]
+        rows.append(dict(sampler=f"rule fitted to {k}: {name}", **{m: e[m] for m in keys}, **more(e),
                          cost=None, gain_kept=a.get("gain_kept")))
     return rows
 
-def print_rows(rows: list[dict]) -> None:
-    "The rows as an aligned text table."
-    print(f"{'sampler':<70} {'reward':>7} {'KL':>7} {'H':>6} {'sBLEU':>6} {'len':>5} {'cost':>6}")
+# %% ../nbs/20_sampler_rl.ipynb #37d6f348
+def print_rows(
+    rows: list[dict],  # rows of `results_rows`
+) -> None:
+    "The rows as an aligned text table (± one standard error; `t@KL`: plain sampling cooled to the same KL)."
+    f = lambda v, fmt: "" if v is None else format(v, fmt)
+    print(f"{'sampler':<62} {'reward':>13} {'t@KL':>6} {'KL':>6} {'H':>5} {'dist':>5} {'sBLEU':>6} {'len':>4} "
+          f"{'cost':>6}")
     for r in rows:
-        c = "" if r.get("cost") is None else f"{r['cost']:.3f}"
-        print(f"{r['sampler'][:70]:<70} {r['reward']:7.3f} {r['kl']:7.3f} {r['entropy']:6.2f} {r['self_bleu']:6.3f} "
-              f"{r['length']:5.1f} {c:>6}")
+        rw = f"{r['reward']:.3f}" + (f" ± {r['reward_se']:.3f}" if r.get("reward_se") is not None else "")
+        print(f"{r['sampler'][:62]:<62} {rw:>13} {f(r.get('temperature_reward_at_kl'), '.3f'):>6} {r['kl']:6.3f} "
+              f"{r['entropy']:5.2f} {f(r.get('distinct_answers'), '.2f'):>5} {r['self_bleu']:6.3f} {r['length']:4.1f} "
+              f"{f(r.get('cost'), '.3f'):>6}")
 
-# %% ../nbs/20_sampler_rl.ipynb #cc5e64e5
-def plot_comparison(res: dict):
-    "Held-out reward against KL(π ‖ LM) per token; colour: self-BLEU (lower: more diverse); rules as open markers."
+# %% ../nbs/20_sampler_rl.ipynb #9e1ac692
+def plot_comparison(
+    res: dict,  # the results of `sampler_rl_experiment`
+):
+    "Held-out reward against KL(π ‖ LM) per token, plain sampling cooled as the frontier; colour: distinct answers."
     import matplotlib.pyplot as plt
     rows = results_rows(res)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    sb = [r["self_bleu"] for r in rows]
+    front = sorted((r["kl"], r["reward"]) for r in rows if r["sampler"].startswith("plain sampling"))
+    ax.plot(*zip(*front), "k--", lw=0.8, label="plain sampling, cooled (t = 1 … 0.3)")
+    div = [r.get("distinct_answers") or r["self_bleu"] for r in rows]
     for i, r in enumerate(rows):
         rule = r["sampler"].startswith("rule")
-        sc = ax.scatter(r["kl"], r["reward"], c=[r["self_bleu"]], vmin=min(sb), vmax=max(sb), cmap="viridis", s=60,
+        sc = ax.scatter(r["kl"], r["reward"], c=[div[i]], vmin=min(div), vmax=max(div), cmap="viridis", s=60,
                         marker="o" if not rule else "s", edgecolors="k", linewidths=0.5 if not rule else 1.5, alpha=0.9)
         ax.annotate(str(i), (r["kl"], r["reward"]), xytext=(4, 3), textcoords="offset points", fontsize=8)
-    fig.colorbar(sc, ax=ax, label="self-BLEU within a prompt's samples")
+    fig.colorbar(sc, ax=ax, label="distinct answers per prompt (share)")
     ax.set(xlabel="KL(sampler ‖ model) per token (nats)", ylabel="held-out accuracy",
-           title="arithmetic, held-out problems")
-    ax.grid(alpha=0.3); fig.tight_layout()
+           title="single-digit additions, held out")
+    ax.legend(fontsize=7); ax.grid(alpha=0.3); fig.tight_layout()
     return fig, {i: r["sampler"] for i, r in enumerate(rows)}
 
 # %% ../nbs/20_sampler_rl.ipynb #e73c1b2e
-def plot_learned(res: dict):
+def plot_learned(
+    res: dict,  # the results of `sampler_rl_experiment`
+):
     "Per trained network: its transfer curves by entropy band (top) and kept-set size against entropy (bottom)."
     import matplotlib.pyplot as plt
     learned = res["learned"]
