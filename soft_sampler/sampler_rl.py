@@ -20,24 +20,27 @@ from .rewards import NumericAnswer, score
 from .networks import (NETWORKS, ContextAwareTransform, HiddenStateHead, LayerReadout, LogitsNetwork,
                                    SamplerInputs, SimpleDistributionAwareTransform, load_network, sampler_logits,
                                    step_stats)
-from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_step, write_text_atomic
+from .core import atomic_write_json, check_int
+from .train import latest_checkpoint, load_optimizer_tensors, optimizer_tensors, write_step
 from .heuristics_ext import mirostat_v2
 from .soft_rl import ADVANTAGES, clipped_surrogate, group_advantages
 
 # %% auto #0
 __all__ = ['SAMPLER_RL_STREAM', 'ARITH_INSTRUCTION', 'ANSWER_PREFIX', 'ENTROPY_BANDS', 'LOGP_GRID', 'RULE_GRID',
-           'CURATION_RESULTS', 'EXPERIMENT_NETS', 'SamplerRollout', 'needs', 'step_inputs', 'sampler_rollout',
-           'contexts', 'step_logits', 'policy_logprobs', 'exact_kl', 'SamplerRLConfig', 'rl_loss_backward',
-           'reference_logits', 'SamplerRLState', 'rl_step', 'save_rl_checkpoint', 'load_rl_checkpoint',
-           'SamplerRLResult', 'train_sampler_rl', 'arithmetic_tasks', 'arithmetic_reward', 'arithmetic_prompts',
-           'self_bleu_groups', 'rollout_metrics', 'evaluate_rl_sampler', 'transfer_curves', 'kept_vs_entropy',
-           'rule_specs', 'fit_rule', 'mirostat_trajectories', 'imitate_trajectories', 'trajectory_fidelity',
-           'mirostat_replay', 'replayed_mirostat', 'step_overhead', 'spec_from_name', 'best_heuristic',
+           'CURATION_RESULTS', 'EXPERIMENT_NETS', 'EXPERIMENT_TEMPERATURES', 'EXPERIMENT_CONFIG', 'SamplerRollout',
+           'needs', 'step_inputs', 'sampler_rollout', 'contexts', 'step_logits', 'policy_logprobs', 'exact_kl',
+           'SamplerRLConfig', 'rl_loss_backward', 'reference_logits', 'SamplerRLState', 'lr_at', 'rl_step',
+           'save_rl_checkpoint', 'load_rl_checkpoint', 'SamplerRLResult', 'train_sampler_rl', 'arithmetic_tasks',
+           'arithmetic_reward', 'addition_tasks', 'arithmetic_prompts', 'self_bleu_groups', 'rollout_metrics',
+           'distinct_answers', 'evaluate_rl_sampler', 'transfer_curves', 'kept_vs_entropy', 'rule_specs', 'fit_rule',
+           'mirostat_trajectories', 'imitate_trajectories', 'trajectory_fidelity', 'mirostat_replay',
+           'replayed_mirostat', 'step_overhead', 'spec_from_name', 'best_heuristic', 'temperature_at_kl',
            'sampler_rl_experiment', 'train_rl_cli', 'results_rows', 'print_rows', 'plot_comparison', 'plot_learned']
 
 # %% ../nbs/20_sampler_rl.ipynb #bf198405
 SAMPLER_RL_STREAM = 20  # keyed-randomness stream of the per-step rollout seeds
 
+# %% ../nbs/20_sampler_rl.ipynb #6fc90320
 @dataclass
 class SamplerRollout:
     "Rollouts of a frozen LM with a sampler network; rows are prompt-major (prompt i, sample j is row i·group + j)."
@@ -58,19 +61,26 @@ def lengths(self: SamplerRollout) -> Int[Tensor, "rows"]:
     "Response steps per row (stop token included)."
     return self.step_mask.sum(-1)
 
+# %% ../nbs/20_sampler_rl.ipynb #49edfd2d
 @patch
 def responses(self: SamplerRollout) -> list[list[int]]:
     "Each row's response without padding and stop token."
     return [[t for t in row[:l].tolist() if t not in self.stop_ids] for row, l in zip(self.tokens, self.lengths)]
 
 # %% ../nbs/20_sampler_rl.ipynb #f3efada0
-def needs(net) -> dict:
+def needs(
+    net,  # a sampler network, a function logits -> logits, or None
+) -> dict:
     "What `net` reads besides the logits: `hidden` (bool) and `layers` (list)."
     cfg = getattr(net, "config", None)
     return dict(hidden=isinstance(net, HiddenStateHead), layers=list(getattr(cfg, "layers", []) or []))
 
 # %% ../nbs/20_sampler_rl.ipynb #d4f7eceb
-def step_inputs(r: SamplerRollout, t: int, context=None) -> SamplerInputs:
+def step_inputs(
+    r: SamplerRollout,  # a rollout
+    t: int,  # the step
+    context=None,  # the context state before step `t` (None: stateless)
+) -> SamplerInputs:
     "The `SamplerInputs` of step `t` of a rollout (with a given context state)."
     pick = lambda x: None if x is None else x[:, t]
     return SamplerInputs(pick(r.hidden), pick(r.channels), context)
@@ -83,6 +93,7 @@ def _stop_pad(model, tokenizer, stop_token_ids) -> tuple[list[int], int]:
     pad = getattr(tokenizer, "pad_token_id", None)
     return stops, int(pad if pad is not None else (stops[0] if stops else 0))
 
+# %% ../nbs/20_sampler_rl.ipynb #b5453a21
 def _left_pad(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
     "Ids and attention mask of left-padded prompts."
     w = max(len(p) for p in prompts)
@@ -97,18 +108,29 @@ class _Decoder:
         self.mask, self.pos = mask, (mask.cumsum(-1) - 1).clamp(min=0)
         self._run(ids, self.pos, None)
 
-    def _run(self, ids, pos, past):
-        out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=past,
-                         use_cache=True, output_hidden_states=self.want)
-        self.past, self.logits, self.hidden_states = out.past_key_values, out.logits[:, -1].float(), out.hidden_states
-        self.hidden = out.hidden_states[-1][:, -1].float() if self.want else None
-        self.channels = self.readout(out.hidden_states) if self.readout is not None else None
+# %% ../nbs/20_sampler_rl.ipynb #d27f10bb
+@patch
+def _run(self: _Decoder, ids, pos, past):
+    "One forward with the cache; keep the last logits, hidden state and readouts."
+    out = self.model(input_ids=ids, attention_mask=self.mask, position_ids=pos, past_key_values=past,
+                     use_cache=True, output_hidden_states=self.want)
+    self.past, self.logits, self.hidden_states = out.past_key_values, out.logits[:, -1].float(), out.hidden_states
+    self.hidden = out.hidden_states[-1][:, -1].float() if self.want else None
+    self.channels = self.readout(out.hidden_states) if self.readout is not None else None
 
-    def step(self, tokens: Int[Tensor, "rows"]):
-        "Feed one token per row."
-        self.mask = F.pad(self.mask, (0, 1), value=1)
-        self.pos = self.pos[:, -1:] + 1
-        self._run(tokens[:, None], self.pos, self.past)
+# %% ../nbs/20_sampler_rl.ipynb #bd818157
+@patch
+def step(self: _Decoder, tokens: Int[Tensor, "rows"]):
+    "Feed one token per row."
+    self.mask = F.pad(self.mask, (0, 1), value=1)
+    self.pos = self.pos[:, -1:] + 1
+    self._run(tokens[:, None], self.pos, self.past)
+
+# %% ../nbs/20_sampler_rl.ipynb #4f5b5573
+def _stack(rec, prompts, group, stops) -> SamplerRollout:
+    "The per-step records of `sampler_rollout` stacked along the step axis."
+    col = lambda i: None if rec[0][i] is None else torch.stack([r[i].cpu() for r in rec], 1)
+    return SamplerRollout(prompts, col(0), col(1), col(4), col(3), col(5), col(6), col(2), group, stops)
 
 # %% ../nbs/20_sampler_rl.ipynb #c239d28f
 @torch.no_grad()
@@ -144,14 +166,11 @@ def sampler_rollout(
         dec.step(torch.where(done, pad_id, tok).to(model.device))
     return _stack(rec, prompts, group, list(stop_ids or []))
 
-# %% ../nbs/20_sampler_rl.ipynb #4f5b5573
-def _stack(rec, prompts, group, stops) -> SamplerRollout:
-    "The per-step records of `sampler_rollout` stacked along the step axis."
-    col = lambda i: None if rec[0][i] is None else torch.stack([r[i].cpu() for r in rec], 1)
-    return SamplerRollout(prompts, col(0), col(1), col(4), col(3), col(5), col(6), col(2), group, stops)
-
 # %% ../nbs/20_sampler_rl.ipynb #e48ebda2
-def contexts(net, r: SamplerRollout) -> list:
+def contexts(
+    net,  # the sampler network (None or stateless: a list of None)
+    r: SamplerRollout,  # the rollout
+) -> list:
     "The context state before each step of `r` (differentiable in the GRU's weights; None for stateless nets)."
     if not isinstance(net, ContextAwareTransform) or net.cell is None: return [None] * r.tokens.shape[1]
     state, out = net.init_state(len(r.tokens)), []
@@ -160,12 +179,20 @@ def contexts(net, r: SamplerRollout) -> list:
     return out
 
 # %% ../nbs/20_sampler_rl.ipynb #b17bf6a4
-def step_logits(net, r: SamplerRollout, t: int, context=None) -> Float[Tensor, "rows vocab"]:
+def step_logits(
+    net,  # the sampler (None: the LM's logits)
+    r: SamplerRollout,  # the rollout
+    t: int,  # the step
+    context=None,  # the context state before step `t`
+) -> Float[Tensor, "rows vocab"]:
     "The network's logits at step `t` of `r` (the distribution the token was sampled from)."
     return sampler_logits(net, r.raw_logits[:, t], step_inputs(r, t, context)).float()
 
 # %% ../nbs/20_sampler_rl.ipynb #5bc028bd
-def policy_logprobs(net, r: SamplerRollout) -> Float[Tensor, "rows steps"]:
+def policy_logprobs(
+    net,  # the sampler network (the policy)
+    r: SamplerRollout,  # the rollout whose tokens are scored
+) -> Float[Tensor, "rows steps"]:
     "log π_net of every sampled token of `r` (float64, 0 outside `step_mask`), differentiable."
     ctx = contexts(net, r)
     lp = [step_logits(net, r, t, ctx[t]).double().log_softmax(-1).gather(-1, r.tokens[:, t:t + 1])[:, 0]
@@ -173,7 +200,10 @@ def policy_logprobs(net, r: SamplerRollout) -> Float[Tensor, "rows steps"]:
     return torch.stack(lp, 1).masked_fill(~r.step_mask, 0)
 
 # %% ../nbs/20_sampler_rl.ipynb #8ae03005
-def exact_kl(logits: Float[Tensor, "rows vocab"], ref_logits: Float[Tensor, "rows vocab"]) -> Float[Tensor, "rows"]:
+def exact_kl(
+    logits: Float[Tensor, "rows vocab"],  # the sampler's logits (-inf: removed)
+    ref_logits: Float[Tensor, "rows vocab"],  # the reference's logits
+) -> Float[Tensor, "rows"]:
     "KL(softmax(logits) ‖ softmax(ref_logits)) per row, exact over the vocabulary (float64)."
     lp, lq = logits.double().log_softmax(-1), ref_logits.double().log_softmax(-1)
     p = lp.exp()
@@ -192,18 +222,17 @@ class SamplerRLConfig:
     clip_eps: float = 0.2  # PPO clipping range
     kl_coef: float = 0.05  # β of the exact per-step KL(π_net ‖ π_ref)
     lr: float = 0.01  # AdamW learning rate (the network is small)
-    weight_decay: float = 0.0
+    weight_decay: float = 0.0  # AdamW weight decay
     max_grad_norm: float = 1.0  # clip the gradient norm (0: no clipping)
     ppo_epochs: int = 1  # optimiser steps on each batch of rollouts
     checkpoint_every: int = 10  # steps between checkpoints (and one at the end), when a folder is given
     seed: int = 0  # keys the rollouts (with the step)
+    warmup_steps: int = 0  # linear learning-rate warm-up: step s uses lr·min(1, (s+1)/warmup_steps) (0: none)
 
     def __post_init__(self):
         for n, low in (("steps", 1), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1),
-                       ("ppo_epochs", 1), ("checkpoint_every", 1), ("seed", 0)):
-            v = getattr(self, n)
-            if isinstance(v, bool) or not isinstance(v, int) or v < low:
-                raise ValueError(f"`{n}` must be an integer >= {low}, got {v!r}")
+                       ("ppo_epochs", 1), ("checkpoint_every", 1), ("seed", 0), ("warmup_steps", 0)):
+            check_int(getattr(self, n), n, low)
         for n in ("clip_eps", "kl_coef", "lr", "weight_decay", "max_grad_norm"):
             v, strict = getattr(self, n), n in ("lr", "clip_eps")
             bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
@@ -213,7 +242,13 @@ class SamplerRLConfig:
             raise ValueError(f"`advantage` must be one of {ADVANTAGES}, got {self.advantage!r}")
 
 # %% ../nbs/20_sampler_rl.ipynb #c5838c41
-def rl_loss_backward(net, r: SamplerRollout, advantages: Tensor, ref_logits: list, config: SamplerRLConfig) -> dict:
+def rl_loss_backward(
+    net,  # the policy
+    r: SamplerRollout,  # the rollout (its log-probs are π_old)
+    advantages: Tensor,  # one advantage per row
+    ref_logits: list,  # the reference's logits at every step
+    config: SamplerRLConfig,  # clip range and KL coefficient
+) -> dict:
     "Backpropagate the clipped surrogate + kl_coef·KL of a rollout, one step at a time (the sum is the full loss)."
     m, ctx, out = r.step_mask, contexts(net, r), dict(loss=0.0, kl=0.0, clip_frac=0.0)
     total = m.sum().clamp_min(1)
@@ -231,7 +266,10 @@ def rl_loss_backward(net, r: SamplerRollout, advantages: Tensor, ref_logits: lis
 
 # %% ../nbs/20_sampler_rl.ipynb #5668d061
 @torch.no_grad()
-def reference_logits(ref, r: SamplerRollout) -> list[Tensor]:
+def reference_logits(
+    ref,  # the reference network (None: the LM itself)
+    r: SamplerRollout,  # the rollout
+) -> list[Tensor]:
     "The reference's logits at every step of `r` (None: the identity, i.e. the LM's own logits)."
     ctx = contexts(ref, r)
     return [step_logits(ref, r, t, ctx[t]) for t in range(r.tokens.shape[1])]
@@ -240,9 +278,18 @@ def reference_logits(ref, r: SamplerRollout) -> list[Tensor]:
 @dataclass
 class SamplerRLState:
     "What training has done so far: steps done and one log line per step."
-    step: int = 0
-    history: list = field(default_factory=list)
+    step: int = 0  # optimiser steps done
+    history: list = field(default_factory=list)  # one log line (dict) per step
 
+# %% ../nbs/20_sampler_rl.ipynb #6bda19e0
+def lr_at(
+    config: SamplerRLConfig,  # `lr` and `warmup_steps`
+    step: int,  # the step (0-based)
+) -> float:
+    "The learning rate of step `step`: `config.lr` after a linear warm-up of `config.warmup_steps` steps."
+    return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
+
+# %% ../nbs/20_sampler_rl.ipynb #27f80f2d
 def rl_step(
     net,  # the sampler network (the policy)
     model,  # the frozen LM
@@ -264,12 +311,13 @@ def rl_step(
     rewards = score(reward, r.prompt_ids, r.responses())
     adv, ref_logits = group_advantages(rewards, c.group_size, c.advantage, c.scale_rewards), reference_logits(ref, r)
     skipped = not bool(adv.abs().max() > 0)  # no group with reward variance: no signal, and Adam would amplify noise
+    for g in opt.param_groups: g["lr"] = lr_at(c, step)
     for _ in range(c.ppo_epochs):
         opt.zero_grad(set_to_none=True)
         s = rl_loss_backward(net, r, adv, ref_logits, c)
         gn = nn.utils.clip_grad_norm_(net.parameters(), c.max_grad_norm or math.inf)
         if not skipped: opt.step()
-    return dict(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()),
+    return dict(step=step, reward=float(rewards.mean()), reward_std=float(rewards.std()), lr=lr_at(c, step),
                 length=float(r.lengths.float().mean()), grad_norm=float(gn), skipped=skipped, **s)
 
 # %% ../nbs/20_sampler_rl.ipynb #1bdcfb82
@@ -301,8 +349,9 @@ def load_rl_checkpoint(
     meta = json.loads((path/"trainer.json").read_text())
     if meta.get("format") != _RL_FORMAT:
         raise ValueError(f"{path} is not a sampler-RL checkpoint (format {meta.get('format')!r})")
-    if meta["config"] != json.loads(json.dumps(asdict(config))):
-        diff = {k: (v, meta["config"].get(k)) for k, v in asdict(config).items() if meta["config"].get(k) != v}
+    saved_cfg = json.loads(json.dumps(asdict(SamplerRLConfig()))) | meta["config"]  # fields added later: defaults
+    if saved_cfg != json.loads(json.dumps(asdict(config))):
+        diff = {k: (v, saved_cfg.get(k)) for k, v in asdict(config).items() if saved_cfg.get(k) != v}
         raise ValueError(f"checkpoint config differs from this run's (this, checkpoint): {diff}")
     saved = load_network(path/"network.safetensors")
     if type(saved) is not type(net) or saved.config != net.config:
@@ -363,14 +412,21 @@ def train_sampler_rl(
 # %% ../nbs/20_sampler_rl.ipynb #6ed0970e
 ARITH_INSTRUCTION = " Answer with just the number."
 
-def arithmetic_tasks(split: str = "train", n: int | None = None) -> list[dict]:
+def arithmetic_tasks(
+    split: str = "train",  # 'train' (ids < 100) or 'heldout'
+    n: int | None = None,  # at most this many (None: all)
+) -> list[dict]:
     "Arithmetic problems of `split` ('train': ids < 100, 'heldout': the rest) as dicts with `chat` and `answer`."
     from soft_sampler.remote import load_arithmetic
     if split not in ("train", "heldout"): raise ValueError(f"`split` must be 'train' or 'heldout', got {split!r}")
     rows = [p for p in load_arithmetic() if (p["id"] < 100) == (split == "train")][:n]
     return [dict(p, chat=[{"role": "user", "content": p["question"] + ARITH_INSTRUCTION}]) for p in rows]
 
-def arithmetic_reward(tokenizer, tasks: list[dict]) -> NumericAnswer:
+# %% ../nbs/20_sampler_rl.ipynb #4868c909
+def arithmetic_reward(
+    tokenizer,  # the policy's tokenizer (decodes the ids)
+    tasks: list[dict],  # the tasks the prompts come from
+) -> NumericAnswer:
     "1 when the response's last number is the task's answer (the task found by its question in the prompt)."
     answers = {t["chat"][-1]["content"]: float(t["answer"]) for t in tasks}
     def answer(prompt: str) -> float:
@@ -379,16 +435,39 @@ def arithmetic_reward(tokenizer, tasks: list[dict]) -> NumericAnswer:
         return answers[max(hits, key=len)]
     return NumericAnswer(answer, tokenizer=tokenizer)
 
+# %% ../nbs/20_sampler_rl.ipynb #2f63ce85
+def addition_tasks(
+    split: str = "train",  # 'train' or 'heldout'
+    n: int | None = None,  # at most this many (None: all)
+    heldout: int = 24,  # how many of the 81 shuffled problems are held out
+) -> list[dict]:
+    "Single-digit additions `What is a + b?` (a, b in 1..9), shuffled once; the first `heldout` are held out."
+    import random
+    if split not in ("train", "heldout"): raise ValueError(f"`split` must be 'train' or 'heldout', got {split!r}")
+    pairs = [(a, b) for a in range(1, 10) for b in range(1, 10)]
+    random.Random(0).shuffle(pairs)
+    rows = pairs[:heldout] if split == "heldout" else pairs[heldout:]
+    return [dict(id=i, question=f"What is {a} + {b}?", answer=a + b, operation="digit_add",
+                 chat=[{"role": "user", "content": f"What is {a} + {b}?" + ARITH_INSTRUCTION}])
+            for i, (a, b) in enumerate(rows[:n])]
+
 # %% ../nbs/20_sampler_rl.ipynb #4a82dfa4
 ANSWER_PREFIX = "The answer is"
 
-def arithmetic_prompts(tokenizer, tasks: list[dict], prefix: str = ANSWER_PREFIX) -> list[list[int]]:
+def arithmetic_prompts(
+    tokenizer,  # the model's tokenizer (chat template)
+    tasks: list[dict],  # tasks with a `chat`
+    prefix: str = ANSWER_PREFIX,  # the start of the assistant's turn ('' or None: none)
+) -> list[list[int]]:
     "Prompt ids of `tasks`: the chat-templated question, then the start of the answer `prefix`."
     extra = tokenizer(prefix, add_special_tokens=False)["input_ids"] if prefix else []
     return [ids + extra for ids in encode_prompts([t["chat"] for t in tasks], tokenizer)]
 
 # %% ../nbs/20_sampler_rl.ipynb #50921df3
-def self_bleu_groups(texts: list[str], group: int) -> float:
+def self_bleu_groups(
+    texts: list[str],  # the samples, prompt-major
+    group: int,  # samples per prompt
+) -> float:
     "Mean self-BLEU (0..1) within each prompt's group of samples (lower: more diverse)."
     from soft_sampler.curation import self_bleu
     vals = [self_bleu(texts[i:i + group]) for i in range(0, len(texts), group)]
@@ -397,7 +476,10 @@ def self_bleu_groups(texts: list[str], group: int) -> float:
 
 # %% ../nbs/20_sampler_rl.ipynb #e34bf165
 @torch.no_grad()
-def rollout_metrics(sampler, r: SamplerRollout) -> dict:
+def rollout_metrics(
+    sampler,  # the sampler the rollout was drawn with
+    r: SamplerRollout,  # the rollout
+) -> dict:
     "Per-token KL(π_sampler ‖ π_LM) and entropy of π_sampler along the rollout's own tokens."
     ctx, kl, ent, m = contexts(sampler, r), [], [], r.step_mask
     for t in range(r.tokens.shape[1]):
@@ -408,6 +490,16 @@ def rollout_metrics(sampler, r: SamplerRollout) -> dict:
     return dict(kl=mean(kl), entropy=mean(ent))
 
 # %% ../nbs/20_sampler_rl.ipynb #340d37f1
+def distinct_answers(
+    texts: list[str],  # the samples, prompt-major
+    group: int,  # samples per prompt
+) -> float:
+    "Mean share of distinct final numbers (None counts as one answer) among each prompt's `group` samples."
+    from soft_sampler.rewards import last_number
+    return float(np.mean([len({last_number(t) for t in texts[i:i + group]}) / len(texts[i:i + group])
+                          for i in range(0, len(texts), group)]))
+
+# %% ../nbs/20_sampler_rl.ipynb #3f5e91a6
 def evaluate_rl_sampler(
     model,  # the LM
     tokenizer,  # its tokenizer
@@ -430,15 +522,17 @@ def evaluate_rl_sampler(
         rewards.append(score(reward, r.prompt_ids, r.responses())); parts.append(rollout_metrics(sampler, r))
         texts += [tokenizer.decode(x, skip_special_tokens=True) for x in r.responses()]
         lengths.append(r.lengths.float())
-    w = torch.cat(lengths)
+    w, rw = torch.cat(lengths), torch.cat(rewards)
     wmean = lambda k: float(sum(p[k] * float(l.sum()) for p, l in zip(parts, lengths)) / float(w.sum()))
-    return dict(reward=float(torch.cat(rewards).mean()), kl=wmean("kl"), entropy=wmean("entropy"),
-                self_bleu=self_bleu_groups(texts, group), length=float(w.mean()), samples=texts[:8])
+    return dict(reward=float(rw.mean()), reward_se=float(rw.std() / math.sqrt(len(rw))), kl=wmean("kl"),
+                entropy=wmean("entropy"), self_bleu=self_bleu_groups(texts, group),
+                distinct_answers=distinct_answers(texts, group), length=float(w.mean()), samples=texts[:8])
 
 # %% ../nbs/20_sampler_rl.ipynb #b4c550f1
 ENTROPY_BANDS = ((0.0, 1.0), (1.0, 2.5), (2.5, 20.0))  # nats: confident, middling, flat rows
 LOGP_GRID = tuple(float(x) for x in np.arange(-14.0, 0.01, 1.0))  # bin edges of the input log-prob
 
+# %% ../nbs/20_sampler_rl.ipynb #d9b1bc25
 def _rows(sampler, r: SamplerRollout) -> tuple[Tensor, Tensor]:
     "(input log-probs, output log-probs) of every response step of `r`, `[rows, vocab]` each."
     ctx, m = contexts(sampler, r), r.step_mask
@@ -470,7 +564,11 @@ def transfer_curves(
 
 # %% ../nbs/20_sampler_rl.ipynb #08ad9992
 @torch.no_grad()
-def kept_vs_entropy(x: Float[Tensor, "rows vocab"], y: Float[Tensor, "rows vocab"], tau: float = 1e-4) -> dict:
+def kept_vs_entropy(
+    x: Float[Tensor, "rows vocab"],  # input log-probs
+    y: Float[Tensor, "rows vocab"],  # output log-probs
+    tau: float = 1e-4,  # a token counts as kept when p >= tau
+) -> dict:
     "Per row: input entropy, and the number of tokens with probability ≥ `tau` in the input and in the output."
     h = -(x.exp() * x).sum(-1)
     kept = lambda lp: (lp.exp() >= tau).sum(-1).tolist()
@@ -479,7 +577,9 @@ def kept_vs_entropy(x: Float[Tensor, "rows vocab"], y: Float[Tensor, "rows vocab
 # %% ../nbs/20_sampler_rl.ipynb #efd8f3db
 RULE_GRID = dict(t=(0.5, 0.7, 1.0, 1.3), min_p=(0.0, 0.05, 0.1, 0.2), epsilon=(3e-4, 1e-3))
 
-def rule_specs(grid: dict = RULE_GRID) -> list[list[dict]]:
+def rule_specs(
+    grid: dict = RULE_GRID,  # the temperatures, min-p and ε values to combine
+) -> list[list[dict]]:
     "Candidate rules: temperature alone, temperature + min-p, temperature + ε."
     specs = []
     for t in grid["t"]:
@@ -487,6 +587,7 @@ def rule_specs(grid: dict = RULE_GRID) -> list[list[dict]]:
         specs += [[{"name": "temperature", "t": t}, {"name": "epsilon", "eps": e}] for e in grid["epsilon"]]
     return specs
 
+# %% ../nbs/20_sampler_rl.ipynb #6929a7f1
 @torch.no_grad()
 def fit_rule(
     x: Float[Tensor, "rows vocab"],  # input log-probs
@@ -564,7 +665,11 @@ def imitate_trajectories(
 
 # %% ../nbs/20_sampler_rl.ipynb #2afe5585
 @torch.no_grad()
-def trajectory_fidelity(net, r: SamplerRollout, target: Tensor) -> dict:
+def trajectory_fidelity(
+    net,  # the network (None: the identity)
+    r: SamplerRollout,  # held-out trajectories
+    target: Tensor,  # the target's logits at every step
+) -> dict:
     "The fidelity table's metrics (`train.fidelity_metrics`) of `net` against `target` on every step of `r`."
     from soft_sampler.train import fidelity_metrics
     ctx, m, parts = contexts(net, r), r.step_mask, []
@@ -576,7 +681,8 @@ def trajectory_fidelity(net, r: SamplerRollout, target: Tensor) -> dict:
 @torch.no_grad()
 def mirostat_replay(
     raw: Float[Tensor, "rows steps vocab"],  # log-probs of every step of every trajectory
-    tau: float, eta: float,  # mirostat's target surprise (bits) and learning rate
+    tau: float,  # mirostat's target surprise (bits)
+    eta: float,  # its learning rate
     mu: float | None = None,  # a constant μ instead (bits)
     generator: torch.Generator | None = None,  # the token choices
 ) -> tuple[Tensor, Tensor, Tensor]:
@@ -586,7 +692,7 @@ def mirostat_replay(
         y = mirostat_v2(raw[:, t], m); lp = y.double().log_softmax(-1)
         tok = torch.multinomial(lp.exp().float(), 1, generator=generator)[:, 0]
         target.append(y); toks.append(tok); mus.append(m)
-        if mu is None: m = m - eta * (-lp.gather(1, tok[:, None])[:, 0] / math.log(2) - tau)  # μ ← μ − η(s − τ)
+        if mu is None: m = m - eta * (-lp.gather(1, tok[:, None])[:, 0] / math.log(2) - tau)  # μ ← μ−η(s−τ)
     return torch.stack(target, 1), torch.stack(toks, 1), torch.stack(mus, 1)
 
 # %% ../nbs/20_sampler_rl.ipynb #5f5bd2cf
@@ -639,7 +745,9 @@ def step_overhead(
     return {k: dict(seconds=v, ratio=v / med["decode"]) for k, v in med.items()}
 
 # %% ../nbs/20_sampler_rl.ipynb #58edcba7
-def spec_from_name(name: str) -> list[dict]:
+def spec_from_name(
+    name: str,  # a pipeline name, steps joined by '+'
+) -> list[dict]:
     "The pipeline spec of a `heuristics.pipeline_name` such as `temperature(t=1.3)+top_k(k=40)`."
     import re
     spec = []
@@ -651,13 +759,18 @@ def spec_from_name(name: str) -> list[dict]:
         spec.append({"name": m.group(1), **{k: num(v) for k, v in args.items()}})
     return spec
 
+# %% ../nbs/20_sampler_rl.ipynb #b4357d3c
 def _repo_results() -> Path:
     import soft_sampler
     return Path(soft_sampler.__file__).resolve().parents[1]/"results"
 
 CURATION_RESULTS = _repo_results()/"curation_full.json"  # the committed curation table
 
-def best_heuristic(path: str | Path = CURATION_RESULTS, kind: str = "arithmetic") -> tuple[str, list[dict]]:
+# %% ../nbs/20_sampler_rl.ipynb #5db63c94
+def best_heuristic(
+    path: str | Path = CURATION_RESULTS,  # the curation results (JSON)
+    kind: str = "arithmetic",  # the prompt kind of the table
+) -> tuple[str, list[dict]]:
     "The curation table's best pipeline for prompts of `kind`: its name and spec."
     name = json.loads(Path(path).read_text())["best_by_kind"][kind][0]
     return name, spec_from_name(name)
@@ -670,6 +783,12 @@ EXPERIMENT_NETS = {  # name: (network class, config overrides) of the reward-tra
     "RL hidden-state head": ("HiddenStateHead", dict(hidden_size=576)),
 }
 
+# %% ../nbs/20_sampler_rl.ipynb #c9f10afe
+EXPERIMENT_TEMPERATURES = (0.3, 0.5, 0.7)  # plain sampling cooled: the accuracy–KL frontier to compare at equal KL
+EXPERIMENT_CONFIG = dict(group_size=8, prompts_per_step=2, max_new_tokens=6, lr=1e-3, warmup_steps=4, kl_coef=0.2,
+                         checkpoint_every=8)  # the committed run's RL settings (with `steps`)
+
+# %% ../nbs/20_sampler_rl.ipynb #00add471
 def _imitation_net(model, tok, spec, tasks, steps: int, seed: int):
     "A SimpleDistributionAwareTransform trained to imitate `spec` on the model's replayed logits of `tasks`."
     from soft_sampler.sampling import generate
@@ -694,73 +813,115 @@ def _learned(sampler, model, tok, tasks, reward, cfg, seed) -> dict:
     return dict(transfer=transfer_curves(x, y), kept=kv, rule=spec, rule_distance=dist)
 
 # %% ../nbs/20_sampler_rl.ipynb #2324af2f
+def temperature_at_kl(
+    ev: dict,  # evaluations by sampler name (with plain sampling at `temperatures`)
+    kl: float,  # the KL to match
+    temperatures=EXPERIMENT_TEMPERATURES,  # the measured temperatures
+) -> float | None:
+    "Held-out reward of plain sampling cooled to the KL `kl` (linear between the measured temperatures; None outside)."
+    pts = sorted([(0.0, ev["plain sampling (identity)"]["reward"])] +
+                 [(ev[f"plain sampling at t={t}"]["kl"], ev[f"plain sampling at t={t}"]["reward"]) for t in temperatures
+                  if f"plain sampling at t={t}" in ev])
+    if not pts[0][0] <= kl <= pts[-1][0]: return None
+    return float(np.interp(kl, [k for k, _ in pts], [r for _, r in pts]))
+
+# %% ../nbs/20_sampler_rl.ipynb #6b72efc7
+def _resume_partial(out, res: dict) -> dict:
+    "The partial results in `out` when they were written with the same settings, else `res` (a fresh run)."
+    try: old = json.loads(Path(out).read_text())
+    except (OSError, ValueError): return res
+    same = not old.get("complete", True) and all(old.get(k) == v for k, v in res.items() if k != "command")
+    return old if same else res
+
+# %% ../nbs/20_sampler_rl.ipynb #7ee8ee7c
+def _work_dir(res: dict) -> Path:
+    "A checkpoint folder under the temporary directory, named after the run's settings."
+    import hashlib
+    digest = hashlib.sha1(json.dumps(res, sort_keys=True).encode()).hexdigest()[:12]
+    return Path(tempfile.gettempdir())/f"soft_sampler_rl_{digest}"
+
+# %% ../nbs/20_sampler_rl.ipynb #526a39b1
+def _cached_imitation(res, work, model, tok, heur_name, train, seed):
+    "The imitation network: trained once, saved in `work`, reloaded on a rerun."
+    path = work/"imitation.safetensors"
+    if path.exists() and "imitation" in res: return load_network(path)
+    t0 = time.perf_counter()
+    spec = spec_from_name(heur_name)
+    net, res["imitation"] = _imitation_net(model, tok, spec, train[:16], res["imitation_steps"], seed)
+    res["imitation"]["seconds"] = time.perf_counter() - t0
+    work.mkdir(parents=True, exist_ok=True); net.save(path)
+    return net
+
+# %% ../nbs/20_sampler_rl.ipynb #c089046b
 def sampler_rl_experiment(
-    out: str | Path = "results/sampler_rl.json",  # the results file (written atomically)
-    rl_steps: int = 8,  # RL steps per network
-    eval_tasks: int = 8,  # held-out problems (× 4 samples)
+    out: str | Path = "results/sampler_rl.json",  # the results file (written atomically after every part)
+    rl_steps: int = 32,  # RL steps per network
+    eval_tasks: int = 24,  # held-out additions (× 4 samples)
     imitation_steps: int = 30,  # steps of the imitation of the best heuristic
     mirostat_steps: int = 15,  # steps of each mirostat imitation
-    config: SamplerRLConfig | None = None,  # None: SamplerRLConfig(steps=rl_steps, max_new_tokens=6)
+    config: SamplerRLConfig | None = None,  # None: SamplerRLConfig(steps=rl_steps, **EXPERIMENT_CONFIG)
     nets: dict = EXPERIMENT_NETS,  # the reward-trained runs
     threads: int = 1,  # torch threads
-    work_dir: str | Path | None = None,  # checkpoints of the RL runs (None: a temporary folder)
+    work_dir: str | Path | None = None,  # checkpoints of the RL runs (None: a folder named after the settings)
     progress: bool = True,  # tqdm bars
+    temperatures=EXPERIMENT_TEMPERATURES,  # plain sampling at these temperatures (the equal-KL comparison)
 ) -> dict:
     "Train, evaluate and analyse every sampler of the comparison on the embedded model; write and return the results."
     from soft_sampler.core import load_model
     from soft_sampler.train import EVAL_PROMPTS, as_target
     torch.set_num_threads(threads)
     t_start, model, tok = time.perf_counter(), *load_model()
-    cfg = config or SamplerRLConfig(steps=rl_steps, max_new_tokens=6, kl_coef=0.05, lr=0.01)
-    train, held = arithmetic_tasks("train"), arithmetic_tasks("heldout", eval_tasks)
-    reward = arithmetic_reward(tok, train + held)
-    heur_name, heur = best_heuristic()
+    cfg = config or SamplerRLConfig(steps=rl_steps, **EXPERIMENT_CONFIG)
+    train, held = addition_tasks("train"), addition_tasks("heldout", eval_tasks)
+    reward, heur_name = arithmetic_reward(tok, train + held), best_heuristic()[0]
     res = dict(command="make heavy PYTEST_ARGS='-k sampler_rl'  (tests/test_sampler_rl.py::test_sampler_rl_experiment)",
-               config=asdict(cfg), threads=threads, heuristic=heur_name, train_tasks=len(train),
-               heldout_tasks=len(held))
-    samplers = {"plain sampling (identity)": None, f"best heuristic: {heur_name}": as_target(heur)}
-    learned, seconds = {}, {}
-    res["mirostat_fidelity"] = _mirostat_rows(model, tok, EVAL_PROMPTS, mirostat_steps)
-    write_text_atomic(Path(out), json.dumps(dict(res, complete=False), indent=1))
-    t0 = time.perf_counter()
-    imitation = _imitation_net(model, tok, heur, train[:16], imitation_steps, cfg.seed)
-    samplers["imitation of the heuristic"], res["imitation"] = imitation
-    seconds["imitation"] = time.perf_counter() - t0
-    work = Path(work_dir or tempfile.mkdtemp(prefix="sampler_rl_"))
-    res["rl"] = {}
+               config=asdict(cfg), threads=threads, task="addition_tasks: single-digit additions, 6 tokens after "
+               f"{ANSWER_PREFIX!r}", heuristic=heur_name, train_tasks=len(train), heldout_tasks=len(held),
+               eval_samples=4, temperatures=list(temperatures), imitation_steps=imitation_steps,
+               mirostat_steps=mirostat_steps, nets={k: list(v) for k, v in nets.items()})
+    work = Path(work_dir or _work_dir(res))
+    res = _resume_partial(out, res); before = res.get("seconds", 0.0)  # time spent by interrupted runs
+    elapsed = lambda: before + time.perf_counter() - t_start
+    save = lambda: atomic_write_json(out, dict(res, complete=False, seconds=elapsed()), indent=1)
+    if "mirostat_fidelity" not in res:
+        res["mirostat_fidelity"] = _mirostat_rows(model, tok, EVAL_PROMPTS, mirostat_steps); save()
+    samplers = {"plain sampling (identity)": None, f"best heuristic: {heur_name}": as_target(spec_from_name(heur_name)),
+                **{f"plain sampling at t={t}": as_target([dict(name="temperature", t=t)]) for t in temperatures}}
+    samplers["imitation of the heuristic"] = _cached_imitation(res, work, model, tok, heur_name, train, cfg.seed)
+    res.setdefault("rl", {}); res.setdefault("train_seconds", {}); save()
     for name, (cls, kw) in nets.items():
         t0 = time.perf_counter()
         r = train_sampler_rl(NETWORKS[cls](**kw), model, tok, arithmetic_prompts(tok, train), reward, cfg,
                              checkpoint_dir=work/name.replace(" ", "_"), progress=progress)
-        samplers[name], seconds[name] = r.net, time.perf_counter() - t0
-        res["rl"][name] = dict(network=cls, overrides=kw, history=r.history)
-        res["train_seconds"] = seconds; write_text_atomic(Path(out), json.dumps(dict(res, complete=False), indent=1))
-    _evaluate_all(res, samplers, learned, model, tok, held, reward, cfg, progress)
-    write_text_atomic(Path(out), json.dumps(dict(res, complete=False), indent=1))
+        samplers[name] = r.net
+        if r.resumed_from < cfg.steps: res["train_seconds"][name] = time.perf_counter() - t0
+        res["rl"][name] = dict(network=cls, overrides=kw, history=r.history); save()
+    _evaluate_all(res, samplers, model, tok, held, reward, cfg, progress, save)
     res["overhead"] = step_overhead(model, tok, {k: v for k, v in samplers.items() if v is not None},
                                     arithmetic_prompts(tok, held[:8]))
-    res["seconds"], res["complete"] = time.perf_counter() - t_start, True
-    write_text_atomic(Path(out), json.dumps(res, indent=1))
+    res["seconds"], res["complete"] = elapsed(), True
+    atomic_write_json(out, res, indent=1)
     return res
 
-# %% ../nbs/20_sampler_rl.ipynb #4a49430e
-def _evaluate_all(res, samplers, learned, model, tok, held, reward, cfg, progress):
-    "Evaluate every sampler, analyse the trained ones, and evaluate each one's fitted rule."
+# %% ../nbs/20_sampler_rl.ipynb #bc39c145
+def _evaluate_all(res, samplers, model, tok, held, reward, cfg, progress, save):
+    "Evaluate every sampler, analyse the trained ones, evaluate each one's fitted rule; each part saved when done."
     from soft_sampler.train import as_target
-    chats, ev = arithmetic_prompts(tok, held), {}
+    chats = arithmetic_prompts(tok, held)
+    ev, learned = res.setdefault("eval", {}), res.setdefault("learned", {})
+    run = lambda s: evaluate_rl_sampler(model, tok, s, chats, reward, res["eval_samples"], cfg.max_new_tokens, batch=6)
     for name, s in tqdm(list(samplers.items()), desc="evaluate", disable=not progress):
-        ev[name] = evaluate_rl_sampler(model, tok, s, chats, reward, 4, cfg.max_new_tokens)
-        if isinstance(s, LogitsNetwork):
-            learned[name] = _learned(s, model, tok, held[:8], reward, cfg, 99)
-            rule = learned[name]["rule"]
-            learned[name]["rule_eval"] = evaluate_rl_sampler(model, tok, as_target(rule), chats, reward, 4,
-                                                             cfg.max_new_tokens)
+        if name not in ev: ev[name] = run(s); save()
+        if isinstance(s, LogitsNetwork) and name not in learned:
+            a = _learned(s, model, tok, held[:8], reward, cfg, 99)
+            a["rule_eval"] = run(as_target(a["rule"])); learned[name] = a; save()
     base = ev["plain sampling (identity)"]["reward"]
     for name, a in learned.items():
         gain = ev[name]["reward"] - base
         a["gain_kept"] = (a["rule_eval"]["reward"] - base) / gain if abs(gain) > 1e-9 else None
-    res["eval"], res["learned"] = ev, learned
+    for name, e in ev.items(): e["temperature_reward_at_kl"] = temperature_at_kl(ev, e["kl"], res["temperatures"])
 
+# %% ../nbs/20_sampler_rl.ipynb #661e807a
 def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
     "Fidelity rows: networks with and without memory imitating mirostat v2 on held-out trajectories."
     chats = [[{"role": "user", "content": p}] for p in prompts]
@@ -776,12 +937,12 @@ def _mirostat_rows(model, tok, prompts, steps) -> list[dict]:
                          train_loss=float(np.mean(hist[-10:])), seconds=time.perf_counter() - t0))
     return rows
 
-# %% ../nbs/20_sampler_rl.ipynb #d59a8057
+# %% ../nbs/20_sampler_rl.ipynb #fd23bea0
 def _rl_parser() -> argparse.ArgumentParser:
     from soft_sampler.cli import ArgumentParser, int_at_least as at_least, number_in, text_file  # one-line errors
     p = ArgumentParser(prog="soft-sampler train-rl", description="Train a sampler network by reward (LM frozen).")
-    p.add_argument("--task", choices=("arithmetic", "vader"), default="arithmetic",
-                   help="reward: the arithmetic verifier or VADER sentiment")
+    p.add_argument("--task", choices=("arithmetic", "addition", "vader"), default="arithmetic",
+                   help="reward: the arithmetic verifier (word problems, or single-digit additions) or VADER sentiment")
     p.add_argument("--net", default="SimpleDistributionAwareTransform", choices=sorted(NETWORKS), help="network class")
     p.add_argument("--net-config", default=None, type=text_file,
                    help="YAML file with the network's config fields (`layers: [10, 20]`)")
@@ -794,7 +955,8 @@ def _rl_parser() -> argparse.ArgumentParser:
     for name, typ, default in (("steps", at_least(1), 20), ("group-size", at_least(2), 4),
                                ("prompts-per-step", at_least(1), 2),
                                ("max-new-tokens", at_least(1), 6), ("kl-coef", number_in(0), 0.05),
-                               ("lr", number_in(0, low_open=True), 0.01), ("checkpoint-every", at_least(1), 10),
+                               ("lr", number_in(0, low_open=True), 0.01), ("warmup-steps", at_least(0), 0),
+                               ("checkpoint-every", at_least(1), 10),
                                ("seed", at_least(0), 0)):
         p.add_argument(f"--{name}", type=typ, default=default, help=f"(default {default})")
     p.add_argument("--advantage", choices=ADVANTAGES, default="grpo")
@@ -825,7 +987,7 @@ def _rl_setup(p, ns):
     from soft_sampler.train import load_sampler
     try: cfg = SamplerRLConfig(steps=ns.steps, group_size=ns.group_size, prompts_per_step=ns.prompts_per_step,
                                max_new_tokens=ns.max_new_tokens, kl_coef=ns.kl_coef, lr=ns.lr, advantage=ns.advantage,
-                               checkpoint_every=ns.checkpoint_every, seed=ns.seed)
+                               checkpoint_every=ns.checkpoint_every, seed=ns.seed, warmup_steps=ns.warmup_steps)
     except ValueError as e: p.error(str(e))
     net = _rl_net(p, ns)
     try: ref = load_sampler(ns.ref) if ns.ref else None
@@ -842,15 +1004,17 @@ def _rl_setup(p, ns):
     return net, ref, cfg
 
 # %% ../nbs/20_sampler_rl.ipynb #dcd48575
-def train_rl_cli(argv: list[str]) -> int:
+def train_rl_cli(
+    argv: list[str],  # the command-line arguments after `train-rl`
+) -> int:
     "`soft-sampler train-rl`: GRPO/RLOO on a sampler network with the embedded model frozen."
     p = _rl_parser(); ns = p.parse_args(argv)
     net, ref, cfg = _rl_setup(p, ns)
     torch.set_num_threads(ns.threads)
     from soft_sampler.core import load_model
     model, tok = load_model()
-    if ns.task == "arithmetic":
-        tasks = arithmetic_tasks("train")
+    if ns.task in ("arithmetic", "addition"):
+        tasks = arithmetic_tasks("train") if ns.task == "arithmetic" else addition_tasks("train")
         prompts, reward = arithmetic_prompts(tok, tasks), arithmetic_reward(tok, tasks)
     else:
         from soft_sampler.rewards import VaderSentiment
@@ -871,48 +1035,61 @@ def train_rl_cli(argv: list[str]) -> int:
     return 0
 
 # %% ../nbs/20_sampler_rl.ipynb #8c99f2c7
-def results_rows(res: dict) -> list[dict]:
-    "One row per evaluated sampler: reward, KL, entropy, self-BLEU, length, per-step cost; then each fitted rule."
+def results_rows(
+    res: dict,  # the results of `sampler_rl_experiment`
+) -> list[dict]:
+    "One row per evaluated sampler (reward, KL, diversity, cost, plain sampling's reward at its KL); then the rules."
     cost = {k: v["ratio"] for k, v in res.get("overhead", {}).items()}
-    rows = [dict(sampler=k, **{m: v[m] for m in ("reward", "kl", "entropy", "self_bleu", "length")}, cost=cost.get(k))
-            for k, v in res["eval"].items()]
+    keys = ("reward", "kl", "entropy", "self_bleu", "length")
+    more = lambda e: {k: e.get(k) for k in ("reward_se", "distinct_answers", "temperature_reward_at_kl")}
+    rows = [dict(sampler=k, **{m: v[m] for m in keys}, **more(v), cost=cost.get(k)) for k, v in res["eval"].items()]
     for k, a in res.get("learned", {}).items():
         args = lambda d: ",".join(f"{kk}={vv}" for kk, vv in d.items() if kk != "name")
-        name = "+".join(f"{d['name']}({args(d)})" for d in a["rule"])
-        e = a["rule_eval"]
-        metrics = {m: e[m] for m in ("reward", "kl", "entropy", "self_bleu", "length")}
-        rows.append(dict(sampler=f"rule fitted to {k}: {name}", **metrics,
+        name, e = "+".join(f"{d['name']}({args(d)})" for d in a["rule"]), a["rule_eval"]
+        rows.append(dict(sampler=f"rule fitted to {k}: {name}", **{m: e[m] for m in keys}, **more(e),
                          cost=None, gain_kept=a.get("gain_kept")))
     return rows
 
-def print_rows(rows: list[dict]) -> None:
-    "The rows as an aligned text table."
-    print(f"{'sampler':<70} {'reward':>7} {'KL':>7} {'H':>6} {'sBLEU':>6} {'len':>5} {'cost':>6}")
+# %% ../nbs/20_sampler_rl.ipynb #37d6f348
+def print_rows(
+    rows: list[dict],  # rows of `results_rows`
+) -> None:
+    "The rows as an aligned text table (± one standard error; `t@KL`: plain sampling cooled to the same KL)."
+    f = lambda v, fmt: "" if v is None else format(v, fmt)
+    print(f"{'sampler':<62} {'reward':>13} {'t@KL':>6} {'KL':>6} {'H':>5} {'dist':>5} {'sBLEU':>6} {'len':>4} "
+          f"{'cost':>6}")
     for r in rows:
-        c = "" if r.get("cost") is None else f"{r['cost']:.3f}"
-        print(f"{r['sampler'][:70]:<70} {r['reward']:7.3f} {r['kl']:7.3f} {r['entropy']:6.2f} {r['self_bleu']:6.3f} "
-              f"{r['length']:5.1f} {c:>6}")
+        rw = f"{r['reward']:.3f}" + (f" ± {r['reward_se']:.3f}" if r.get("reward_se") is not None else "")
+        print(f"{r['sampler'][:62]:<62} {rw:>13} {f(r.get('temperature_reward_at_kl'), '.3f'):>6} {r['kl']:6.3f} "
+              f"{r['entropy']:5.2f} {f(r.get('distinct_answers'), '.2f'):>5} {r['self_bleu']:6.3f} {r['length']:4.1f} "
+              f"{f(r.get('cost'), '.3f'):>6}")
 
-# %% ../nbs/20_sampler_rl.ipynb #cc5e64e5
-def plot_comparison(res: dict):
-    "Held-out reward against KL(π ‖ LM) per token; colour: self-BLEU (lower: more diverse); rules as open markers."
+# %% ../nbs/20_sampler_rl.ipynb #9e1ac692
+def plot_comparison(
+    res: dict,  # the results of `sampler_rl_experiment`
+):
+    "Held-out reward against KL(π ‖ LM) per token, plain sampling cooled as the frontier; colour: distinct answers."
     import matplotlib.pyplot as plt
     rows = results_rows(res)
     fig, ax = plt.subplots(figsize=(7.5, 4.2))
-    sb = [r["self_bleu"] for r in rows]
+    front = sorted((r["kl"], r["reward"]) for r in rows if r["sampler"].startswith("plain sampling"))
+    ax.plot(*zip(*front), "k--", lw=0.8, label="plain sampling, cooled (t = 1 … 0.3)")
+    div = [r.get("distinct_answers") or r["self_bleu"] for r in rows]
     for i, r in enumerate(rows):
         rule = r["sampler"].startswith("rule")
-        sc = ax.scatter(r["kl"], r["reward"], c=[r["self_bleu"]], vmin=min(sb), vmax=max(sb), cmap="viridis", s=60,
+        sc = ax.scatter(r["kl"], r["reward"], c=[div[i]], vmin=min(div), vmax=max(div), cmap="viridis", s=60,
                         marker="o" if not rule else "s", edgecolors="k", linewidths=0.5 if not rule else 1.5, alpha=0.9)
         ax.annotate(str(i), (r["kl"], r["reward"]), xytext=(4, 3), textcoords="offset points", fontsize=8)
-    fig.colorbar(sc, ax=ax, label="self-BLEU within a prompt's samples")
+    fig.colorbar(sc, ax=ax, label="distinct answers per prompt (share)")
     ax.set(xlabel="KL(sampler ‖ model) per token (nats)", ylabel="held-out accuracy",
-           title="arithmetic, held-out problems")
-    ax.grid(alpha=0.3); fig.tight_layout()
+           title="single-digit additions, held out")
+    ax.legend(fontsize=7); ax.grid(alpha=0.3); fig.tight_layout()
     return fig, {i: r["sampler"] for i, r in enumerate(rows)}
 
 # %% ../nbs/20_sampler_rl.ipynb #e73c1b2e
-def plot_learned(res: dict):
+def plot_learned(
+    res: dict,  # the results of `sampler_rl_experiment`
+):
     "Per trained network: its transfer curves by entropy band (top) and kept-set size against entropy (bottom)."
     import matplotlib.pyplot as plt
     learned = res["learned"]

@@ -208,6 +208,7 @@ CASES = [  # (command, argv, what the one-line message says)
     ("train-rl", ["--kl-coef", "nan"], "--kl-coef: must be a number"),
     ("train-rl", ["--lr", "0"], "--lr: must be a number in (0, inf]"),
     ("train-rl", ["--checkpoint-every", "0"], "--checkpoint-every: must be an integer >= 1"),
+    ("train-rl", ["--warmup-steps", "-1"], "--warmup-steps: must be an integer >= 0"),
     ("train-rl", ["--seed", "-5"], "--seed: must be an integer >= 0, got -5"),
     ("train-rl", ["--threads", "0"], "--threads: must be an integer >= 1"),
     ("train-rl", ["--net-config", M], "--net-config: " + M + ": no such file"),

@@ -166,8 +166,9 @@ def test_arithmetic_reward_reads_the_answer_from_the_prompt(tiny):
 
 
 @pytest.mark.heavy
+@pytest.mark.timeout(3 * 3600)  # about an hour on two loaded cores; resumable if interrupted
 def test_sampler_rl_experiment():
-    "Regenerates results/sampler_rl.json (about 20 min single-threaded under load)."
+    "Regenerates results/sampler_rl.json (about an hour single-threaded under load; rerun to resume)."
     from soft_sampler.sampler_rl import sampler_rl_experiment
     out = Path(__file__).parents[1]/"results"/"sampler_rl.json"
     res = sampler_rl_experiment(out)
