@@ -10,7 +10,7 @@ _GAP = 8.0  # the band: tokens within this many nats of the row's top logit
 _BANDCAP = 4096  # rows whose band holds more tokens take the histogram path
 _FIX = 2.0 ** 56  # fixed point for masses: float32 probabilities >= 2^-32 are exact, sums are associative
 _STRIDE = 16  # the sample that sends flat rows straight to the histogram path
-_MARGIN = 1e-3  # typical: float64 scores this close to the boundary leave the decision to transformers' float32
+_MARGIN = 1e-4  # typical: float64 scores within this (+ 4e-6 |top|, the float32 sums' error) of the boundary: fall back
 
 
 def _fixed(p: Tensor) -> Tensor:
@@ -39,8 +39,8 @@ def _band(x: Tensor, gap: float) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor
     thr = torch.where(flat_row, thr, float("inf"))
     hit = (hits & flat_row).view(-1).nonzero().squeeze(1)
     blk = x.view(-1, _BW)[hit]
-    r, c = (blk >= thr.view(-1)[hit // bm.shape[1]][:, None]).nonzero(as_tuple=True)
-    flat = hit[r] * _BW + c
+    i = _flat_nonzero(blk >= thr.view(-1)[hit // bm.shape[1]][:, None])  # row-major in the blocks
+    flat = hit[i // _BW] * _BW + i % _BW
     rows = flat // v
     return flat, rows, torch.bincount(rows, minlength=b), top, thr
 
@@ -58,11 +58,11 @@ def _segments(rows: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
     return torch.arange(len(rows), device=rows.device) - start[rows], start
 
 
-def _top_p_band(x, probs, p, m):
+def _top_p_band(x, probs, p, m, band):
     "top-p on the band for the rows where that is provably exact: (kept flat indices, ok rows)."
     b, v = x.shape
-    flat, rows, n, top, thr = _band(x, _GAP)
-    ok = (thr.isfinite() & (p < 1)).squeeze(1) & (n <= _BANDCAP)
+    flat, rows, n, top, thr = band
+    ok = (thr.isfinite() & (p < 1)).squeeze(1) & (n <= _BANDCAP) & (n > 0)
     if not bool(ok.all()):
         sel = ok[rows]
         flat, rows, n = flat[sel], rows[sel], torch.where(ok, n, 0)
@@ -86,8 +86,9 @@ def top_p(logits, p, min_tokens_to_keep=1):
     if logits.dtype != torch.float32 or logits.is_cuda or logits.shape[1] < 8192 or logits.shape[1] % _BW or not len(m):
         return H.top_p(logits, p, min_tokens_to_keep)
     x = logits.contiguous()
+    band = _band(x, _GAP)
     probs = x.softmax(-1)
-    kept, ok = _top_p_band(x, probs, pc, m)
+    kept, ok = _top_p_band(x, probs, pc, m, band)
     if not bool(ok.any()): return _top_p_hist(x, probs, pc, m)
     slow = None if bool(ok.all()) else _top_p_hist(x[~ok], probs[~ok], pc[~ok], m[~ok])
     out = probs.fill_(_NEG)  # the softmax buffer takes the result
@@ -111,7 +112,7 @@ def _top_p_hist(x, probs, pc, m):
 def _typical_ok(band):
     "Rows whose band may settle typical: extracted, moderate (float32 sums good to ~1e-5), not too many tokens."
     flat, rows, n, top, thr = band
-    return (thr.isfinite() & (top.abs() <= 64)).squeeze(1) & (n <= _BANDCAP)
+    return (thr.isfinite() & (top.abs() <= 64)).squeeze(1) & (n <= _BANDCAP) & (n > 0)
 
 
 def _typical_band(x, probs, p, m, band):
@@ -121,7 +122,8 @@ def _typical_band(x, probs, p, m, band):
     ok = _typical_ok(band)
     xb, pb = x.view(-1)[flat], probs.view(-1)[flat]
     c = H._rowsum(probs.mul_(x), nan=True).double()  # sum p x = lse - H: the typical logit, float32 sum
-    ok &= (c > thr + _MARGIN).squeeze(1)  # tokens outside the band have scores > c - thr
+    mg = _MARGIN + 4e-6 * (top.abs().double() + _GAP)  # float32 sums (ours and transformers') err by < 1e-6 sum p|x|
+    ok &= (c > thr + mg).squeeze(1)  # tokens outside the band have scores > c - thr
     if not bool(ok.all()):
         sel = ok[rows]
         flat, rows, xb, pb, n = flat[sel], rows[sel], xb[sel], pb[sel], torch.where(ok, n, 0)
@@ -140,9 +142,10 @@ def _typical_band(x, probs, p, m, band):
     jj = (start + j.clamp_max(n - 1).clamp_min(0)).clamp_max(max(len(q) - 1, 0))
     kj = key[jj]
     # no other score within the margin of the boundary (exactly equal ones are the same logit: tied in float32 too)
-    lo_w, hi_w = torch.searchsorted(key, kj - _MARGIN), torch.searchsorted(key, kj + _MARGIN, right=True)
+    mg = mg.squeeze(1)
+    lo_w, hi_w = torch.searchsorted(key, kj - mg), torch.searchsorted(key, kj + mg, right=True)
     lo_e, hi_e = torch.searchsorted(key, kj), torch.searchsorted(key, kj, right=True)
-    ok &= (lo_w == lo_e) & (hi_w == hi_e) & (s[jj] + _MARGIN < (c - thr).squeeze(1))
+    ok &= (lo_w == lo_e) & (hi_w == hi_e) & (s[jj] + mg < (c - thr).squeeze(1))
     sl = s[(start + last.clamp_max(n - 1).clamp_min(0)).clamp_max(max(len(q) - 1, 0))]
     keep = (s <= sl[rows]) | (pos < m.squeeze(1)[rows])
     return flat[keep & ok[rows]], ok

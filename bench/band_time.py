@@ -11,7 +11,7 @@ for name, x in shapes.items():
         if tf not in only: continue
         probs = x.softmax(-1)
         pc = torch.full((len(x), 1), p); m = torch.ones(len(x), 1, dtype=torch.long)
-        ok = B._top_p_band(x, probs, pc, m)[1] if tf == "top_p" else B._typical_band(x, probs, pc, m, B._band(x, B._GAP))[1]
+        ok = (B._top_p_band if tf == "top_p" else B._typical_band)(x, probs, pc, m, B._band(x, B._GAP))[1]
         new, old = getattr(B, tf), getattr(H, tf)
         soft, a, b = h.median_ms([lambda y: y.softmax(-1), lambda y: new(y, p), lambda y: old(y, p)], x, 7)
         print(f"{name:9s} {tf} {p}: band rows {float(ok.float().mean()):.2f}  new {a/soft:5.2f}x  old {b/soft:5.2f}x  (softmax {soft:.2f} ms)", flush=True)
