@@ -18,7 +18,7 @@ from .heuristics_hf import *
 from .heuristics_ext import *
 from .heuristics_hf import __all__ as _hf_all
 from .heuristics_ext import __all__ as _ext_all
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 from .sampling import StepContext, SampleExtension, sample_command
 
 # %% auto #0
@@ -61,7 +61,7 @@ class Step:
                  where: str = "step",  # how error messages name the entry (e.g. "pipeline entry 2")
                  **kw):  # more parameters, merged into `params`
         if name not in STEPS: raise SpecError(f"{where}: unknown step {name!r}; allowed: {sorted(STEPS)}")
-        self.name, self.params, self.fn = name, {**(params or {}), **kw}, STEPS[name]
+        store_attr("name"); self.params, self.fn = {**(params or {}), **kw}, STEPS[name]
         _check_names(name, self.params, where)
         try:
             self.proc = self.fn(**self.params) if isinstance(self.fn, type) else None
