@@ -751,7 +751,8 @@ def _fidelity_run(name: str, target, eval_base: Tensor, config: TrainConfig, voc
         r = train_sampler(NETWORKS[name](), target, SyntheticLogits(vocab, config.seed), config, progress=False)
         net, kl = r.net, sum(r.history["kl"][-20:]) / len(r.history["kl"][-20:])
     params = 0 if net is None else sum(p.numel() for p in net.parameters())
-    return dict(**evaluate_sampler(net, eval_base, target), train_kl=kl, params=params, seconds=time.perf_counter() - t0)
+    return dict(**evaluate_sampler(net, eval_base, target), train_kl=kl, params=params,
+                seconds=time.perf_counter() - t0)
 
 # %% ../nbs/09_train.ipynb #54a2f390
 def fidelity_table(
