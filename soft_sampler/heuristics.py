@@ -201,10 +201,16 @@ def _as_step(entry: Any, i: int):
 # %% ../nbs/05_heuristics.ipynb #56a21315
 @patch
 def __len__(self: Pipeline): return len(self.steps)
+
+# %% ../nbs/05_heuristics.ipynb #2aa9aaa1
 @patch
 def __iter__(self: Pipeline): return iter(self.steps)
+
+# %% ../nbs/05_heuristics.ipynb #1d79fb54
 @patch
 def __getitem__(self: Pipeline, i): return self.steps[i]
+
+# %% ../nbs/05_heuristics.ipynb #20e64339
 @patch
 def __repr__(self: Pipeline): return "Pipeline([" + ", ".join(map(repr, self.steps)) + "])"
 
