@@ -15,7 +15,7 @@ __all__ = ['RULES', 'rule_temperature', 'rule_top_k', 'rule_top_p', 'rule_min_p'
            'rule_top_h', 'check_real', 'per_row', 'check_logits', 'cast_logits', 'temperature', 'top_k', 'top_p',
            'min_p', 'typical', 'epsilon', 'eta', 'top_h']
 
-# %% ../nbs/03_heuristics_hf.ipynb #584d92d0
+# %% ../nbs/03_heuristics_hf.ipynb #ecfd8a68
 _NEG = float("-inf")
 
 def _col(
@@ -25,7 +25,7 @@ def _col(
     "`value` as a column `[1 or batch, 1]` in the logits' dtype, to broadcast against `[batch, vocab]`."
     return torch.as_tensor(value, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
 
-# %% ../nbs/03_heuristics_hf.ipynb #34dd4a77
+# %% ../nbs/03_heuristics_hf.ipynb #099e3cbb
 def _first(
     key: Float[Tensor, "batch vocab"],  # what to rank by, largest first
     m: int | Tensor,  # how many to mark per row (number or `[batch]`)
@@ -34,7 +34,7 @@ def _first(
     rank = key.sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
     return rank < torch.as_tensor(m, device=key.device).reshape(-1, 1)
 
-# %% ../nbs/03_heuristics_hf.ipynb #dbed431d
+# %% ../nbs/03_heuristics_hf.ipynb #5937bd12
 def rule_temperature(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     t: float | Tensor,  # temperature >= 0 (number or `[batch]`); 0 = greedy
@@ -44,7 +44,7 @@ def rule_temperature(
     out = (logits / tc.masked_fill(tc == 0, 1)).masked_fill(logits == _NEG, _NEG)
     return torch.where(tc == 0, logits.masked_fill(~_first(logits, 1), _NEG), out)
 
-# %% ../nbs/03_heuristics_hf.ipynb #74543bfe
+# %% ../nbs/03_heuristics_hf.ipynb #5c7b7ca1
 def rule_top_k(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     k: int | Tensor,  # tokens to keep, >= 1 (number or `[batch]`)
@@ -55,7 +55,7 @@ def rule_top_k(
     kth = logits.sort(-1, descending=True).values.gather(1, kk.expand(len(logits), 1) - 1)
     return logits.masked_fill(logits < kth, _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #f4ba592f
+# %% ../nbs/03_heuristics_hf.ipynb #cae4cbdb
 def rule_top_p(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     p: float | Tensor,  # nucleus mass in [0, 1] (number or `[batch]`)
@@ -69,7 +69,7 @@ def rule_top_p(
     keep = torch.zeros_like(keep).scatter_(1, idx, keep) | _first(logits, min_tokens_to_keep)
     return logits.masked_fill(~keep, _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #46b4c707
+# %% ../nbs/03_heuristics_hf.ipynb #fc94e337
 def rule_min_p(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     p: float | Tensor,  # fraction of the top probability, in [0, 1] (number or `[batch]`)
@@ -79,7 +79,7 @@ def rule_min_p(
     cut = logits.amax(-1, keepdim=True) + _col(p, logits).log()
     return logits.masked_fill((logits < cut) & ~_first(logits, min_tokens_to_keep), _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #431253f5
+# %% ../nbs/03_heuristics_hf.ipynb #4de88350
 def rule_typical(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     p: float | Tensor,  # typical mass in (0, 1) (number or `[batch]`)
@@ -93,7 +93,7 @@ def rule_typical(
     remove = s > ss.gather(1, last.clamp_max(s.shape[1] - 1))
     return logits.masked_fill(remove & ~_first(-s, min_tokens_to_keep), _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #e0e4ad29
+# %% ../nbs/03_heuristics_hf.ipynb #b364fe7a
 def rule_epsilon(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     eps: float | Tensor,  # probability cut-off in (0, 1) (number or `[batch]`)
@@ -103,7 +103,7 @@ def rule_epsilon(
     small = logits.softmax(-1) < _col(eps, logits)
     return logits.masked_fill(small & (rule_top_k(logits, min_tokens_to_keep) == _NEG), _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #befa8ce5
+# %% ../nbs/03_heuristics_hf.ipynb #a5c6d7a8
 def rule_eta(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     eps: float | Tensor,  # epsilon in (0, 1) (number or `[batch]`)
@@ -115,7 +115,7 @@ def rule_eta(
     return rule_epsilon(logits, torch.minimum(e, e.sqrt() * (lp.exp() * lp).nansum(-1, keepdim=True).exp()),
                         min_tokens_to_keep)
 
-# %% ../nbs/03_heuristics_hf.ipynb #7bfa7b8d
+# %% ../nbs/03_heuristics_hf.ipynb #ddf91b95
 def rule_top_h(
     logits: Float[Tensor, "batch vocab"],  # next-token logits
     h: float | Tensor,  # fraction of the entropy in (0, 1] (number or `[batch]`)
@@ -128,7 +128,7 @@ def rule_top_h(
     keep[:, 0] = True
     return logits.masked_fill(~torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, keep), _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #7b9c07e1
+# %% ../nbs/03_heuristics_hf.ipynb #4138959c
 RULES = dict(temperature=rule_temperature, top_k=rule_top_k, top_p=rule_top_p, min_p=rule_min_p,  # name -> rule
              typical=rule_typical, epsilon=rule_epsilon, eta=rule_eta, top_h=rule_top_h)
 
@@ -139,7 +139,7 @@ def _fmt_range(low, high, low_open, high_open) -> str:
     hi = "inf" if high is None else high
     return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
 
-# %% ../nbs/03_heuristics_hf.ipynb #1916a373
+# %% ../nbs/03_heuristics_hf.ipynb #8c18d070
 def check_real(
     value,  # a parameter value: a number, or a per-row tensor / list of numbers
     name: str,  # parameter name, used in the error message
@@ -152,7 +152,7 @@ def check_real(
     if not ok: raise TypeError(f"`{name}` must be a real number (or a per-row tensor/list of them), "
                                f"got {type(value).__name__} {value!r:.60}")
 
-# %% ../nbs/03_heuristics_hf.ipynb #01211e80
+# %% ../nbs/03_heuristics_hf.ipynb #a535ba5d
 def per_row(
     value: float | int | Tensor,  # a Python number or a tensor of shape [batch] (or [batch, 1])
     name: str,  # parameter name, used in error messages
@@ -227,7 +227,7 @@ def _ints(value, name: str, logits: Tensor) -> Tensor:
         return torch.full((logits.shape[0], 1), min(value, logits.shape[1]), dtype=torch.long, device=logits.device)
     return per_row(value, name, logits, low=1, integer=True).clamp_max(logits.shape[1])
 
-# %% ../nbs/03_heuristics_hf.ipynb #cc776ec3
+# %% ../nbs/03_heuristics_hf.ipynb #c2ce7cc2
 def _floats(value, name: str, logits: Tensor, **kw) -> Tensor:
     "A float parameter as a `[batch, 1]` column (float64 for float64 logits, else float32)."
     return per_row(value, name, logits, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32, **kw)
@@ -243,7 +243,7 @@ def _blocks_ok(x: Tensor, k: int) -> bool:
     "Whether block preselection pays off: the vocabulary splits into blocks and k is small next to their count."
     return x.shape[1] % _BLOCK == 0 and (k + 1) * 8 <= x.shape[1] // _BLOCK
 
-# %% ../nbs/03_heuristics_hf.ipynb #71c261fb
+# %% ../nbs/03_heuristics_hf.ipynb #cb8b7b40
 def _block_candidates(x: Float[Tensor, "b v"], k: int) -> tuple[Tensor, Tensor]:
     "Columns of the k blocks with the largest maxima `[b, k*_BLOCK]`, and the largest maximum outside them `[b, 1]`."
     b, v = x.shape
@@ -259,7 +259,7 @@ def _topk(x: Float[Tensor, "b v"], k: int) -> tuple[Tensor, Tensor]:
     vals, j = x.gather(1, cols).topk(k)
     return vals, cols.gather(1, j)
 
-# %% ../nbs/03_heuristics_hf.ipynb #028a65f4
+# %% ../nbs/03_heuristics_hf.ipynb #05d70c1e
 def _top_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
     "The c largest values, descending, ties in column order (which of those tied with the c-th: unspecified)."
     if c >= x.shape[1]: return torch.sort(x, dim=-1, descending=True, stable=True)
@@ -268,7 +268,7 @@ def _top_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
     vals, perm = vals.gather(1, perm).sort(dim=-1, descending=True, stable=True)
     return vals, cols.gather(1, perm)
 
-# %% ../nbs/03_heuristics_hf.ipynb #b6f7f3cf
+# %% ../nbs/03_heuristics_hf.ipynb #e6b8cc91
 def _ties_by_id(x: Float[Tensor, "b v"], vals: Tensor, cols: Tensor) -> Tensor:
     "`_top_sorted`'s `cols` with the slots tied with the last value given to the lowest ids tied with it."
     c, vc = cols.shape[1], vals[:, -1:]
@@ -279,7 +279,7 @@ def _ties_by_id(x: Float[Tensor, "b v"], vals: Tensor, cols: Tensor) -> Tensor:
     sel = pos < slots[r]
     return cols.index_put((r[sel], c - slots[r[sel]] + pos[sel]), col[sel])
 
-# %% ../nbs/03_heuristics_hf.ipynb #8b372d53
+# %% ../nbs/03_heuristics_hf.ipynb #8ec84725
 def _first_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
     "`_top_sorted(x, c)` with the tokens tied with the c-th value taken by lowest id: a stable sort's first `c`."
     vals, cols = _top_sorted(x, c)
@@ -323,7 +323,7 @@ def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
     i = logits.argmax(-1, keepdim=True)
     return logits.new_full(logits.shape, _NEG).scatter_(1, i, logits.gather(1, i))
 
-# %% ../nbs/03_heuristics_hf.ipynb #4ceb81e7
+# %% ../nbs/03_heuristics_hf.ipynb #4d22c309
 def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b v"]:
     "`logits / t` for t > 0 (number or `[b, 1]`): removed tokens stay -inf (t = inf: flat), no overflow in the dtype."
     wide = lambda x, t: cast_logits((x.double() / t).masked_fill(x == _NEG, _NEG), x.dtype)
@@ -334,7 +334,7 @@ def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b
     if bool(bad.any()): out[bad] = wide(logits[bad], t[bad].double() if isinstance(t, Tensor) else t)
     return out
 
-# %% ../nbs/03_heuristics_hf.ipynb #216dc4b1
+# %% ../nbs/03_heuristics_hf.ipynb #206dbfd8
 def temperature(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     t: float | Tensor,  # temperature in [0, inf] (number or per-row `[batch]`); 0 = greedy, inf = flat
@@ -402,12 +402,12 @@ def _kth_largest(x: Float[Tensor, "b v"], kk: Tensor) -> tuple[Tensor, Tensor]:
     if bool(odd.any()): ok[odd] &= (x[odd] < float("inf")).all(-1)
     return band.topk(int(r.max())).values.gather(1, r - 1).masked_fill(~ok[:, None], _NEG), ok
 
-# %% ../nbs/03_heuristics_hf.ipynb #7134dc40
+# %% ../nbs/03_heuristics_hf.ipynb #20b7136a
 def _top_k_dense(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
     "Every logit below the `topk` k-th value (`kk`: `[b, 1]`) set to -inf: the reference, any dtype or device."
     return x.masked_fill(x < x.topk(int(kk.max())).values.gather(1, kk - 1), _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #467874b4
+# %% ../nbs/03_heuristics_hf.ipynb #47d0ed3f
 def _top_k_blocks(x: Float[Tensor, "b v"], kk: Tensor, kmax: int) -> Float[Tensor, "b v"]:
     "Top-k from the `kmax` best blocks' candidates, written sparsely; rows with a possible outside tie go dense."
     cols, outside = _block_candidates(x, kmax)
@@ -418,7 +418,7 @@ def _top_k_blocks(x: Float[Tensor, "b v"], kk: Tensor, kmax: int) -> Float[Tenso
     if dense.any(): out[dense] = x[dense].masked_fill(x[dense] < thr[dense], _NEG)
     return out
 
-# %% ../nbs/03_heuristics_hf.ipynb #91389dfe
+# %% ../nbs/03_heuristics_hf.ipynb #496f3cf0
 def _top_k_counting(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
     "Top-k via `_kth_largest` and `_keep_from` (long float32 CPU rows); flagged rows by `_top_k_dense`."
     t, ok = _kth_largest(x.contiguous(), kk)  # bins and members are read through flat views
@@ -445,7 +445,7 @@ def _excl_cumsum(pc: Tensor) -> Tensor:
     "Row-wise exclusive cumulative sum: the mass before each entry."
     return torch.cat([pc.new_zeros(pc.shape[0], 1), pc.cumsum(-1)[:, :-1]], 1)
 
-# %% ../nbs/03_heuristics_hf.ipynb #b431f251
+# %% ../nbs/03_heuristics_hf.ipynb #e9e97d71
 def _top_p_solve(x, probs, p, m, c):
     "Top-p from the `c` best candidates (`c` = vocabulary: the full sort); `ok` says where they provably sufficed."
     vals, cols = _top_sorted(x, c)
@@ -480,7 +480,7 @@ def _cross(hist: Tensor, p: Tensor, start: Tensor | float, descending: bool):
     before = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), start)
     return d, before, ((d < hist.shape[1]) & cum[:, -1:].isfinite()).squeeze(1)
 
-# %% ../nbs/03_heuristics_hf.ipynb #101103af
+# %% ../nbs/03_heuristics_hf.ipynb #e7cb521d
 def _crossing_bin(bins, probs, p, descending: bool):
     "Per row: the bin where the mass (from the top bin if `descending`) reaches `p`, the mass before it, and ok."
     b, nc = probs.shape[0], _NBINS // _FINE
@@ -569,7 +569,7 @@ def _typical_scores(x: Tensor) -> tuple[Tensor, Tensor]:
     prod = lp * p
     return torch.sub(lp, _rowsum(prod, nan=True), out=prod).abs_(), p  # -H = nansum(lp p); fl(-a - b) = -fl(a + b)
 
-# %% ../nbs/03_heuristics_hf.ipynb #fc0b985a
+# %% ../nbs/03_heuristics_hf.ipynb #268ce9a2
 def _typical_solve(x, scores, probs, mass, m, c):
     "Typical sampling from the `c` most typical candidates (`c` = vocabulary: the full sort); `ok` where they sufficed."
     neg, cols = _top_sorted(-scores, c)
@@ -589,7 +589,7 @@ def _typical_cut(s, probs, p):
     k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)
     return vals.gather(1, k.clamp_max(vals.shape[1] - 1)), ok & fits & (k < n).squeeze(1)
 
-# %% ../nbs/03_heuristics_hf.ipynb #d7ce839c
+# %% ../nbs/03_heuristics_hf.ipynb #abcb9097
 def typical(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     p: float | Tensor,  # typical mass in (0, 1) (number or per-row `[batch]`)
@@ -617,7 +617,7 @@ def _mth(x: Float[Tensor, "b v"], min_tokens_to_keep: int | Tensor) -> tuple[Ten
     vals = _topk(x, int(m.max()))[0]
     return vals.gather(1, m - 1), vals[:, :1]
 
-# %% ../nbs/03_heuristics_hf.ipynb #9ec83380
+# %% ../nbs/03_heuristics_hf.ipynb #a37df445
 def _lse(
     logits: Float[Tensor, "b v"],  # the logits
     probs: Float[Tensor, "b v"],  # their softmax
@@ -633,12 +633,12 @@ def _lse(
         lse[odd] = big.double() - probs[odd].amax(-1, keepdim=True).double().log()
     return lse
 
-# %% ../nbs/03_heuristics_hf.ipynb #1a200fb8
+# %% ../nbs/03_heuristics_hf.ipynb #2f388be2
 def _below(x: Float[Tensor, "r v"], cut: Tensor, vm: Tensor) -> Float[Tensor, "r v"]:
     "transformers' rule, in probability space: remove `p < cut` unless the logit is at least `vm` (the m-th largest)."
     return x.masked_fill((x.softmax(-1) < cut) & (x < vm), _NEG)
 
-# %% ../nbs/03_heuristics_hf.ipynb #953fd53c
+# %% ../nbs/03_heuristics_hf.ipynb #2e2babd7
 def _cutoff(
     logits: Float[Tensor, "b v"],  # the logits (not modified)
     lse: Float[Tensor, "b 1"],  # row logsumexp, float64
@@ -659,7 +659,7 @@ def _cutoff(
     if fast.any(): res[fast] = _keep_from(logits[fast], t[fast])
     return res
 
-# %% ../nbs/03_heuristics_hf.ipynb #c40b9f58
+# %% ../nbs/03_heuristics_hf.ipynb #548274ce
 def epsilon(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     eps: float | Tensor,  # probability cut-off in (0, 1) (number or per-row `[batch]`)
@@ -679,12 +679,12 @@ def _categorical_entropy(x: Float[Tensor, "r v"]) -> Float[Tensor, "r 1"]:
     norm = x - x.logsumexp(-1, keepdim=True)
     return -_rowsum(norm.clamp_min(torch.finfo(x.dtype).min) * norm.softmax(-1))
 
-# %% ../nbs/03_heuristics_hf.ipynb #064ef7ba
+# %% ../nbs/03_heuristics_hf.ipynb #dab0cb38
 def _eta_cut(x: Float[Tensor, "r v"], e: Tensor) -> Float[Tensor, "r 1"]:
     "transformers' η cut-off `min(eps, sqrt(eps) exp(-H))`, in the logits' dtype."
     return torch.minimum(e, e.sqrt() * torch.exp(-_categorical_entropy(x)))
 
-# %% ../nbs/03_heuristics_hf.ipynb #e6dcbc84
+# %% ../nbs/03_heuristics_hf.ipynb #0a0f1888
 def eta(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     eps: float | Tensor,  # epsilon in (0, 1) (number or per-row `[batch]`); cut-off min(eps, sqrt(eps) e^-H)
