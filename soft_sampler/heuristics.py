@@ -18,7 +18,7 @@ from .heuristics_hf import *
 from .heuristics_ext import *
 from .heuristics_hf import __all__ as _hf_all
 from .heuristics_ext import __all__ as _ext_all
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 from .sampling import StepContext, SampleExtension, sample_command
 
 # %% auto #0
@@ -61,7 +61,7 @@ class Step:
                  where: str = "step",  # how error messages name the entry (e.g. "pipeline entry 2")
                  **kw):  # more parameters, merged into `params`
         if name not in STEPS: raise SpecError(f"{where}: unknown step {name!r}; allowed: {sorted(STEPS)}")
-        self.name, self.params, self.fn = name, {**(params or {}), **kw}, STEPS[name]
+        store_attr("name"); self.params, self.fn = {**(params or {}), **kw}, STEPS[name]
         _check_names(name, self.params, where)
         try:
             self.proc = self.fn(**self.params) if isinstance(self.fn, type) else None
@@ -201,10 +201,16 @@ def _as_step(entry: Any, i: int):
 # %% ../nbs/05_heuristics.ipynb #56a21315
 @patch
 def __len__(self: Pipeline): return len(self.steps)
+
+# %% ../nbs/05_heuristics.ipynb #2aa9aaa1
 @patch
 def __iter__(self: Pipeline): return iter(self.steps)
+
+# %% ../nbs/05_heuristics.ipynb #1d79fb54
 @patch
 def __getitem__(self: Pipeline, i): return self.steps[i]
+
+# %% ../nbs/05_heuristics.ipynb #20e64339
 @patch
 def __repr__(self: Pipeline): return "Pipeline([" + ", ".join(map(repr, self.steps)) + "])"
 

@@ -616,7 +616,7 @@ class PresencePenalty(HistoryProcessor):
                  penalty,  # α_presence in [-2, 2]
                  include_prompt=False,  # count the prompt's tokens too (llama.cpp)
                  pad_token_id=None):  # left padding, never history
-        self.penalty, self.include_prompt = penalty, _check_bool(include_prompt, "include_prompt")
+        store_attr("penalty"); self.include_prompt = _check_bool(include_prompt, "include_prompt")
         super().__init__(pad_token_id)
 
 # %% ../nbs/04_heuristics_ext.ipynb #ca88d6ca
@@ -631,7 +631,7 @@ class FrequencyPenalty(HistoryProcessor):
                  penalty,  # α_frequency in [-2, 2]
                  include_prompt=False,  # count the prompt's tokens too (llama.cpp)
                  pad_token_id=None):  # left padding, never history
-        self.penalty, self.include_prompt = penalty, _check_bool(include_prompt, "include_prompt")
+        store_attr("penalty"); self.include_prompt = _check_bool(include_prompt, "include_prompt")
         super().__init__(pad_token_id)
 
 # %% ../nbs/04_heuristics_ext.ipynb #440b2869
@@ -752,7 +752,7 @@ class Mirostat:
         if isinstance(version, bool) or version not in (1, 2):
             raise ValueError(f"`version` must be 1 or 2, got {version!r}")
         _check_number(tau, "tau", 0, low_open=True); _check_number(eta, "eta", 0, low_open=True); check_int(m, "m", 2)
-        self.tau, self.eta, self.version, self.m = float(tau), float(eta), version, m
+        store_attr("version,m"); self.tau, self.eta = float(tau), float(eta)
         self.__signature__ = _LOOP_SIGNATURE
         self.reset()
 

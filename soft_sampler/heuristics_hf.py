@@ -11,15 +11,135 @@ from torch import Tensor
 from jaxtyping import Float
 
 # %% auto #0
-__all__ = ['check_real', 'per_row', 'check_logits', 'cast_logits', 'temperature', 'top_k', 'top_p', 'min_p', 'typical', 'epsilon',
-           'eta', 'top_h']
+__all__ = ['RULES', 'rule_temperature', 'rule_top_k', 'rule_top_p', 'rule_min_p', 'rule_typical', 'rule_epsilon', 'rule_eta',
+           'rule_top_h', 'check_real', 'per_row', 'check_logits', 'cast_logits', 'temperature', 'top_k', 'top_p',
+           'min_p', 'typical', 'epsilon', 'eta', 'top_h']
+
+# %% ../nbs/03_heuristics_hf.ipynb #ecfd8a68
+_NEG = float("-inf")
+
+def _col(
+    value: float | Tensor,  # a number or per-row values `[batch]`
+    logits: Tensor,  # the logits it applies to (gives dtype and device)
+) -> Tensor:
+    "`value` as a column `[1 or batch, 1]` in the logits' dtype, to broadcast against `[batch, vocab]`."
+    return torch.as_tensor(value, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
+
+# %% ../nbs/03_heuristics_hf.ipynb #099e3cbb
+def _first(
+    key: Float[Tensor, "batch vocab"],  # what to rank by, largest first
+    m: int | Tensor,  # how many to mark per row (number or `[batch]`)
+) -> Tensor:
+    "Mask of each row's `m` largest entries of `key`, ties in increasing token order (a stable sort)."
+    rank = key.sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
+    return rank < torch.as_tensor(m, device=key.device).reshape(-1, 1)
+
+# %% ../nbs/03_heuristics_hf.ipynb #5937bd12
+def rule_temperature(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    t: float | Tensor,  # temperature >= 0 (number or `[batch]`); 0 = greedy
+) -> Float[Tensor, "batch vocab"]:
+    "`logits / t` (removed tokens stay `-inf`); `t = 0` keeps only the first argmax."
+    tc = _col(t, logits)
+    out = (logits / tc.masked_fill(tc == 0, 1)).masked_fill(logits == _NEG, _NEG)
+    return torch.where(tc == 0, logits.masked_fill(~_first(logits, 1), _NEG), out)
+
+# %% ../nbs/03_heuristics_hf.ipynb #5c7b7ca1
+def rule_top_k(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    k: int | Tensor,  # tokens to keep, >= 1 (number or `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # k is raised to at least this
+) -> Float[Tensor, "batch vocab"]:
+    "Keep every logit at least the k-th largest (ties with it kept)."
+    kk = torch.maximum(_col(k, logits), _col(min_tokens_to_keep, logits)).long().clamp_max(logits.shape[1])
+    kth = logits.sort(-1, descending=True).values.gather(1, kk.expand(len(logits), 1) - 1)
+    return logits.masked_fill(logits < kth, _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #cae4cbdb
+def rule_top_p(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    p: float | Tensor,  # nucleus mass in [0, 1] (number or `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens
+) -> Float[Tensor, "batch vocab"]:
+    "Keep the most likely tokens while the mass before each is below `p` (and the `min_tokens_to_keep` first)."
+    idx = logits.sort(dim=-1, descending=True, stable=True).indices
+    ps = logits.softmax(-1).gather(1, idx).double()
+    pc = _col(p, logits).double()
+    keep = ((ps.cumsum(-1) - ps < pc) | (pc >= 1)) & (ps > 0)
+    keep = torch.zeros_like(keep).scatter_(1, idx, keep) | _first(logits, min_tokens_to_keep)
+    return logits.masked_fill(~keep, _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #fc94e337
+def rule_min_p(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    p: float | Tensor,  # fraction of the top probability, in [0, 1] (number or `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens
+) -> Float[Tensor, "batch vocab"]:
+    "Keep tokens with `p_i >= p max_j p_j`, i.e. `l_i >= max_j l_j + log p` (and the `min_tokens_to_keep` first)."
+    cut = logits.amax(-1, keepdim=True) + _col(p, logits).log()
+    return logits.masked_fill((logits < cut) & ~_first(logits, min_tokens_to_keep), _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #4de88350
+def rule_typical(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    p: float | Tensor,  # typical mass in (0, 1) (number or `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many tokens closest to the entropy
+) -> Float[Tensor, "batch vocab"]:
+    "Sort by `|-log p_i - H|`, keep the first tokens until their mass reaches `p` (ties with the last kept)."
+    lp = logits.log_softmax(-1)
+    s = (-lp - (-(lp * lp.exp()).nansum(-1, keepdim=True))).abs()
+    ss, idx = s.sort(dim=-1, stable=True)
+    last = (lp.exp().gather(1, idx).double().cumsum(-1) < _col(p, logits)).sum(-1, keepdim=True)
+    remove = s > ss.gather(1, last.clamp_max(s.shape[1] - 1))
+    return logits.masked_fill(remove & ~_first(-s, min_tokens_to_keep), _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #b364fe7a
+def rule_epsilon(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    eps: float | Tensor,  # probability cut-off in (0, 1) (number or `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens (and their ties)
+) -> Float[Tensor, "batch vocab"]:
+    "Remove tokens with probability below `eps` unless `rule_top_k(logits, min_tokens_to_keep)` keeps them."
+    small = logits.softmax(-1) < _col(eps, logits)
+    return logits.masked_fill(small & (rule_top_k(logits, min_tokens_to_keep) == _NEG), _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #a5c6d7a8
+def rule_eta(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    eps: float | Tensor,  # epsilon in (0, 1) (number or `[batch]`)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens (and their ties)
+) -> Float[Tensor, "batch vocab"]:
+    "`rule_epsilon` with the cut-off `min(eps, sqrt(eps) exp(-H))`, H the row's entropy."
+    lp = logits.log_softmax(-1)
+    e = _col(eps, logits)
+    return rule_epsilon(logits, torch.minimum(e, e.sqrt() * (lp.exp() * lp).nansum(-1, keepdim=True).exp()),
+                        min_tokens_to_keep)
+
+# %% ../nbs/03_heuristics_hf.ipynb #ddf91b95
+def rule_top_h(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    h: float | Tensor,  # fraction of the entropy in (0, 1] (number or `[batch]`)
+    top_n: int | None = 100,  # tokens considered (transformers: 100); None = the whole vocabulary
+) -> Float[Tensor, "batch vocab"]:
+    "Keep the most likely tokens while their entropy terms sum to at most `h` times the entropy."
+    idx = logits.sort(dim=-1, descending=True, stable=True).indices[:, :top_n]
+    d = torch.distributions.Categorical(logits=logits.gather(1, idx), validate_args=False)
+    keep = (-d.probs * d.probs.log()).cumsum(-1) <= d.entropy()[:, None] * _col(h, logits)
+    keep[:, 0] = True
+    return logits.masked_fill(~torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, keep), _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #4138959c
+RULES = dict(temperature=rule_temperature, top_k=rule_top_k, top_p=rule_top_p, min_p=rule_min_p,  # name -> rule
+             typical=rule_typical, epsilon=rule_epsilon, eta=rule_eta, top_h=rule_top_h)
 
 # %% ../nbs/03_heuristics_hf.ipynb #1ce48705
 def _fmt_range(low, high, low_open, high_open) -> str:
+    "An interval as text, e.g. `[0, 1)`; `None` bounds are infinite (and open)."
     lo = "-inf" if low is None else low
     hi = "inf" if high is None else high
     return f"{'(' if low_open or low is None else '['}{lo}, {hi}{')' if high_open or high is None else ']'}"
 
+# %% ../nbs/03_heuristics_hf.ipynb #8c18d070
 def check_real(
     value,  # a parameter value: a number, or a per-row tensor / list of numbers
     name: str,  # parameter name, used in the error message
@@ -27,9 +147,12 @@ def check_real(
     "Raise a `TypeError` naming the parameter unless `value` is a real number or a tensor/list/tuple of them."
     num = lambda x: isinstance(x, (int, float, np.integer, np.floating)) and not isinstance(x, (bool, np.bool_))
     ok = (num(value) or (isinstance(value, Tensor) and not (value.dtype == torch.bool or value.is_complex()))
-          or (isinstance(value, (list, tuple, np.ndarray)) and all(num(x) for x in np.asarray(value, dtype=object).flat)))
-    if not ok: raise TypeError(f"`{name}` must be a real number (or a per-row tensor/list of them), got {type(value).__name__} {value!r:.60}")
+          or (isinstance(value, (list, tuple, np.ndarray))
+              and all(num(x) for x in np.asarray(value, dtype=object).flat)))
+    if not ok: raise TypeError(f"`{name}` must be a real number (or a per-row tensor/list of them), "
+                               f"got {type(value).__name__} {value!r:.60}")
 
+# %% ../nbs/03_heuristics_hf.ipynb #a535ba5d
 def per_row(
     value: float | int | Tensor,  # a Python number or a tensor of shape [batch] (or [batch, 1])
     name: str,  # parameter name, used in error messages
@@ -77,14 +200,15 @@ def check_logits(logits: Tensor, name: str = "logits") -> None:
     if not isinstance(logits, Tensor): raise TypeError(f"`{name}` must be a torch.Tensor, got {type(logits).__name__}")
     if logits.dim() != 2: raise ValueError(f"`{name}` must have shape [batch, vocab], got {tuple(logits.shape)}")
     if not logits.is_floating_point(): raise TypeError(f"`{name}` must be floating point, got {logits.dtype}")
-    if logits.shape[1] == 0: raise ValueError(f"`{name}` must have at least one token (vocab >= 1), got shape {tuple(logits.shape)}")
+    if logits.shape[1] == 0:
+        raise ValueError(f"`{name}` must have at least one token (vocab >= 1), got shape {tuple(logits.shape)}")
 
 # %% ../nbs/03_heuristics_hf.ipynb #af4429be
 def cast_logits(
     values: Float[Tensor, "batch vocab"],  # logits computed in a wider dtype (float32/float64)
     dtype: torch.dtype,  # the dtype to return (the input logits' dtype)
 ) -> Float[Tensor, "batch vocab"]:
-    "`values` in `dtype` without overflow: rows that do not fit are shifted by their max (softmax unchanged), finite stays finite."
+    "`values` in `dtype` without overflow: rows that do not fit are shifted by their max; finite stays finite."
     if values.dtype == dtype: return values
     big = torch.finfo(dtype).max
     fin = torch.isfinite(values)
@@ -95,7 +219,6 @@ def cast_logits(
     return torch.where(fin, values.clamp(-big, big), values).to(dtype)
 
 # %% ../nbs/03_heuristics_hf.ipynb #95d1563a
-_NEG = float("-inf")
 _BLOCK = 64  # tokens per block in the block-maxima preselection
 
 def _ints(value, name: str, logits: Tensor) -> Tensor:
@@ -104,6 +227,7 @@ def _ints(value, name: str, logits: Tensor) -> Tensor:
         return torch.full((logits.shape[0], 1), min(value, logits.shape[1]), dtype=torch.long, device=logits.device)
     return per_row(value, name, logits, low=1, integer=True).clamp_max(logits.shape[1])
 
+# %% ../nbs/03_heuristics_hf.ipynb #c2ce7cc2
 def _floats(value, name: str, logits: Tensor, **kw) -> Tensor:
     "A float parameter as a `[batch, 1]` column (float64 for float64 logits, else float32)."
     return per_row(value, name, logits, dtype=torch.float64 if logits.dtype == torch.float64 else torch.float32, **kw)
@@ -119,6 +243,7 @@ def _blocks_ok(x: Tensor, k: int) -> bool:
     "Whether block preselection pays off: the vocabulary splits into blocks and k is small next to their count."
     return x.shape[1] % _BLOCK == 0 and (k + 1) * 8 <= x.shape[1] // _BLOCK
 
+# %% ../nbs/03_heuristics_hf.ipynb #cb8b7b40
 def _block_candidates(x: Float[Tensor, "b v"], k: int) -> tuple[Tensor, Tensor]:
     "Columns of the k blocks with the largest maxima `[b, k*_BLOCK]`, and the largest maximum outside them `[b, 1]`."
     b, v = x.shape
@@ -134,23 +259,63 @@ def _topk(x: Float[Tensor, "b v"], k: int) -> tuple[Tensor, Tensor]:
     vals, j = x.gather(1, cols).topk(k)
     return vals, cols.gather(1, j)
 
+# %% ../nbs/03_heuristics_hf.ipynb #05d70c1e
 def _top_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
-    "The c largest values, descending, ties in increasing column order; which tokens tied with the c-th value get in is unspecified."
+    "The c largest values, descending, ties in column order (which of those tied with the c-th: unspecified)."
     if c >= x.shape[1]: return torch.sort(x, dim=-1, descending=True, stable=True)
     vals, cols = _topk(x, c)
     cols, perm = cols.sort(-1)
     vals, perm = vals.gather(1, perm).sort(dim=-1, descending=True, stable=True)
     return vals, cols.gather(1, perm)
 
+# %% ../nbs/03_heuristics_hf.ipynb #e6b8cc91
+def _ties_by_id(x: Float[Tensor, "b v"], vals: Tensor, cols: Tensor) -> Tensor:
+    "`_top_sorted`'s `cols` with the slots tied with the last value given to the lowest ids tied with it."
+    c, vc = cols.shape[1], vals[:, -1:]
+    slots = (vals == vc).sum(-1)  # the tied slots are the last of each row
+    r, col = (x == vc).nonzero(as_tuple=True)  # row by row, ids increasing
+    n = torch.bincount(r, minlength=len(x))
+    pos = torch.arange(len(r), device=x.device) - (n.cumsum(0) - n)[r]  # place among the row's tied tokens
+    sel = pos < slots[r]
+    return cols.index_put((r[sel], c - slots[r[sel]] + pos[sel]), col[sel])
+
+# %% ../nbs/03_heuristics_hf.ipynb #8ec84725
+def _first_sorted(x: Float[Tensor, "b v"], c: int) -> tuple[Tensor, Tensor]:
+    "`_top_sorted(x, c)` with the tokens tied with the c-th value taken by lowest id: a stable sort's first `c`."
+    vals, cols = _top_sorted(x, c)
+    if c >= x.shape[1]: return vals, cols  # a full stable sort already
+    short = (x >= vals[:, -1:]).sum(-1) > c  # tokens tied with the c-th were left out
+    if bool(short.any()): cols[short] = _ties_by_id(x[short], vals[short], cols[short])
+    return vals, cols
+
 # %% ../nbs/03_heuristics_hf.ipynb #0c66466f
 def _keep_first(remove: Tensor, logits: Tensor, m: Tensor) -> Tensor:
     "Clear `remove` (in place) for each row's `m` largest logits (ties: lower id first)."
     mmax = int(m.max()) if m.numel() else 0
     if mmax > 1:
-        cols = _top_sorted(logits, mmax)[1]
+        cols = _first_sorted(logits, mmax)[1]
         first = torch.arange(mmax, device=logits.device) < m
         remove.scatter_(1, cols, remove.gather(1, cols) & ~first)
     return remove
+
+# %% ../nbs/03_heuristics_hf.ipynb #7628447c
+def _long(x: Tensor) -> bool:
+    "Long float32 rows on the CPU: where one fused pass per row pays off."
+    return not x.is_cuda and x.shape[1] >= 8192 and x.dtype == torch.float32
+
+# %% ../nbs/03_heuristics_hf.ipynb #23d1f306
+def _keep_from(
+    x: Float[Tensor, "b v"],  # logits (not modified)
+    t: Float[Tensor, "b 1"],  # per-row threshold, in `x`'s dtype
+    out: Float[Tensor, "b v"] | None = None,  # where to write the result on the per-row path (default: a new tensor)
+) -> Float[Tensor, "b v"]:
+    "`x` with every entry below its row's threshold set to `-inf` (entries equal to `t` kept). `t` must not be NaN."
+    if not _long(x) or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
+    # CPU, long rows: one fused pass per row (`threshold` keeps x > below, i.e. x >= t), no mask tensor
+    out = torch.empty_like(x) if out is None else out
+    below = torch.nextafter(t, torch.full_like(t, _NEG)).squeeze(1).tolist()
+    for a, o, b in zip(x.unbind(0), out.unbind(0), below): torch.threshold(a, b, _NEG, out=o)
+    return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #446b5984
 def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
@@ -158,6 +323,7 @@ def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
     i = logits.argmax(-1, keepdim=True)
     return logits.new_full(logits.shape, _NEG).scatter_(1, i, logits.gather(1, i))
 
+# %% ../nbs/03_heuristics_hf.ipynb #4d22c309
 def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b v"]:
     "`logits / t` for t > 0 (number or `[b, 1]`): removed tokens stay -inf (t = inf: flat), no overflow in the dtype."
     wide = lambda x, t: cast_logits((x.double() / t).masked_fill(x == _NEG, _NEG), x.dtype)
@@ -168,11 +334,12 @@ def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b
     if bool(bad.any()): out[bad] = wide(logits[bad], t[bad].double() if isinstance(t, Tensor) else t)
     return out
 
+# %% ../nbs/03_heuristics_hf.ipynb #206dbfd8
 def temperature(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     t: float | Tensor,  # temperature in [0, inf] (number or per-row `[batch]`); 0 = greedy, inf = flat
 ) -> Float[Tensor, "batch vocab"]:
-    "Divide logits by `t`; `t = 0` keeps only the argmax (first index on ties), `t = inf` makes the kept tokens equally likely."
+    "Divide logits by `t`; `t = 0` keeps only the first argmax, `t = inf` makes the kept tokens equally likely."
     check_logits(logits)
     if isinstance(t, (int, float)) and not isinstance(t, bool):  # a number: validated without tensors
         if not t >= 0: raise ValueError(f"`t` must be a number in [0, inf), got {t}")
@@ -181,33 +348,6 @@ def temperature(
     zero = (tc == 0).squeeze(1)
     out = _divide(logits, tc.masked_fill(tc == 0, 1))
     if zero.any(): out[zero] = _greedy(logits[zero])
-    return out
-
-# %% ../nbs/03_heuristics_hf.ipynb #2657dcc4
-def top_k(
-    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
-    k: int | Tensor,  # tokens to keep, >= 1 (number or per-row `[batch]`); ties with the k-th are kept
-    min_tokens_to_keep: int | Tensor = 1,  # keep at least this many (transformers: k = max(k, this))
-) -> Float[Tensor, "batch vocab"]:
-    "Keep the `k` largest logits per row (and every token tied with the k-th)."
-    check_logits(logits)
-    kk = torch.maximum(_ints(k, "k", logits), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
-    if not len(kk): return logits.clone()  # an empty batch
-    kmax = int(kk.max())
-    if not _blocks_ok(logits, kmax):  # large k: the k-th value without `topk` (`_kth_largest`, below)
-        dense = lambda x, kk: x.masked_fill(x < x.topk(int(kk.max())).values.gather(1, kk - 1), _NEG)
-        if logits.dtype != torch.float32 or logits.shape[1] < 8192 or logits.is_cuda or logits.requires_grad:
-            return dense(logits, kk)  # the fast path: float32 rows on the CPU, no autograd (`_keep_from` writes out=)
-        t, ok = _kth_largest(logits.contiguous(), kk)  # bins and members are read through flat views
-        out = _keep_from(logits, t)
-        if not bool(ok.all()): out[~ok] = dense(logits[~ok], kk[~ok])  # NaN / +inf rows, huge ties
-        return out
-    cols, outside = _block_candidates(logits, kmax)
-    cand = logits.gather(1, cols)
-    thr = cand.topk(kmax).values.gather(1, kk - 1)
-    out = logits.new_full(logits.shape, _NEG).scatter_(1, cols, cand.masked_fill(cand < thr, _NEG))
-    dense = ~(outside < thr).squeeze(1)  # a token outside the candidates may reach the threshold
-    if dense.any(): out[dense] = logits[dense].masked_fill(logits[dense] < thr[dense], _NEG)
     return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #f29c45ae
@@ -262,10 +402,50 @@ def _kth_largest(x: Float[Tensor, "b v"], kk: Tensor) -> tuple[Tensor, Tensor]:
     if bool(odd.any()): ok[odd] &= (x[odd] < float("inf")).all(-1)
     return band.topk(int(r.max())).values.gather(1, r - 1).masked_fill(~ok[:, None], _NEG), ok
 
+# %% ../nbs/03_heuristics_hf.ipynb #20b7136a
+def _top_k_dense(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
+    "Every logit below the `topk` k-th value (`kk`: `[b, 1]`) set to -inf: the reference, any dtype or device."
+    return x.masked_fill(x < x.topk(int(kk.max())).values.gather(1, kk - 1), _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #47d0ed3f
+def _top_k_blocks(x: Float[Tensor, "b v"], kk: Tensor, kmax: int) -> Float[Tensor, "b v"]:
+    "Top-k from the `kmax` best blocks' candidates, written sparsely; rows with a possible outside tie go dense."
+    cols, outside = _block_candidates(x, kmax)
+    cand = x.gather(1, cols)
+    thr = cand.topk(kmax).values.gather(1, kk - 1)
+    out = x.new_full(x.shape, _NEG).scatter_(1, cols, cand.masked_fill(cand < thr, _NEG))
+    dense = ~(outside < thr).squeeze(1)  # a token outside the candidates may reach the threshold
+    if dense.any(): out[dense] = x[dense].masked_fill(x[dense] < thr[dense], _NEG)
+    return out
+
+# %% ../nbs/03_heuristics_hf.ipynb #496f3cf0
+def _top_k_counting(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
+    "Top-k via `_kth_largest` and `_keep_from` (long float32 CPU rows); flagged rows by `_top_k_dense`."
+    t, ok = _kth_largest(x.contiguous(), kk)  # bins and members are read through flat views
+    out = _keep_from(x, t)
+    if not bool(ok.all()): out[~ok] = _top_k_dense(x[~ok], kk[~ok])  # NaN / +inf rows, huge ties
+    return out
+
+# %% ../nbs/03_heuristics_hf.ipynb #2657dcc4
+def top_k(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
+    k: int | Tensor,  # tokens to keep, >= 1 (number or per-row `[batch]`); ties with the k-th are kept
+    min_tokens_to_keep: int | Tensor = 1,  # keep at least this many (transformers: k = max(k, this))
+) -> Float[Tensor, "batch vocab"]:
+    "Keep the `k` largest logits per row (and every token tied with the k-th)."
+    check_logits(logits)
+    kk = torch.maximum(_ints(k, "k", logits), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits))
+    if not len(kk): return logits.clone()  # an empty batch
+    if _blocks_ok(logits, kmax := int(kk.max())): return _top_k_blocks(logits, kk, kmax)
+    if not _long(logits) or logits.requires_grad: return _top_k_dense(logits, kk)
+    return _top_k_counting(logits, kk)  # float32 rows on the CPU, no autograd (`_keep_from` writes out=)
+
 # %% ../nbs/03_heuristics_hf.ipynb #d5ec2405
 def _excl_cumsum(pc: Tensor) -> Tensor:
+    "Row-wise exclusive cumulative sum: the mass before each entry."
     return torch.cat([pc.new_zeros(pc.shape[0], 1), pc.cumsum(-1)[:, :-1]], 1)
 
+# %% ../nbs/03_heuristics_hf.ipynb #e9e97d71
 def _top_p_solve(x, probs, p, m, c):
     "Top-p from the `c` best candidates (`c` = vocabulary: the full sort); `ok` says where they provably sufficed."
     vals, cols = _top_sorted(x, c)
@@ -294,12 +474,13 @@ def _bins(
 
 # %% ../nbs/03_heuristics_hf.ipynb #09fc23a1
 def _cross(hist: Tensor, p: Tensor, start: Tensor | float, descending: bool):
-    "Per row: how many of `hist`'s bins (from the top if `descending`) come before the mass reaches `p`, and the mass before."
+    "Per row: how many of `hist`'s bins (from the top if `descending`) precede the mass reaching `p`; the mass before."
     cum = (hist.flip(-1) if descending else hist).cumsum(-1).add_(start)  # float64
     d = (cum < p).sum(-1, keepdim=True)
     before = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), start)
     return d, before, ((d < hist.shape[1]) & cum[:, -1:].isfinite()).squeeze(1)
 
+# %% ../nbs/03_heuristics_hf.ipynb #e7cb521d
 def _crossing_bin(bins, probs, p, descending: bool):
     "Per row: the bin where the mass (from the top bin if `descending`) reaches `p`, the mass before it, and ok."
     b, nc = probs.shape[0], _NBINS // _FINE
@@ -313,7 +494,7 @@ def _crossing_bin(bins, probs, p, descending: bool):
 
 # %% ../nbs/03_heuristics_hf.ipynb #8aa61023
 def _band(bins, j, key, probs, descending: bool):
-    "Tokens of each row's bin `j`, padded to `[b, c]`, sorted by `key` (ties: lower id first): keys, probs, cols, count, fits."
+    "Tokens of each row's bin `j`, padded to `[b, c]`, sorted by `key` (ties by id): keys, probs, cols, count, fits."
     b, v = key.shape
     flat = _flat_nonzero(bins == j)
     rows, cols = flat // v, flat % v
@@ -327,26 +508,8 @@ def _band(bins, j, key, probs, descending: bool):
     keys = key.new_full((b, c), _NEG if descending else float("inf")).index_put_((rows, pos), key.reshape(-1)[flat])
     ps = probs.new_zeros((b, c)).index_put_((rows, pos), probs.reshape(-1)[flat])
     keys, perm = torch.sort(keys, dim=-1, descending=descending, stable=True)
-    return keys, ps.gather(1, perm).double(), cols.new_zeros((b, c)).index_put_((rows, pos), cols).gather(1, perm), n[:, None], fits
-
-# %% ../nbs/03_heuristics_hf.ipynb #7628447c
-def _long(x: Tensor) -> bool:
-    "Long float32 rows on the CPU: where one fused pass per row pays off."
-    return not x.is_cuda and x.shape[1] >= 8192 and x.dtype == torch.float32
-
-# %% ../nbs/03_heuristics_hf.ipynb #23d1f306
-def _keep_from(
-    x: Float[Tensor, "b v"],  # logits (not modified)
-    t: Float[Tensor, "b 1"],  # per-row threshold, in `x`'s dtype
-    out: Float[Tensor, "b v"] | None = None,  # where to write the result on the per-row path (default: a new tensor)
-) -> Float[Tensor, "b v"]:
-    "`x` with every entry below its row's threshold set to `-inf` (entries equal to `t` kept). `t` must not be NaN."
-    if not _long(x) or x.shape[0] > 256: return torch.where(x >= t, x, _NEG)
-    # CPU, long rows: one fused pass per row (`threshold` keeps x > below, i.e. x >= t), no mask tensor
-    out = torch.empty_like(x) if out is None else out
-    below = torch.nextafter(t, torch.full_like(t, _NEG)).squeeze(1).tolist()
-    for a, o, b in zip(x.unbind(0), out.unbind(0), below): torch.threshold(a, b, _NEG, out=o)
-    return out
+    cols = cols.new_zeros((b, c)).index_put_((rows, pos), cols).gather(1, perm)
+    return keys, ps.gather(1, perm).double(), cols, n[:, None], fits
 
 # %% ../nbs/03_heuristics_hf.ipynb #243c9757
 def _top_p_cut(x, probs, p):
@@ -392,7 +555,8 @@ def min_p(
     check_logits(logits)
     pc, m = _floats(p, "p", logits, low=0, high=1), _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     cut = logits.amax(-1, keepdim=True) + pc.log().to(logits.dtype)  # p_i < p max_j p_j  <=>  l_i < max_j l_j + log p
-    # the top logit always passes, so with m = 1 the rank guard is void; a NaN row (NaN max) keeps everything, as in transformers
+    # the top logit always passes, so with m = 1 the rank guard is void;
+    # a NaN row (NaN max) keeps everything, as in transformers
     if not len(m): return logits.clone()  # an empty batch
     if int(m.max()) == 1 and not bool(cut.isnan().any()): return _keep_from(logits, cut)
     return logits.masked_fill(_keep_first(logits < cut, logits, m), _NEG)
@@ -405,6 +569,7 @@ def _typical_scores(x: Tensor) -> tuple[Tensor, Tensor]:
     prod = lp * p
     return torch.sub(lp, _rowsum(prod, nan=True), out=prod).abs_(), p  # -H = nansum(lp p); fl(-a - b) = -fl(a + b)
 
+# %% ../nbs/03_heuristics_hf.ipynb #268ce9a2
 def _typical_solve(x, scores, probs, mass, m, c):
     "Typical sampling from the `c` most typical candidates (`c` = vocabulary: the full sort); `ok` where they sufficed."
     neg, cols = _top_sorted(-scores, c)
@@ -424,6 +589,7 @@ def _typical_cut(s, probs, p):
     k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)
     return vals.gather(1, k.clamp_max(vals.shape[1] - 1)), ok & fits & (k < n).squeeze(1)
 
+# %% ../nbs/03_heuristics_hf.ipynb #abcb9097
 def typical(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     p: float | Tensor,  # typical mass in (0, 1) (number or per-row `[batch]`)
@@ -451,12 +617,13 @@ def _mth(x: Float[Tensor, "b v"], min_tokens_to_keep: int | Tensor) -> tuple[Ten
     vals = _topk(x, int(m.max()))[0]
     return vals.gather(1, m - 1), vals[:, :1]
 
+# %% ../nbs/03_heuristics_hf.ipynb #a37df445
 def _lse(
     logits: Float[Tensor, "b v"],  # the logits
     probs: Float[Tensor, "b v"],  # their softmax
     top: Float[Tensor, "b 1"] | None = None,  # the largest logit per row, if known
 ) -> Float[Tensor, "b 1"]:
-    "Row logsumexp in float64, read off the softmax: `l_0 - log p_0` (no pass), or `l_max - log p_max` where p_0 is not a normal float."
+    "Row logsumexp in float64 read off the softmax: `l_0 - log p_0`, or `l_max - log p_max` where p_0 is not normal."
     p0 = probs[:, :1]
     lse = logits[:, :1].double() - p0.double().log()  # p_0 carries ~1e-7 relative rounding: lse to ~1e-7 nats
     normal = p0 >= torch.finfo(probs.dtype).tiny  # else 0, subnormal or NaN: too few digits, use the top token
@@ -466,10 +633,12 @@ def _lse(
         lse[odd] = big.double() - probs[odd].amax(-1, keepdim=True).double().log()
     return lse
 
+# %% ../nbs/03_heuristics_hf.ipynb #2f388be2
 def _below(x: Float[Tensor, "r v"], cut: Tensor, vm: Tensor) -> Float[Tensor, "r v"]:
     "transformers' rule, in probability space: remove `p < cut` unless the logit is at least `vm` (the m-th largest)."
     return x.masked_fill((x.softmax(-1) < cut) & (x < vm), _NEG)
 
+# %% ../nbs/03_heuristics_hf.ipynb #2e2babd7
 def _cutoff(
     logits: Float[Tensor, "b v"],  # the logits (not modified)
     lse: Float[Tensor, "b 1"],  # row logsumexp, float64
@@ -479,7 +648,7 @@ def _cutoff(
     slow,  # slow(rows) -> the result for those rows, by the probability-space rule
     out: Tensor | None = None,  # a spare `[b, v]` buffer for the result (default: a new tensor)
 ) -> Float[Tensor, "b v"]:
-    "Keep tokens with `l >= min(lse + logcut, vm)`, one fused pass per row; `slow` does the rows where that is not exact."
+    "Keep tokens with `l >= min(lse + logcut, vm)` in one pass per row; `slow(rows)` does rows where that is inexact."
     # log p_i = l_i - lse, so p_i >= cut <=> l_i >= lse + log(cut): one threshold per row, compare logits, no mask pass
     t = (lse + logcut if vm is None else torch.minimum(lse + logcut, vm.double())).to(logits.dtype)
     fast = t.abs() <= 4e-6 / torch.finfo(logits.dtype).eps  # t's rounding << 1e-5 nats (and t finite, not NaN)
@@ -490,6 +659,7 @@ def _cutoff(
     if fast.any(): res[fast] = _keep_from(logits[fast], t[fast])
     return res
 
+# %% ../nbs/03_heuristics_hf.ipynb #548274ce
 def epsilon(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     eps: float | Tensor,  # probability cut-off in (0, 1) (number or per-row `[batch]`)
@@ -509,10 +679,12 @@ def _categorical_entropy(x: Float[Tensor, "r v"]) -> Float[Tensor, "r 1"]:
     norm = x - x.logsumexp(-1, keepdim=True)
     return -_rowsum(norm.clamp_min(torch.finfo(x.dtype).min) * norm.softmax(-1))
 
+# %% ../nbs/03_heuristics_hf.ipynb #dab0cb38
 def _eta_cut(x: Float[Tensor, "r v"], e: Tensor) -> Float[Tensor, "r 1"]:
     "transformers' η cut-off `min(eps, sqrt(eps) exp(-H))`, in the logits' dtype."
     return torch.minimum(e, e.sqrt() * torch.exp(-_categorical_entropy(x)))
 
+# %% ../nbs/03_heuristics_hf.ipynb #0a0f1888
 def eta(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
     eps: float | Tensor,  # epsilon in (0, 1) (number or per-row `[batch]`); cut-off min(eps, sqrt(eps) e^-H)
@@ -525,7 +697,8 @@ def eta(
     # (as cut <= sqrt(eps) e^-H and lse - H = sum_i p_i l_i), a mean of the logits, so below the top one by
     # >= 0.005 nats, while rounding moves it by < 1e-4 on the rows that use it (|lse| <= 32): no max needed.
     small = eps <= 0.99 if type(eps) in (int, float) else bool((e <= 0.99).all())
-    vm = None if type(min_tokens_to_keep) is int and min_tokens_to_keep == 1 and small else _mth(logits, min_tokens_to_keep)[0]
+    void = type(min_tokens_to_keep) is int and min_tokens_to_keep == 1 and small
+    vm = None if void else _mth(logits, min_tokens_to_keep)[0]
     buf = logits.softmax(-1)
     lse = _lse(logits, buf)
     # H = lse - sum_i p_i l_i: the product written over the softmax (no new vocabulary-sized tensor), one sum;

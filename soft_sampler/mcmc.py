@@ -447,7 +447,7 @@ class MetropolisHastings(Sampler):
                  engine=None):  # as in `Sampler`
         super().__init__(target, temperature, proposal, engine)
         check_int(steps, "steps", 0)
-        self.steps, self.cut = steps, cut if isinstance(cut, CutRule) else CutRule(cut)
+        store_attr("steps"); self.cut = cut if isinstance(cut, CutRule) else CutRule(cut)
 
     def plan(self, max_new_tokens: int) -> list[dict]:
         "The initial samples, then `steps` MH steps over the whole response."

@@ -40,6 +40,7 @@ def read_logits(
 # %% ../nbs/08_networks.ipynb #42b2fe80
 STATS = ("max_log_prob", "entropy", "surprisal_std", "log_kept", "norm_entropy")
 
+# %% ../nbs/08_networks.ipynb #716061e2
 def row_stats(
     logp: Float[Tensor, "batch vocab"],  # log-probs, -inf on removed tokens (from `read_logits`)
     u: Float[Tensor, "batch vocab"],  # the same with 0 on removed tokens
@@ -84,6 +85,13 @@ def forward(self: SoftTruncation,
     h = torch.addcmul(torch.addcmul(-1 - bt, feature, bs).relu_(), corner, corner, value=0.25)
     return -((self.strength / beta[:, 0]) @ h)
 
+# %% ../nbs/08_networks.ipynb #720d624d
+@patch
+def _gate(self: SoftTruncation, name: str) -> int:
+    "Index of gate `name` (a `ValueError` naming the gates otherwise)."
+    if name not in self.names: raise ValueError(f"`name` must be one of {self.names}, got {name!r}")
+    return self.names.index(name)
+
 # %% ../nbs/08_networks.ipynb #664fd1bc
 @patch
 @torch.no_grad()
@@ -94,8 +102,7 @@ def set_cut(self: SoftTruncation,
             sharpness: float = 1e9,  # β: 1/width of the soft corner
            ) -> SoftTruncation:
     "Set gate `name` (in place) to a numerically hard cut at `threshold`."
-    if name not in self.names: raise ValueError(f"`name` must be one of {self.names}, got {name!r}")
-    i = self.names.index(name)
+    i = self._gate(name)
     self.threshold[i], self.strength[i], self.log_sharpness[i] = threshold, strength, math.log(sharpness)
     return self
 
@@ -171,6 +178,15 @@ def from_yaml(cls: NetworkConfig,
 # %% ../nbs/08_networks.ipynb #cddda9ea
 NETWORKS: dict[str, type] = {}  # class name -> network class, for `load_network`
 
+# %% ../nbs/08_networks.ipynb #0b34ae44
+def _network_config(config_class: type, config, overrides: dict):
+    "`config` (None: `config_class()`), checked to be a `config_class`, with the fields in `overrides` changed."
+    config = config_class() if config is None else config
+    if not isinstance(config, config_class):
+        raise TypeError(f"`config` must be a {config_class.__name__}, got {type(config).__name__}")
+    return config_class.from_dict({**config.to_dict(), **overrides}) if overrides else config
+
+# %% ../nbs/08_networks.ipynb #20761518
 class LogitsNetwork(nn.Module):
     "Base class: logits `[batch, vocab]` in, logits out; subclasses implement `transform`."
     config_class = NetworkConfig
@@ -183,11 +199,7 @@ class LogitsNetwork(nn.Module):
                  **overrides,  # config fields to change
                 ):
         super().__init__()
-        config = self.config_class() if config is None else config
-        if not isinstance(config, self.config_class):
-            raise TypeError(f"`config` must be a {self.config_class.__name__}, got {type(config).__name__}")
-        if overrides: config = self.config_class.from_dict({**config.to_dict(), **overrides})
-        self.config = config
+        self.config = _network_config(self.config_class, config, overrides)
 
 # %% ../nbs/08_networks.ipynb #d3e5e1c8
 @patch
@@ -201,6 +213,10 @@ def transform(self: LogitsNetwork,
 
 # %% ../nbs/08_networks.ipynb #e7d0f8ac
 @patch
+def _device(self: LogitsNetwork) -> torch.device: return next(self.parameters()).device
+
+# %% ../nbs/08_networks.ipynb #26053fa5
+@patch
 def forward(self: LogitsNetwork,
             logits: Float[Tensor, "batch vocab"],  # any float dtype; -inf marks removed tokens
            ) -> Float[Tensor, "batch vocab"]:
@@ -209,9 +225,6 @@ def forward(self: LogitsNetwork,
     logp, u, kept = read_logits(logits.to(self._device()))
     y = torch.where(kept, self.transform(logp, u, kept), -math.inf)
     return y.to(logits.dtype)
-
-@patch
-def _device(self: LogitsNetwork) -> torch.device: return next(self.parameters()).device
 
 # %% ../nbs/08_networks.ipynb #b1cff04e
 def _poly(u: Tensor, coef: Tensor) -> Tensor:
@@ -231,6 +244,11 @@ def describe(
     rows.append(("total", sum(p.numel() for p in net.parameters())))
     return "\n".join(f"{n:>12}  {c:>6,}" for n, c in rows)
 
+# %% ../nbs/08_networks.ipynb #34b6e2b4
+def _check_finite(cfg, name: str) -> None:
+    "A `ValueError` unless field `name` of `cfg` is a finite number."
+    if not math.isfinite(v := getattr(cfg, name)): raise ValueError(f"`{name}` must be finite, got {v}")
+
 # %% ../nbs/08_networks.ipynb #65c7c859
 @dataclass
 class LocalConfig(NetworkConfig):
@@ -242,8 +260,7 @@ class LocalConfig(NetworkConfig):
 
     def __post_init__(self):
         _check_size(self, "hidden", 1); _check_size(self, "poly_degree", 1); _check_pos(self, "gate_sharpness")
-        if not math.isfinite(self.gate_threshold):
-            raise ValueError(f"`gate_threshold` must be finite, got {self.gate_threshold}")
+        _check_finite(self, "gate_threshold")
 
 # %% ../nbs/08_networks.ipynb #775b3024
 class LocalProbabilityTransform(LogitsNetwork):
@@ -320,8 +337,7 @@ class DistributionAwareConfig(NetworkConfig):
         for n, low in (("hidden", 1), ("stats_hidden", 1), ("poly_degree", 1), ("n_gates", 1), ("seed", 0)):
             _check_size(self, n, low)
         _check_pos(self, "gate_sharpness")
-        if not math.isfinite(self.gate_threshold):
-            raise ValueError(f"`gate_threshold` must be finite, got {self.gate_threshold}")
+        _check_finite(self, "gate_threshold")
 
 # %% ../nbs/08_networks.ipynb #27178a78
 class SimpleDistributionAwareTransform(LogitsNetwork):
@@ -396,6 +412,7 @@ class SamplingNetworkConfig(NetworkConfig):
 _GATES = {"surprisal": (10.0, -1.0), "relative_surprisal": (10.0, -1.0), "log_rank": (math.log(1000), 1.0),
           "mass_above": (0.95, 1.0), "typical_mass": (0.95, 1.0)}
 
+# %% ../nbs/08_networks.ipynb #e27d743a
 class SamplingNetwork(LogitsNetwork):
     "Rank / cumulative-mass features, linear attention over tokens, pooling; scale, truncation, transformation heads."
     config_class = SamplingNetworkConfig
@@ -420,6 +437,14 @@ class SamplingNetwork(LogitsNetwork):
             self.head_context = nn.Linear(c.dim, c.hidden, bias=False)  # ... and from what it read by attention
             self.head_out = nn.Parameter(torch.zeros(c.hidden))
 
+# %% ../nbs/08_networks.ipynb #ebd83afc
+def _tempered(u: Tensor, kept: Tensor, scale) -> tuple[Tensor, Tensor, Tensor]:
+    "`(logp, u, p)` of softmax(scale·u) over the kept tokens: log-probs (-inf on removed), the same with 0, probs."
+    removed = torch.where(kept.any(-1, keepdim=True), -math.inf, 0.0)  # a row with nothing kept stays finite
+    logp = torch.where(kept, scale * u, removed).log_softmax(-1)
+    u = torch.where(kept, logp, 0)
+    return logp, u, torch.where(kept, u.exp(), 0)
+
 # %% ../nbs/08_networks.ipynb #1387f546
 @patch
 def features(self: SamplingNetwork,
@@ -427,10 +452,7 @@ def features(self: SamplingNetwork,
              kept: Tensor,  # bool mask of kept tokens
             ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     "Tempered log-probs u', probs, row stats and per-token features `[b, f, v]` (the first rows feed the gates)."
-    removed = torch.where(kept.any(-1, keepdim=True), -math.inf, 0.0)  # a row with nothing kept stays finite
-    logp = torch.where(kept, self.scale * u, removed).log_softmax(-1)
-    u = torch.where(kept, logp, 0)
-    p = torch.where(kept, u.exp(), 0)
+    logp, u, p = _tempered(u, kept, self.scale)
     s = row_stats(logp, u, kept, p)
     rank, above = _ranked_mass(logp, p, descending=True)
     feats = [u, u - s[:, :1], rank.log1p(), above]
@@ -442,6 +464,7 @@ def features(self: SamplingNetwork,
 # %% ../nbs/08_networks.ipynb #43f70731
 def _phi(t: Tensor) -> Tensor: return F.relu(t) + 1  # positive feature map (like elu+1, without the exp)
 
+# %% ../nbs/08_networks.ipynb #63c5d8b1
 def linear_attention(
     q: Float[Tensor, "b d v"],  # queries, channels-first
     k: Float[Tensor, "b d v"],  # keys
@@ -476,6 +499,7 @@ def transform(self: SamplingNetwork, logp, u, kept):
 # %% ../nbs/08_networks.ipynb #e6243b6e
 _FORMAT = "soft_sampler.networks/1"
 
+# %% ../nbs/08_networks.ipynb #d7fe9c72
 @patch
 def save(self: LogitsNetwork,
          path: str | Path,  # the `.safetensors` file to write (parent folders are created)
@@ -520,11 +544,15 @@ class NetworkProcessor(LogitsProcessor):
                  net: LogitsNetwork,  # the network to apply
                 ): store_attr()
 
-    def __call__(self, input_ids: Int[Tensor, "batch seq"], scores: Float[Tensor, "batch vocab"]
-                ) -> Float[Tensor, "batch vocab"]:
-        with torch.no_grad(): return self.net(scores).to(scores.device)
+# %% ../nbs/08_networks.ipynb #ee94a523
+@patch
+def __call__(self: NetworkProcessor, input_ids: Int[Tensor, "batch seq"], scores: Float[Tensor, "batch vocab"]
+            ) -> Float[Tensor, "batch vocab"]:
+    with torch.no_grad(): return self.net(scores).to(scores.device)
 
-    def __repr__(self) -> str: return f"NetworkProcessor({type(self.net).__name__})"
+# %% ../nbs/08_networks.ipynb #6ccc31ce
+@patch
+def __repr__(self: NetworkProcessor) -> str: return f"NetworkProcessor({type(self.net).__name__})"
 
 # %% ../nbs/08_networks.ipynb #da28f7c3
 @patch
@@ -553,6 +581,7 @@ def sampler_logits(
 # %% ../nbs/08_networks.ipynb #7d38827a
 STEP_STATS = ("surprisal", "entropy", "max_log_prob")
 
+# %% ../nbs/08_networks.ipynb #2672f1b5
 def step_stats(
     logits: Float[Tensor, "batch vocab"],  # the model's logits at the step
     tokens: Int[Tensor, "batch"],  # the token chosen in each row
@@ -562,6 +591,13 @@ def step_stats(
     h = -(torch.where(kept, u.exp(), 0) * u).sum(-1)
     return torch.stack([-u.gather(-1, tokens[:, None].to(u.device))[:, 0], h, logp.amax(-1)], -1)
 
+# %% ../nbs/08_networks.ipynb #2b2b9002
+def _check_layers(layers, n: int) -> list[int]:
+    "`layers` as a list, if it is a non-empty list of integers in [0, n); a `ValueError` otherwise."
+    bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n]
+    if not layers or bad: raise ValueError(f"`layers` must be a non-empty list of integers in [0, {n}), got {layers!r}")
+    return list(layers)
+
 # %% ../nbs/08_networks.ipynb #33925d44
 class LayerReadout:
     "Logit-lens log-probs of chosen layers: final norm + unembedding of `hidden_states[l]` (no parameters of its own)."
@@ -569,14 +605,11 @@ class LayerReadout:
                  model,  # a causal LM with `.model.norm` (the final norm)
                  layers: list[int],  # layer indices into `hidden_states`
                 ):
-        n = model.config.num_hidden_layers
-        bad = [l for l in layers if isinstance(l, bool) or not isinstance(l, int) or not 0 <= l < n]
-        if not layers or bad:
-            raise ValueError(f"`layers` must be a non-empty list of integers in [0, {n}), got {layers!r}")
+        layers = _check_layers(layers, model.config.num_hidden_layers)
         self.norm = getattr(getattr(model, "model", None), "norm", None)
         if self.norm is None:
             raise TypeError(f"{type(model).__name__} has no `.model.norm` (the final norm) to read layers with")
-        self.layers = list(layers)
+        self.layers = layers
         self.head = model.get_output_embeddings()
 
 # %% ../nbs/08_networks.ipynb #ef77cbdb

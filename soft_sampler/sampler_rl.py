@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from jaxtyping import Bool, Float, Int
-from fastcore.basics import patch
+from fastcore.basics import patch, store_attr
 from safetensors.torch import save_file, load_file
 from tqdm.auto import tqdm
 from .sampling import choose_tokens, encode_prompts, keyed_hash
@@ -104,8 +104,8 @@ def _left_pad(prompts: list[list[int]], pad: int) -> tuple[Tensor, Tensor]:
 class _Decoder:
     "KV-cached forward of a frozen LM; keeps the last logits, hidden state and readouts."
     def __init__(self, model, ids, mask, readout: LayerReadout | None, hidden: bool):
-        self.model, self.readout, self.want = model, readout, hidden or readout is not None
-        self.mask, self.pos = mask, (mask.cumsum(-1) - 1).clamp(min=0)
+        store_attr("model,readout,mask"); self.want = hidden or readout is not None
+        self.pos = (mask.cumsum(-1) - 1).clamp(min=0)
         self._run(ids, self.pos, None)
 
 # %% ../nbs/20_sampler_rl.ipynb #d27f10bb
@@ -209,6 +209,20 @@ def exact_kl(
     p = lp.exp()
     return torch.where(p > 0, p * (lp - lq), 0).sum(-1)
 
+# %% ../nbs/20_sampler_rl.ipynb #0a53dc25
+def _check_ints(cfg, lows: dict) -> None:
+    "A `ValueError` unless each field of `cfg` named in `lows` is an integer >= its low bound."
+    for n, low in lows.items(): check_int(getattr(cfg, n), n, low)
+
+# %% ../nbs/20_sampler_rl.ipynb #8cbcf9c3
+def _check_numbers(cfg, names, strict=()) -> None:
+    "A `ValueError` unless each field of `cfg` in `names` is a finite number >= 0 (> 0 for those in `strict`)."
+    for n in names:
+        v, pos = getattr(cfg, n), n in strict
+        bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
+        if bad or v < 0 or (pos and v == 0):
+            raise ValueError(f"`{n}` must be a finite number {'> 0' if pos else '>= 0'}, got {v!r}")
+
 # %% ../nbs/20_sampler_rl.ipynb #71df1ae2
 @dataclass
 class SamplerRLConfig:
@@ -230,14 +244,9 @@ class SamplerRLConfig:
     warmup_steps: int = 0  # linear learning-rate warm-up: step s uses lr·min(1, (s+1)/warmup_steps) (0: none)
 
     def __post_init__(self):
-        for n, low in (("steps", 1), ("group_size", 2), ("prompts_per_step", 1), ("max_new_tokens", 1),
-                       ("ppo_epochs", 1), ("checkpoint_every", 1), ("seed", 0), ("warmup_steps", 0)):
-            check_int(getattr(self, n), n, low)
-        for n in ("clip_eps", "kl_coef", "lr", "weight_decay", "max_grad_norm"):
-            v, strict = getattr(self, n), n in ("lr", "clip_eps")
-            bad = isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v)
-            if bad or v < 0 or (strict and v == 0):
-                raise ValueError(f"`{n}` must be a finite number {'> 0' if strict else '>= 0'}, got {v!r}")
+        _check_ints(self, dict(steps=1, group_size=2, prompts_per_step=1, max_new_tokens=1, ppo_epochs=1,
+                               checkpoint_every=1, seed=0, warmup_steps=0))
+        _check_numbers(self, ("clip_eps", "kl_coef", "lr", "weight_decay", "max_grad_norm"), strict=("lr", "clip_eps"))
         if self.advantage not in ADVANTAGES:
             raise ValueError(f"`advantage` must be one of {ADVANTAGES}, got {self.advantage!r}")
 
@@ -289,6 +298,17 @@ def lr_at(
     "The learning rate of step `step`: `config.lr` after a linear warm-up of `config.warmup_steps` steps."
     return config.lr * min(1.0, (step + 1) / config.warmup_steps) if config.warmup_steps else config.lr
 
+# %% ../nbs/20_sampler_rl.ipynb #36d9fa41
+def _step_prompts(prompt_ids: list, config: SamplerRLConfig, step: int) -> list:
+    "The prompts of step `step`: `prompts_per_step` of them from `step·prompts_per_step` on, cyclically."
+    k = step * config.prompts_per_step
+    return [prompt_ids[(k + j) % len(prompt_ids)] for j in range(config.prompts_per_step)]
+
+# %% ../nbs/20_sampler_rl.ipynb #4119a23f
+def _rollout_seed(config: SamplerRLConfig, step: int) -> int:
+    "The rollout seed of step `step`: a keyed hash of the run's seed and the step (so a resumed run redraws the same)."
+    return int(keyed_hash(config.seed, step, 0, 0, SAMPLER_RL_STREAM)) % 2**62
+
 # %% ../nbs/20_sampler_rl.ipynb #27f80f2d
 def rl_step(
     net,  # the sampler network (the policy)
@@ -304,9 +324,7 @@ def rl_step(
     pad: int = 0,  # pad id
 ) -> dict:
     "One GRPO/RLOO step: roll out prompts of step `step`, score, backpropagate, update; returns the log line."
-    k, c = step * config.prompts_per_step, config
-    batch = [prompt_ids[(k + j) % len(prompt_ids)] for j in range(c.prompts_per_step)]
-    seed = int(keyed_hash(c.seed, step, 0, 0, SAMPLER_RL_STREAM)) % 2**62
+    c, batch, seed = config, _step_prompts(prompt_ids, config, step), _rollout_seed(config, step)
     r = sampler_rollout(model, net, batch, c.group_size, c.max_new_tokens, seed, list(stops), pad, readout)
     rewards = score(reward, r.prompt_ids, r.responses())
     adv, ref_logits = group_advantages(rewards, c.group_size, c.advantage, c.scale_rewards), reference_logits(ref, r)
@@ -323,6 +341,7 @@ def rl_step(
 # %% ../nbs/20_sampler_rl.ipynb #1bdcfb82
 _RL_FORMAT = "soft_sampler.sampler_rl/1"
 
+# %% ../nbs/20_sampler_rl.ipynb #b6f3fcfb
 def save_rl_checkpoint(
     directory: str | Path,  # the run's folder: `step-NNNNNNNN/` sub-folders, `latest.json`, `network.safetensors`
     net: LogitsNetwork,  # the network
@@ -337,6 +356,21 @@ def save_rl_checkpoint(
                 param_groups=groups, **(extra or {}))
     return write_step(directory, state.step, net, tensors, meta)
 
+# %% ../nbs/20_sampler_rl.ipynb #f872dda7
+def _check_same_config(saved: dict, config: SamplerRLConfig) -> None:
+    "A `ValueError` listing the fields where the saved config (later fields: their defaults) differs from `config`."
+    saved_cfg = json.loads(json.dumps(asdict(SamplerRLConfig()))) | saved  # fields added later: defaults
+    if saved_cfg != json.loads(json.dumps(asdict(config))):
+        diff = {k: (v, saved_cfg.get(k)) for k, v in asdict(config).items() if saved_cfg.get(k) != v}
+        raise ValueError(f"checkpoint config differs from this run's (this, checkpoint): {diff}")
+
+# %% ../nbs/20_sampler_rl.ipynb #a29e96f3
+def _check_same_net(saved, net, path) -> None:
+    "A `ValueError` unless the network saved at `path` has the class and config of `net`."
+    if type(saved) is not type(net) or saved.config != net.config:
+        raise ValueError(f"checkpoint {path} holds a {type(saved).__name__} {saved.config}, "
+                         f"not this {type(net).__name__} {net.config}")
+
 # %% ../nbs/20_sampler_rl.ipynb #9d919a13
 def load_rl_checkpoint(
     path: str | Path,  # a `step-NNNNNNNN` folder
@@ -349,14 +383,9 @@ def load_rl_checkpoint(
     meta = json.loads((path/"trainer.json").read_text())
     if meta.get("format") != _RL_FORMAT:
         raise ValueError(f"{path} is not a sampler-RL checkpoint (format {meta.get('format')!r})")
-    saved_cfg = json.loads(json.dumps(asdict(SamplerRLConfig()))) | meta["config"]  # fields added later: defaults
-    if saved_cfg != json.loads(json.dumps(asdict(config))):
-        diff = {k: (v, saved_cfg.get(k)) for k, v in asdict(config).items() if saved_cfg.get(k) != v}
-        raise ValueError(f"checkpoint config differs from this run's (this, checkpoint): {diff}")
+    _check_same_config(meta["config"], config)
     saved = load_network(path/"network.safetensors")
-    if type(saved) is not type(net) or saved.config != net.config:
-        raise ValueError(f"checkpoint {path} holds a {type(saved).__name__} {saved.config}, "
-                         f"not this {type(net).__name__} {net.config}")
+    _check_same_net(saved, net, path)
     net.load_state_dict(saved.state_dict())
     load_optimizer_tensors(opt, load_file(str(path/"optimizer.safetensors")), meta["param_groups"])
     return SamplerRLState(meta["step"], meta["history"])
@@ -369,6 +398,25 @@ class SamplerRLResult:
     history: list  # dicts: step, reward, reward_std, length, grad_norm, loss, kl, clip_frac, seconds
     checkpoint: Path | None  # the last checkpoint written
     resumed_from: int  # the step training resumed from (0: a fresh run)
+
+# %% ../nbs/20_sampler_rl.ipynb #6e87e34f
+def _check_policy(net, reward) -> None:
+    "A `TypeError` unless `net` is a `LogitsNetwork` and `reward` is callable (a `RewardFn`)."
+    if not isinstance(net, LogitsNetwork): raise TypeError(f"`net` must be a LogitsNetwork, got {type(net).__name__}")
+    if not callable(reward): raise TypeError(f"`reward` must be a RewardFn, got {type(reward).__name__}")
+
+# %% ../nbs/20_sampler_rl.ipynb #27021979
+def _readout_for(model, net) -> LayerReadout | None:
+    "The logit-lens readout of the layers `net` reads (None when it reads none)."
+    layers = needs(net)["layers"]
+    return LayerReadout(model, layers) if layers else None
+
+# %% ../nbs/20_sampler_rl.ipynb #12aa3a18
+def _rl_start(checkpoint_dir, resume: bool, net, opt, config) -> tuple[SamplerRLState, Path | None]:
+    "A fresh state, or (resuming) the state of the latest checkpoint in `checkpoint_dir` and its folder."
+    if checkpoint_dir is None or not resume or (ckpt := latest_checkpoint(checkpoint_dir)) is None:
+        return SamplerRLState(), None
+    return load_rl_checkpoint(ckpt, net, opt, config), ckpt
 
 # %% ../nbs/20_sampler_rl.ipynb #918ac11f
 def train_sampler_rl(
@@ -386,17 +434,12 @@ def train_sampler_rl(
     stop_token_ids=None,  # None: the tokenizer's EOS
 ) -> SamplerRLResult:
     "GRPO/RLOO on a sampler network with the LM frozen, exact log-probs and KL; resumes to the same run."
-    if not isinstance(net, LogitsNetwork):
-        raise TypeError(f"`net` must be a LogitsNetwork, got {type(net).__name__}")
-    if not callable(reward): raise TypeError(f"`reward` must be a RewardFn, got {type(reward).__name__}")
+    _check_policy(net, reward)
     config = config or SamplerRLConfig()
     stops, pad = _stop_pad(model, tokenizer, stop_token_ids)
-    ids, layers = encode_prompts(prompts, tokenizer), needs(net)["layers"]
-    readout = LayerReadout(model, layers) if layers else None
+    ids, readout = encode_prompts(prompts, tokenizer), _readout_for(model, net)
     opt = torch.optim.AdamW(net.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    state, ckpt = SamplerRLState(), None
-    if checkpoint_dir is not None and resume and (ckpt := latest_checkpoint(checkpoint_dir)) is not None:
-        state = load_rl_checkpoint(ckpt, net, opt, config)
+    state, ckpt = _rl_start(checkpoint_dir, resume, net, opt, config)
     start, end = state.step, min(config.steps, config.steps if stop_at is None else stop_at)
     bar = tqdm(range(start, end), total=config.steps, initial=start, disable=not progress,
                desc=f"RL {type(net).__name__}")
@@ -412,6 +455,7 @@ def train_sampler_rl(
 # %% ../nbs/20_sampler_rl.ipynb #6ed0970e
 ARITH_INSTRUCTION = " Answer with just the number."
 
+# %% ../nbs/20_sampler_rl.ipynb #1df35679
 def arithmetic_tasks(
     split: str = "train",  # 'train' (ids < 100) or 'heldout'
     n: int | None = None,  # at most this many (None: all)
@@ -454,6 +498,7 @@ def addition_tasks(
 # %% ../nbs/20_sampler_rl.ipynb #4a82dfa4
 ANSWER_PREFIX = "The answer is"
 
+# %% ../nbs/20_sampler_rl.ipynb #5ce8e3ce
 def arithmetic_prompts(
     tokenizer,  # the model's tokenizer (chat template)
     tasks: list[dict],  # tasks with a `chat`
@@ -514,8 +559,7 @@ def evaluate_rl_sampler(
 ) -> dict:
     "Mean reward, KL to the LM, entropy, self-BLEU and length of `sampler` on `prompts` (`batch` prompts at a time)."
     stops, pad = _stop_pad(model, tokenizer, stop_token_ids)
-    ids, layers = encode_prompts(prompts, tokenizer), needs(sampler)["layers"]
-    readout = LayerReadout(model, layers) if layers else None
+    ids, readout = encode_prompts(prompts, tokenizer), _readout_for(model, sampler)
     rewards, parts, texts, lengths = [], [], [], []
     for s in range(0, len(ids), batch):
         r = sampler_rollout(model, sampler, ids[s:s + batch], group, max_new_tokens, seed + s, stops, pad, readout)
@@ -577,6 +621,7 @@ def kept_vs_entropy(
 # %% ../nbs/20_sampler_rl.ipynb #efd8f3db
 RULE_GRID = dict(t=(0.5, 0.7, 1.0, 1.3), min_p=(0.0, 0.05, 0.1, 0.2), epsilon=(3e-4, 1e-3))
 
+# %% ../nbs/20_sampler_rl.ipynb #784a4671
 def rule_specs(
     grid: dict = RULE_GRID,  # the temperatures, min-p and ε values to combine
 ) -> list[list[dict]]:
@@ -607,6 +652,11 @@ def fit_rule(
         if tot / len(x) < best[1]: best = (spec, tot / len(x))
     return best
 
+# %% ../nbs/20_sampler_rl.ipynb #a366f4d5
+def _pad_steps(v: Tensor, T: int) -> Tensor:
+    "Rows `v` `[steps, vocab]` padded to `T` steps by repeating the last row."
+    return torch.cat([v, v[-1:].expand(T - len(v), -1)]) if len(v) < T else v
+
 # %% ../nbs/20_sampler_rl.ipynb #fa1ff2ce
 @torch.no_grad()
 def mirostat_trajectories(
@@ -624,9 +674,8 @@ def mirostat_trajectories(
     res = generate(model, prompts, tokenizer, max_new_tokens=max_new_tokens, seed=seed,
                    logits_processor=Mirostat(tau, eta), keep_logits="full")
     T, n = max(len(t) for t in res.token_ids), len(res.token_ids)
-    pad = lambda v: torch.cat([v, v[-1:].expand(T - len(v), -1)]) if len(v) < T else v
-    raw = torch.stack([pad(k.values.float()) for k in res.raw_logits])
-    target = torch.stack([pad(k.values.float()) for k in res.processed_logits])
+    raw = torch.stack([_pad_steps(k.values.float(), T) for k in res.raw_logits])
+    target = torch.stack([_pad_steps(k.values.float(), T) for k in res.processed_logits])
     tokens = torch.tensor([t + [t[-1]] * (T - len(t)) for t in res.token_ids])
     mask = torch.tensor([[i < len(t) for i in range(T)] for t in res.token_ids])
     stats = torch.stack([step_stats(raw[:, i], tokens[:, i]) for i in range(T)], 1)
@@ -695,6 +744,12 @@ def mirostat_replay(
         if mu is None: m = m - eta * (-lp.gather(1, tok[:, None])[:, 0] / math.log(2) - tau)  # μ ← μ−η(s−τ)
     return torch.stack(target, 1), torch.stack(toks, 1), torch.stack(mus, 1)
 
+# %% ../nbs/20_sampler_rl.ipynb #237661fb
+def _check_mu(mu) -> None:
+    "A `ValueError` unless `mu` is None or a finite number > 0 (bits)."
+    if mu is not None and not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and 0 < mu < math.inf):
+        raise ValueError(f"`mu` must be a number > 0 (bits) or None, got {mu!r}")
+
 # %% ../nbs/20_sampler_rl.ipynb #5f5bd2cf
 def replayed_mirostat(
     n: int,  # trajectories
@@ -706,8 +761,7 @@ def replayed_mirostat(
     seed: int = 0,  # keys the rows and the token choices
 ) -> tuple[SamplerRollout, Tensor, Tensor]:
     "Synthetic trajectories sampled with mirostat v2 (random rows): rollout, mirostat's logits and μ at every step."
-    if mu is not None and not (isinstance(mu, (int, float)) and not isinstance(mu, bool) and 0 < mu < math.inf):
-        raise ValueError(f"`mu` must be a number > 0 (bits) or None, got {mu!r}")
+    _check_mu(mu)
     g = torch.Generator().manual_seed(seed)
     spread = torch.empty(n, steps, 1).uniform_(0.5, 3.0, generator=g)  # flat to peaked rows
     raw = (torch.randn(n, steps, vocab, generator=g) * spread).log_softmax(-1)
@@ -744,6 +798,11 @@ def step_overhead(
     med = {k: float(np.median(v)) for k, v in times.items()}
     return {k: dict(seconds=v, ratio=v / med["decode"]) for k, v in med.items()}
 
+# %% ../nbs/20_sampler_rl.ipynb #21c29e55
+def _parse_number(v: str) -> int | float:
+    "`v` as a float when it has a '.' or an exponent, else as an int."
+    return float(v) if any(c in v for c in ".e") else int(v)
+
 # %% ../nbs/20_sampler_rl.ipynb #58edcba7
 def spec_from_name(
     name: str,  # a pipeline name, steps joined by '+'
@@ -755,8 +814,7 @@ def spec_from_name(
         m = re.fullmatch(r"(\w+)\((.*)\)", part.strip())
         if m is None: raise ValueError(f"`name` must look like 'temperature(t=1.3)+top_k(k=40)', got {name!r}")
         args = dict(a.split("=", 1) for a in m.group(2).split(",") if a)
-        num = lambda v: float(v) if any(c in v for c in ".e") else int(v)
-        spec.append({"name": m.group(1), **{k: num(v) for k, v in args.items()}})
+        spec.append({"name": m.group(1), **{k: _parse_number(v) for k, v in args.items()}})
     return spec
 
 # %% ../nbs/20_sampler_rl.ipynb #b4357d3c
@@ -1034,6 +1092,12 @@ def train_rl_cli(
     print(f"checkpoint: {r.checkpoint.parent}" if r.checkpoint else "no --out: nothing saved")
     return 0
 
+# %% ../nbs/20_sampler_rl.ipynb #f1dcdefe
+def _rule_name(rule: list[dict]) -> str:
+    "A fitted rule as one name: `temperature(t=0.7)+min_p(p=0.1)`."
+    args = lambda d: ",".join(f"{kk}={vv}" for kk, vv in d.items() if kk != "name")
+    return "+".join(f"{d['name']}({args(d)})" for d in rule)
+
 # %% ../nbs/20_sampler_rl.ipynb #8c99f2c7
 def results_rows(
     res: dict,  # the results of `sampler_rl_experiment`
@@ -1044,8 +1108,7 @@ def results_rows(
     more = lambda e: {k: e.get(k) for k in ("reward_se", "distinct_answers", "temperature_reward_at_kl")}
     rows = [dict(sampler=k, **{m: v[m] for m in keys}, **more(v), cost=cost.get(k)) for k, v in res["eval"].items()]
     for k, a in res.get("learned", {}).items():
-        args = lambda d: ",".join(f"{kk}={vv}" for kk, vv in d.items() if kk != "name")
-        name, e = "+".join(f"{d['name']}({args(d)})" for d in a["rule"]), a["rule_eval"]
+        name, e = _rule_name(a["rule"]), a["rule_eval"]
         rows.append(dict(sampler=f"rule fitted to {k}: {name}", **{m: e[m] for m in keys}, **more(e),
                          cost=None, gain_kept=a.get("gain_kept")))
     return rows

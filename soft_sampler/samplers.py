@@ -382,7 +382,9 @@ class _Beams:
     running: Tensor; running_scores: Tensor; finished: Tensor; finished_scores: Tensor; finished_lengths: Tensor
     is_done: Tensor; improvable: Tensor
 
+# %% ../nbs/15_samplers.ipynb #ff3c9c3b
 def _init_beams(input_ids, k: int, max_length: int, pad: int) -> _Beams:
+    "The state before the first step: `k` copies of each prompt, only beam 0 live, nothing finished."
     b, w = input_ids.shape
     running = torch.full((b, k, max_length), pad, dtype=torch.long); running[:, :, :w] = input_ids[:, None]
     scores = torch.zeros(b, k); scores[:, 1:] = -1e9  # only the first beam's continuations count at step 0

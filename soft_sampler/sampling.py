@@ -336,6 +336,7 @@ class GenerationResult:
 @patch
 def __len__(self: GenerationResult): return len(self.token_ids)
 
+# %% ../nbs/02_sampling.ipynb #e4216d9b
 @patch
 def __repr__(self: GenerationResult):
     lens = [len(t) for t in self.token_ids]
@@ -429,7 +430,9 @@ class _Batch:
     "The padded layout of a run: ids/mask buffers with room for `max_new_tokens` more columns."
     ids: Tensor; mask: Tensor; width: int; pos: Tensor; response_starts: Tensor
 
+# %% ../nbs/02_sampling.ipynb #0ca732d9
 def _layout(seqs: list[list[int]], prefix_lens: list[int], pad: int, max_new: int, device) -> _Batch:
+    "Left-pad `seqs` into buffers with `max_new` free columns; positions, and each row's response start."
     rows, width = len(seqs), max(len(s) for s in seqs)
     ids = torch.full((rows, width + max_new), pad, dtype=torch.long)
     mask = torch.zeros((rows, width + max_new), dtype=torch.long)
@@ -482,8 +485,10 @@ class _Plan:
     "Validated arguments of a run."
     prompt_ids: list; prefixes: list; row_ids: list; attempts: list; stop_ids: list; eos: list; pad: int; seed: int
 
+# %% ../nbs/02_sampling.ipynb #563698cf
 def _plan(model, prompts, tokenizer, max_new_tokens, stop_token_ids, n, seed, prefixes, row_ids, attempt,
           keep_logits, keep_topk) -> _Plan:
+    "Check the arguments of a run; resolve its prompt ids, prefixes, row ids, attempts, stop ids, pad and seed."
     check_int(max_new_tokens, "max_new_tokens", 0); check_int(n, "n", 1); check_int(keep_topk, "keep_topk", 1)
     if keep_logits not in (None, "topk", "full"):
         raise ValueError(f"`keep_logits` must be None, 'topk' or 'full', got {keep_logits!r}")

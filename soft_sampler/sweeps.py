@@ -58,8 +58,7 @@ def embedding_diversity(
     "1 − mean pairwise cosine similarity of the rows of `emb`; NaN for fewer than two rows."
     if emb.shape[0] < 2: return math.nan
     x = torch.nn.functional.normalize(emb.double(), dim=-1)
-    sim = x @ x.T
-    n = x.shape[0]
+    sim, n = x @ x.T, x.shape[0]
     return float(1 - (sim.sum() - sim.diagonal().sum()) / (n * (n - 1)))
 
 # %% ../nbs/19_sweeps.ipynb #e82e9dbb
@@ -144,6 +143,13 @@ def _settings(out_dir: Path, settings: dict) -> None:
         raise ValueError(f"{out_dir} holds a sweep with other settings {old}; use a new `out_dir` (asked: {settings})")
     if not p.is_file(): atomic_write(p, json.dumps(settings))
 
+# %% ../nbs/19_sweeps.ipynb #67dab178
+def _sweep_inputs(problems, prompts) -> tuple[list[dict], list[dict]]:
+    "The problems and open prompts of a sweep: for an int N the first N shipped ones, else the list given."
+    pbs = load_arithmetic()[:problems] if isinstance(problems, int) else problems
+    creative = lambda: [p for p in load_prompts(default_prompt_sources()) if p.get("kind") == "creative"]
+    return pbs, creative()[:prompts] if isinstance(prompts, int) else prompts
+
 # %% ../nbs/19_sweeps.ipynb #3facb8c7
 def quality_diversity(
     model,  # the Hugging Face causal LM to sample from
@@ -163,9 +169,7 @@ def quality_diversity(
     "Run (or resume) the sweep; every (sampler, temperature, seed) result."
     samplers = SWEEP_SAMPLERS if samplers is None else samplers
     _check_sweep(samplers, temperatures, seeds)
-    pbs = load_arithmetic()[:problems] if isinstance(problems, int) else problems
-    creative = lambda: [p for p in load_prompts(default_prompt_sources()) if p.get("kind") == "creative"]
-    ops = creative()[:prompts] if isinstance(prompts, int) else prompts
+    pbs, ops = _sweep_inputs(problems, prompts)
     temps = [float(t) for t in temperatures]
     _settings(Path(out_dir), dict(temperatures=temps, problems=[p["id"] for p in pbs],
                                   prompts=[p["id"] for p in ops], samples=samples, max_new_tokens=list(max_new_tokens)))
@@ -205,6 +209,17 @@ def mean_ci(
 # %% ../nbs/19_sweeps.ipynb #e6e03337
 METRICS = ("distinct_2", "self_bleu", "embedding_diversity")  # the diversity fields of a record
 
+# %% ../nbs/19_sweeps.ipynb #04088588
+def _summary_row(n: str, t: float, rs: list[dict]) -> dict:
+    "The row of sampler `n` at temperature `t` from its records `rs`: accuracy and each metric, with intervals."
+    c = [x for r in rs for x in r["correct"]]
+    row = dict(sampler=n, temperature=t, seeds=len(rs), accuracy=sum(c) / len(c), accuracy_ci=wilson(sum(c), len(c)))
+    for m in METRICS:
+        mu, lo, hi = mean_ci([x for r in rs for x in r[m]])
+        row[m], row[m + "_ci"] = mu, (lo, hi)
+    return row
+
+# %% ../nbs/19_sweeps.ipynb #7529e3bb
 def summarise(
     cells: dict | list,  # records (as `quality_diversity` returns them, or a list of them)
 ) -> list[dict]:
@@ -214,13 +229,7 @@ def summarise(
     rows = []
     for n, t in dict.fromkeys((r["sampler"], r["temperature"]) for r in recs):
         rs = [r for r in recs if r["sampler"] == n and r["temperature"] == t]
-        c = [x for r in rs for x in r["correct"]]
-        row = dict(sampler=n, temperature=t, seeds=len(rs), accuracy=sum(c) / len(c),
-                   accuracy_ci=wilson(sum(c), len(c)))
-        for m in METRICS:
-            mu, lo, hi = mean_ci([x for r in rs for x in r[m]])
-            row[m], row[m + "_ci"] = mu, (lo, hi)
-        rows.append(row)
+        rows.append(_summary_row(n, t, rs))
     return rows
 
 # %% ../nbs/19_sweeps.ipynb #6565a953
@@ -285,8 +294,7 @@ def _sweep_samplers(ns, p, names) -> dict:
 # %% ../nbs/19_sweeps.ipynb #af8f210c
 def _sweep_report(ns, cells) -> None:
     "Write the results file (if asked) and print one line per (sampler, temperature)."
-    summary = summarise(cells)
-    settings = {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
+    summary, settings = summarise(cells), {k: v for k, v in vars(ns).items() if k not in ("no_run", "no_progress")}
     if ns.results: atomic_write(ns.results, json.dumps(dict(settings=settings, summary=summary,
                                                             cells=list(cells.values()))))
     for r in summary:
@@ -294,6 +302,13 @@ def _sweep_report(ns, cells) -> None:
               f" embdiv={r['embedding_diversity']:.3f}")
 
 
+
+# %% ../nbs/19_sweeps.ipynb #42738d02
+def _sweep_embed(ns) -> Callable | None:
+    "The embedder of the embedding-diversity metric (MiniLM); None with --tiny or --no-run."
+    if ns.tiny or ns.no_run: return None
+    from soft_sampler.rewards import MiniLMSimilarity
+    return MiniLMSimilarity().embed
 
 # %% ../nbs/19_sweeps.ipynb #04238693
 def sweep_cli(
@@ -304,10 +319,7 @@ def sweep_cli(
     samplers = _sweep_samplers(ns, p, _sweep_check(ns, p))
     from soft_sampler.core import load_model, tiny_model
     model, tok = tiny_model() if ns.tiny or ns.no_run else load_model()
-    embed = None
-    if not ns.tiny and not ns.no_run:
-        from soft_sampler.rewards import MiniLMSimilarity
-        embed = MiniLMSimilarity().embed
+    embed = _sweep_embed(ns)
     try: cells = quality_diversity(model, tok, ns.out, samplers, ns.temperatures, ns.seeds, ns.problems, ns.prompts,
                                    ns.samples, tuple(ns.max_new_tokens), embed, progress=not ns.no_progress,
                                    run_missing=not ns.no_run)
@@ -323,6 +335,7 @@ def sweep_cli(
 _LABELS = {"accuracy": "accuracy (arithmetic)", "distinct_2": "distinct-2 (↑ diverse)",
            "self_bleu": "self-BLEU (↓ diverse)", "embedding_diversity": "embedding diversity (↑ diverse)"}
 
+# %% ../nbs/19_sweeps.ipynb #8d1c256b
 def plot_metric(
     summary: list[dict],  # rows of `summarise`
     metric: str,  # "accuracy" or one of `METRICS`

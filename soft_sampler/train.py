@@ -76,24 +76,33 @@ def batch(self: SyntheticLogits,
     return synthetic_logits(size, self.vocab, g, self.slope, self.noise, self.boost), None
 
 # %% ../nbs/09_train.ipynb #0d48710a
+def _check_rows(logits, targets) -> None:
+    "A `ValueError` unless `logits` is a non-empty float tensor `[n, vocab]` and `targets` None or of its shape."
+    shape = lambda t: getattr(t, "shape", type(t).__name__)
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point() or len(logits) == 0:
+        raise ValueError(f"`logits` must be a non-empty float tensor [n, vocab], got {shape(logits)}")
+    if targets is not None and (not isinstance(targets, Tensor) or targets.shape != logits.shape):
+        raise ValueError(f"`targets` must be None or a tensor of the same shape as `logits` {tuple(logits.shape)}, "
+                         f"got {shape(targets)}")
+
+# %% ../nbs/09_train.ipynb #6bbb593d
 class LogitsDataset:
     "Fixed rows of base logits (and optionally per-row target logits), read as a keyed shuffled stream."
     def __init__(self,
                  logits: Float[Tensor, "n vocab"],  # base logits, one row per token position
                  targets: Float[Tensor, "n vocab"] | None = None,  # per-row target logits (-inf on removed), or None
-                 seed: int = 0,  # keys the shuffle
-                ):
-        shape = lambda t: getattr(t, "shape", type(t).__name__)
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or not logits.is_floating_point() or len(logits) == 0:
-            raise ValueError(f"`logits` must be a non-empty float tensor [n, vocab], got {shape(logits)}")
-        if targets is not None and (not isinstance(targets, Tensor) or targets.shape != logits.shape):
-            raise ValueError(f"`targets` must be None or a tensor of the same shape as `logits` {tuple(logits.shape)}, "
-                             f"got {shape(targets)}")
+                 seed: int = 0):  # keys the shuffle
+        _check_rows(logits, targets)
         store_attr("logits,targets"); self.seed = int(seed)
 
-    def __len__(self) -> int: return len(self.logits)
-    def __repr__(self) -> str:
-        return f"LogitsDataset({len(self)} rows, vocab {self.logits.shape[1]}, targets={self.targets is not None})"
+# %% ../nbs/09_train.ipynb #3a92562a
+@patch
+def __len__(self: LogitsDataset) -> int: return len(self.logits)
+
+# %% ../nbs/09_train.ipynb #2c80f954
+@patch
+def __repr__(self: LogitsDataset) -> str:
+    return f"LogitsDataset({len(self)} rows, vocab {self.logits.shape[1]}, targets={self.targets is not None})"
 
 # %% ../nbs/09_train.ipynb #8cd1396e
 @patch
@@ -128,16 +137,26 @@ class ReplayedLogits:
     tokens: Int[Tensor, "n"]  # the response token each row predicts
     rows: Int[Tensor, "n"]  # which sequence (index into the prompts/responses given) each row comes from
     positions: Int[Tensor, "n"]  # index of the token within its response (0 = first response token)
-
     def __len__(self) -> int: return len(self.tokens)
-    def dataset(self,
-                targets: Tensor | None = None,  # per-row target logits, or None
-                seed: int = 0,  # keys the shuffle
-               ) -> LogitsDataset:
-        "These rows as a `LogitsDataset` (token-level, shuffled across sequences)."
-        return LogitsDataset(self.logits, targets, seed)
+
+# %% ../nbs/09_train.ipynb #fe31e04b
+@patch
+def dataset(self: ReplayedLogits,
+            targets: Tensor | None = None,  # per-row target logits, or None
+            seed: int = 0,  # keys the shuffle
+           ) -> LogitsDataset:
+    "These rows as a `LogitsDataset` (token-level, shuffled across sequences)."
+    return LogitsDataset(self.logits, targets, seed)
 
 # %% ../nbs/09_train.ipynb #e88a5205
+def _check_nonempty(prompts: list[list[int]]) -> None:
+    "A `ValueError` naming the first empty prompt: the first response token needs a token to be predicted from."
+    for i, p in enumerate(prompts):
+        if not p:
+            raise ValueError(f"prompt {i} is empty: the first response token needs at least one token "
+                             "to be predicted from")
+
+# %% ../nbs/09_train.ipynb #052d7cdc
 def _replay_inputs(prompts, responses, rows) -> tuple[list[list[int]], list[list[int]]]:
     "Prompt and response id lists from lists of ids or a `GenerationResult` (optionally a subset of rows)."
     if isinstance(prompts, GenerationResult):
@@ -148,10 +167,7 @@ def _replay_inputs(prompts, responses, rows) -> tuple[list[list[int]], list[list
         raise ValueError("`prompts` and `responses` must be lists of token-id lists of the same length")
     if rows is not None: prompts, responses = [prompts[r] for r in rows], [responses[r] for r in rows]
     prompts, responses = [list(map(int, p)) for p in prompts], [list(map(int, r)) for r in responses]
-    for i, p in enumerate(prompts):
-        if not p:
-            raise ValueError(f"prompt {i} is empty: the first response token needs at least one token "
-                             "to be predicted from")
+    _check_nonempty(prompts)
     return prompts, responses
 
 # %% ../nbs/09_train.ipynb #5e34cd8d
@@ -188,21 +204,38 @@ def replay_logits(
                           torch.cat([torch.arange(n) for n in lens]))
 
 # %% ../nbs/09_train.ipynb #38ee31d4
+def _as_pipeline(target):
+    "A `Pipeline` from YAML text or a path, or from a spec (a list of step dicts, or a dict); anything else as is."
+    if isinstance(target, (str, Path)): return Pipeline.from_yaml(target)  # YAML text, or a .yaml/.yml path
+    if isinstance(target, (list, tuple, dict)):
+        return Pipeline.from_spec(list(target) if not isinstance(target, dict) else target)
+    return target
+
+# %% ../nbs/09_train.ipynb #fa6608fa
+def _pipeline_fn(pipe: Pipeline) -> Callable[[Tensor], Tensor]:
+    "`logits -> logits` through `pipe`, reset first, with a one-token history per row."
+    return lambda x: pipe.reset()(torch.zeros(x.shape[0], 1, dtype=torch.long), x)
+
+# %% ../nbs/09_train.ipynb #5f8dc1c3
 def as_target(
     target,  # a Pipeline, a spec (list of step dicts), YAML text or path, or a callable `logits -> logits`
 ) -> Callable[[Tensor], Tensor]:
     "A function `logits -> target logits` from a Pipeline, a spec (list of dicts), a YAML path, or a callable."
-    if isinstance(target, (str, Path)): target = Pipeline.from_yaml(target)  # YAML text, or a .yaml/.yml path
-    elif isinstance(target, (list, tuple, dict)):
-        target = Pipeline.from_spec(list(target) if not isinstance(target, dict) else target)
-    if isinstance(target, Pipeline):
-        pipe = target
-        return lambda x: pipe.reset()(torch.zeros(x.shape[0], 1, dtype=torch.long), x)
+    target = _as_pipeline(target)
+    if isinstance(target, Pipeline): return _pipeline_fn(target)
     if callable(target): return target
     raise TypeError("`target` must be a Pipeline, a spec (list of step dicts), a YAML path or a callable, "
                     f"got {type(target).__name__}")
 
 # %% ../nbs/09_train.ipynb #481b74c8
+def _check_which(which, n: int, k: int) -> Tensor:
+    "`which` as a long tensor holding one index in [0, k) for each of `n` rows; a `ValueError` otherwise."
+    which = torch.as_tensor(which, dtype=torch.long)
+    if which.shape != (n,) or (len(which) and (which.min() < 0 or which.max() >= k)):
+        raise ValueError(f"`which` must hold one index in [0, {k}) per row of `logits` ({n} rows)")
+    return which
+
+# %% ../nbs/09_train.ipynb #82976245
 @torch.no_grad()
 def pipeline_targets(
     logits: Float[Tensor, "n vocab"],  # base logits
@@ -210,17 +243,27 @@ def pipeline_targets(
     which: Int[Tensor, "n"],  # index into `targets` of each row's target
 ) -> Float[Tensor, "n vocab"]:
     "Per-row target logits: row i is `targets[which[i]]` applied to `logits[i]`."
-    which = torch.as_tensor(which, dtype=torch.long)
-    if which.shape != logits.shape[:1] or (len(which) and (which.min() < 0 or which.max() >= len(targets))):
-        raise ValueError(f"`which` must hold one index in [0, {len(targets)}) per row of `logits` "
-                         f"({len(logits)} rows)")
-    out = torch.empty(logits.shape, dtype=torch.float32)
+    which, out = _check_which(which, len(logits), len(targets)), torch.empty(logits.shape, dtype=torch.float32)
     for i, t in enumerate(targets):
         rows = (which == i).nonzero().flatten()
         if len(rows): out[rows] = as_target(t)(logits[rows].float()).float()
     return out
 
 # %% ../nbs/09_train.ipynb #6d34a5e7
+def _check_int_fields(cfg, lows: dict) -> None:
+    "Each field of `cfg` named in `lows` made an int >= its low bound (`check_int`), in place."
+    for n, low in lows.items(): setattr(cfg, n, check_int(getattr(cfg, n), n, low))
+
+# %% ../nbs/09_train.ipynb #25c48ede
+def _check_number_fields(cfg, names, positive=("lr",)) -> None:
+    "Each field of `cfg` in `names` a finite number >= 0 (> 0 for those in `positive`), or a `ValueError` naming it."
+    for n in names:
+        v = getattr(cfg, n)
+        if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
+                or (n in positive and v == 0)):
+            raise ValueError(f"`{n}` must be a finite number {'> 0' if n in positive else '>= 0'}, got {v!r}")
+
+# %% ../nbs/09_train.ipynb #66535edc
 @dataclass
 class TrainConfig:
     "Settings of `train_sampler` (saved in every checkpoint)."
@@ -238,14 +281,8 @@ class TrainConfig:
     seed: int = 0  # keys the synthetic data / shuffles made from this config
 
     def __post_init__(self):
-        for n, low in (("steps", 1), ("batch_size", 1), ("accumulation", 1), ("warmup", 0), ("checkpoint_every", 1),
-                       ("seed", 0)):
-            setattr(self, n, check_int(getattr(self, n), n, low))
-        for n in ("lr", "weight_decay", "min_lr", "gamma", "grad_clip"):
-            v = getattr(self, n)
-            if (isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0
-                    or (n == "lr" and v == 0)):
-                raise ValueError(f"`{n}` must be a finite number {'> 0' if n == 'lr' else '>= 0'}, got {v!r}")
+        _check_int_fields(self, dict(steps=1, batch_size=1, accumulation=1, warmup=0, checkpoint_every=1, seed=0))
+        _check_number_fields(self, ("lr", "weight_decay", "min_lr", "gamma", "grad_clip"))
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"`schedule` must be 'cosine', 'linear' or 'constant', got {self.schedule!r}")
 
@@ -292,18 +329,23 @@ def optimizer_tensors(
     return tensors, sd["param_groups"]
 
 # %% ../nbs/09_train.ipynb #735b16bb
+def _unflatten_state(tensors: dict[str, Tensor]) -> dict[int, dict]:
+    "The per-parameter optimiser state from the flat `state.<i>.<key>` names of `optimizer_tensors` (others ignored)."
+    state: dict[int, dict] = {}
+    for name, v in tensors.items():
+        if not name.startswith("state."): continue
+        _, i, k = name.split(".", 2)
+        state.setdefault(int(i), {})[k] = v
+    return state
+
+# %% ../nbs/09_train.ipynb #68f18f63
 def load_optimizer_tensors(
     opt: torch.optim.Optimizer,  # the optimiser to restore (in place)
     tensors: dict[str, Tensor],  # what `optimizer_tensors` returned (extra keys are ignored)
     groups: list,  # its param groups
 ) -> None:
     "Restore (in place) what `optimizer_tensors` returned."
-    state: dict[int, dict] = {}
-    for name, v in tensors.items():
-        if not name.startswith("state."): continue
-        _, i, k = name.split(".", 2)
-        state.setdefault(int(i), {})[k] = v
-    opt.load_state_dict({"state": state, "param_groups": groups})
+    opt.load_state_dict({"state": _unflatten_state(tensors), "param_groups": groups})
 
 # %% ../nbs/09_train.ipynb #ef2dab88
 def write_text_atomic(
@@ -338,6 +380,11 @@ def write_step(directory: str | Path,  # the run's folder
     net.save(d/"network.safetensors")
     return final
 
+# %% ../nbs/09_train.ipynb #d88743bf
+def _prune_steps(directory: str | Path, keep: int) -> None:
+    "Delete all but the newest `keep` step folders of `directory` (`keep=0` deletes none)."
+    for old in sorted(Path(directory).glob("step-*"))[:-keep]: shutil.rmtree(old, ignore_errors=True)
+
 # %% ../nbs/09_train.ipynb #0cee9241
 def save_checkpoint(
     directory: str | Path,  # the run's folder
@@ -355,7 +402,7 @@ def save_checkpoint(
     meta = dict(step=state.step, config=asdict(config), history=state.history, param_groups=groups,
                 scheduler=sched.state_dict(), network=type(net).__name__, target=target_spec, fingerprint=fingerprint)
     final = write_step(directory, state.step, net, {**tensors, "rng.torch": torch.get_rng_state()}, meta)
-    for old in sorted(Path(directory).glob("step-*"))[:-keep]: shutil.rmtree(old, ignore_errors=True)
+    _prune_steps(directory, keep)
     return final
 
 # %% ../nbs/09_train.ipynb #e03fae0b
@@ -393,6 +440,13 @@ def latest_checkpoint(
     "The folder of the latest complete checkpoint in `directory`, or None (see `checkpoint_candidates`)."
     return next(iter(checkpoint_candidates(directory)), None)
 
+# %% ../nbs/09_train.ipynb #2fe8e3f0
+def _check_same_network(saved, net, path) -> None:
+    "A `CheckpointError` unless the network saved at `path` is of the class and config of `net`."
+    if type(saved) is not type(net) or saved.config != net.config:
+        raise CheckpointError(f"checkpoint {path} holds a {type(saved).__name__} {saved.config}, "
+                              f"not this {type(net).__name__} {net.config}; train into another folder, or {_AFRESH}")
+
 # %% ../nbs/09_train.ipynb #5ceb66b7
 def load_checkpoint(
     path: str | Path,  # a step folder
@@ -404,9 +458,7 @@ def load_checkpoint(
     path = Path(path)
     meta = json.loads((path/"trainer.json").read_text())
     saved = load_network(path/"network.safetensors")
-    if type(saved) is not type(net) or saved.config != net.config:
-        raise CheckpointError(f"checkpoint {path} holds a {type(saved).__name__} {saved.config}, "
-                              f"not this {type(net).__name__} {net.config}; train into another folder, or {_AFRESH}")
+    _check_same_network(saved, net, path)
     net.load_state_dict(saved.state_dict())
     load_optimizer_tensors(opt, tensors := load_file(str(path/"optimizer.safetensors")), meta["param_groups"])
     sched.load_state_dict(meta["scheduler"])
@@ -438,12 +490,13 @@ class TrainResult:
     checkpoint: Path | None  # the last checkpoint written, if a directory was given
     resumed_from: int  # the step training resumed from (0 for a fresh run)
 
-    def __repr__(self):
-        h = self.history
-        last = (f"loss {h['loss'][-1]:.4f} (KL {h['kl'][-1]:.4f}, removed mass {h['removed_mass'][-1]:.4f})"
-                if h["loss"] else "no steps")
-        return (f"TrainResult({type(self.net).__name__}, {len(h['loss'])} steps, {last}, "
-                f"resumed from {self.resumed_from})")
+# %% ../nbs/09_train.ipynb #d915c199
+@patch
+def __repr__(self: TrainResult):
+    h = self.history
+    last = (f"loss {h['loss'][-1]:.4f} (KL {h['kl'][-1]:.4f}, removed mass {h['removed_mass'][-1]:.4f})"
+            if h["loss"] else "no steps")
+    return f"TrainResult({type(self.net).__name__}, {len(h['loss'])} steps, {last}, resumed from {self.resumed_from})"
 
 # %% ../nbs/09_train.ipynb #1d916254
 def _target_spec(target):
@@ -487,17 +540,25 @@ def run_fingerprint(
                                   "data": _describe_data(data)}))
 
 # %% ../nbs/09_train.ipynb #c00dda17
+def _saved_fingerprint(meta: dict, keys) -> dict:
+    "The fingerprint a checkpoint's metadata holds (older checkpoints: their config fields in `keys`, and the target)."
+    return meta.get("fingerprint") or {**{k: v for k, v in meta.get("config", {}).items() if k in keys},
+                                       "target": meta.get("target")}
+
+# %% ../nbs/09_train.ipynb #cd6c8083
+def _flat(d: dict) -> dict:
+    "One level of nesting flattened: `{'a': {'b': 1}}` -> `{'a.b': 1}`."
+    return {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in d.items()
+            for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
+
+# %% ../nbs/09_train.ipynb #8f211dbf
 def check_resumable(
     checkpoint: str | Path,  # a step folder
     fingerprint: dict,  # `run_fingerprint` of the run that wants to resume
 ) -> None:
     "Raise `CheckpointError` naming every field of `fingerprint` that differs from the run that wrote `checkpoint`."
-    meta = json.loads((Path(checkpoint)/"trainer.json").read_text())
-    old = meta.get("fingerprint") or {**{k: v for k, v in meta.get("config", {}).items() if k in fingerprint},
-                                      "target": meta.get("target")}
-    flat = lambda d: {f"{k}.{kk}" if isinstance(v, dict) else k: vv for k, v in d.items()
-                      for kk, vv in (v.items() if isinstance(v, dict) else [(k, v)])}
-    old, fingerprint = flat({k: old[k] for k in fingerprint if k in old}), flat(fingerprint)
+    old = _saved_fingerprint(json.loads((Path(checkpoint)/"trainer.json").read_text()), fingerprint)
+    old, fingerprint = _flat({k: old[k] for k in fingerprint if k in old}), _flat(fingerprint)
     diff = [k for k in sorted(set(old) | set(fingerprint)) if old.get(k) != fingerprint.get(k)]
     if diff:
         shown = "; ".join(f"{k}: {json.dumps(old.get(k))[:80]} in the checkpoint, "
@@ -538,6 +599,19 @@ def clear_checkpoints(
     for p in d.glob("step-*"): shutil.rmtree(p, ignore_errors=True)
     for name in ("latest.json", "network.safetensors"): (d/name).unlink(missing_ok=True)
 
+# %% ../nbs/09_train.ipynb #0fe4f5a8
+def _start_state(checkpoint_dir, resume: bool, net, opt, sched, fingerprint: dict) -> tuple[TrainState, Path | None]:
+    "Afresh (no folder; or `resume=False`, which clears its checkpoints), or from the run's last checkpoint there."
+    if checkpoint_dir is None: return TrainState(), None
+    if not resume: clear_checkpoints(checkpoint_dir); return TrainState(), None
+    return resume_run(checkpoint_dir, net, opt, sched, fingerprint)
+
+# %% ../nbs/09_train.ipynb #a39d98cb
+def _record(state: TrainState, step: int, *values) -> None:
+    "Append `step` and its (loss, kl, removed_mass, lr, seconds) to the history; the state is then at `step + 1`."
+    for k, v in zip(state.history, (step, *values)): state.history[k].append(v)
+    state.step = step + 1
+
 # %% ../nbs/09_train.ipynb #2e64b69c
 def train_sampler(
     net: LogitsNetwork,  # the network to train (in place)
@@ -555,9 +629,8 @@ def train_sampler(
     data = data if data is not None else SyntheticLogits(seed=config.seed)
     target_fn = as_target(target) if target is not None else _no_target
     opt, sched = make_optimizer(net, config)
-    fp, state, ckpt = run_fingerprint(net, target, data, config), TrainState(), None
-    if checkpoint_dir is not None and not resume: clear_checkpoints(checkpoint_dir)
-    if checkpoint_dir is not None and resume: state, ckpt = resume_run(checkpoint_dir, net, opt, sched, fp)
+    fp = run_fingerprint(net, target, data, config)
+    state, ckpt = _start_state(checkpoint_dir, resume, net, opt, sched, fp)
     start, end = state.step, min(config.steps, stop_at if stop_at is not None else config.steps)
     loss_fn, net = TruncatedLogitsLoss(config.gamma), net.train()
     bar = tqdm(range(start, end), total=config.steps, initial=start, disable=not progress,
@@ -565,9 +638,7 @@ def train_sampler(
     for step in bar:
         t0, lr = time.perf_counter(), opt.param_groups[0]["lr"]
         loss, kl, removed = _step(net, data, target_fn, loss_fn, opt, sched, config, step)
-        for k, v in zip(state.history, (step, loss, kl, removed, lr, time.perf_counter() - t0)):
-            state.history[k].append(v)
-        state.step = step + 1
+        _record(state, step, loss, kl, removed, lr, time.perf_counter() - t0)
         bar.set_postfix(loss=f"{loss:.4f}", kl=f"{kl:.4f}")
         if checkpoint_dir is not None and (state.step % config.checkpoint_every == 0 or state.step == end):
             ckpt = save_checkpoint(checkpoint_dir, net, opt, sched, config, state, _target_spec(target), fingerprint=fp)
@@ -672,6 +743,17 @@ def pipeline_name_of(
     try: return pipeline_name(target if isinstance(target, Pipeline) else Pipeline(target))
     except (SpecError, TypeError): return getattr(target, "__name__", type(target).__name__)
 
+# %% ../nbs/09_train.ipynb #6b1dc14a
+def _fidelity_run(name: str, target, eval_base: Tensor, config: TrainConfig, vocab: int) -> dict:
+    "Train network `name` (none for 'identity') on `target` and measure it on `eval_base`: the table's figures."
+    t0, net, kl = time.perf_counter(), None, float("nan")
+    if name != "identity":
+        r = train_sampler(NETWORKS[name](), target, SyntheticLogits(vocab, config.seed), config, progress=False)
+        net, kl = r.net, sum(r.history["kl"][-20:]) / len(r.history["kl"][-20:])
+    params = 0 if net is None else sum(p.numel() for p in net.parameters())
+    return dict(**evaluate_sampler(net, eval_base, target), train_kl=kl, params=params,
+                seconds=time.perf_counter() - t0)
+
 # %% ../nbs/09_train.ipynb #54a2f390
 def fidelity_table(
     eval_base: Float[Tensor, "n vocab"],  # held-out real logits (e.g. `real_eval_logits(...).logits`)
@@ -687,21 +769,15 @@ def fidelity_table(
     if bad: raise ValueError(f"unknown network(s) {bad}; allowed: {sorted(NETWORKS)}")
     rows, runs = [], [(n, t) for t in targets for n in ("identity", *networks)]
     for name, tname in tqdm(runs, disable=not progress, desc="fidelity"):
-        t0, net, train_kl = time.perf_counter(), None, float("nan")
-        if name != "identity":
-            r = train_sampler(NETWORKS[name](), targets[tname], SyntheticLogits(vocab, config.seed), config,
-                              progress=False)
-            net, train_kl = r.net, sum(r.history["kl"][-20:]) / len(r.history["kl"][-20:])
-        m = evaluate_sampler(net, eval_base, targets[tname])
-        rows.append(dict(network=name, target=tname, pipeline=pipeline_name_of(targets[tname]), **m, train_kl=train_kl,
-                         params=0 if net is None else sum(p.numel() for p in net.parameters()),
-                         seconds=time.perf_counter() - t0))
+        rows.append(dict(network=name, target=tname, pipeline=pipeline_name_of(targets[tname]),
+                         **_fidelity_run(name, targets[tname], eval_base, config, vocab)))
     return rows
 
 # %% ../nbs/09_train.ipynb #6169d6a0
 FIDELITY_COLUMNS = ("network", "target", "pipeline", "kl", "kept_mass_error", "jaccard", "train_kl", "params",
                     "seconds")
 
+# %% ../nbs/09_train.ipynb #92169042
 def write_csv_atomic(
     rows: list[dict],  # one dict per row (extra keys are ignored)
     path: str | Path,  # the CSV file to (re)place
@@ -714,9 +790,10 @@ def write_csv_atomic(
     atomic_write(path, buf.getvalue())
     return path
 
-# %% ../nbs/09_train.ipynb #c7f8f3ba
-_DEFAULT_NET = "SamplingNetwork"
+# %% ../nbs/09_train.ipynb #5cee66bd
+_DEFAULT_NET = "SamplingNetwork"  # what `soft-sampler train` trains unless --net says otherwise
 
+# %% ../nbs/09_train.ipynb #c7f8f3ba
 def _train_parser() -> argparse.ArgumentParser:
     from soft_sampler.heuristics import add_pipeline_args
     from soft_sampler.cli import ArgumentParser, int_at_least, number_in, text_file
