@@ -525,6 +525,94 @@ def _top_p_cut(x, probs, p):
     r, i = ((vals == t) & (pos > k) & (pos < n) & ok[:, None]).nonzero(as_tuple=True)  # ties: lower id first
     return t, (r, cols[r, i]), ok
 
+# %% ../nbs/03_heuristics_hf.ipynb #0ed22133
+def _top_p_hist(
+    x: Float[Tensor, "b v"],  # logits
+    probs: Float[Tensor, "b v"],  # their softmax (its buffer takes the result)
+    pc: Tensor,  # p per row `[b, 1]`
+    m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
+) -> Float[Tensor, "b v"]:
+    "top-p by the histogram over probability bins and an exact resolve of the crossing bin (no sort)."
+    if bool((pc >= 1).all()): return x.masked_fill(_keep_first(probs == 0, x, m), _NEG)  # p = 1
+    t, drop, ok = _top_p_cut(x, probs, pc)
+    slow = None if bool(ok.all()) else _top_p_solve(x[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
+    out = _keep_from(x, t, out=probs)  # the softmax is no longer needed: its buffer takes the result
+    out[drop] = _NEG
+    if int(m.max()) > 1: out = x.masked_fill(_keep_first(out == _NEG, x, m), _NEG)
+    if slow is not None: out[~ok] = slow
+    return out
+
+# %% ../nbs/03_heuristics_hf.ipynb #5f16f903
+_GAP = 8.0  # the band: tokens within this many nats of the row's top logit
+_BW = 64  # tokens per block of the block maxima
+_BANDCAP = 4096  # rows whose band holds more tokens take the histogram path
+
+def _top_band(
+    x: Float[Tensor, "b v"],  # contiguous logits, v a multiple of `_BW`
+    gap: float,  # the band's width in nats
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    "Tokens within `gap` of their row's top: flat indices (row-major), rows, count per row, top `[b, 1]`, threshold `[b, 1]` (inf: row skipped)."
+    b, v = x.shape
+    bm = x.view(b, v // _BW, _BW).amax(-1)  # block maxima
+    top = bm.amax(-1, keepdim=True)
+    hits = bm >= top - gap
+    banded = top.isfinite() & (hits.sum(-1, keepdim=True) * 2 <= bm.shape[1])  # else flat, NaN, +-inf: skipped
+    thr = torch.where(banded, top - gap, float("inf"))
+    hit = (hits & banded).view(-1).nonzero().squeeze(1)
+    i = _flat_nonzero(x.view(-1, _BW)[hit] >= thr.view(-1)[hit // bm.shape[1]][:, None])  # within the hit blocks
+    flat = hit[i // _BW] * _BW + i % _BW
+    rows = flat // v
+    return flat, rows, torch.bincount(rows, minlength=b), top, thr
+
+# %% ../nbs/03_heuristics_hf.ipynb #06b653bf
+def _desc_key(rows: Tensor, vals: Tensor) -> Tensor:
+    "int64 keys ordering by row, then float32 value descending (signed zeros equal)."
+    bits = (vals + 0.0).view(torch.int32).long()  # -0.0 + 0.0 = +0.0
+    ordk = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # monotone in the value, as a signed int32
+    return (rows << 32) + (0x7FFFFFFF - ordk)
+
+# %% ../nbs/03_heuristics_hf.ipynb #c7495a71
+_FIX = 2.0 ** 44  # the fixed point's unit is 2^-44
+
+def _fixed(p: Tensor, ceil: bool = False) -> Tensor:
+    "Probabilities as int64 multiples of 2^-44 (rounded down; up if `ceil`: for an integer s, s < p <=> s < _fixed(p, True))."
+    q = p.double() * _FIX
+    return (q.ceil() if ceil else q).long()
+
+# %% ../nbs/03_heuristics_hf.ipynb #5740a89b
+def _segments(rows: Tensor, n: Tensor) -> tuple[Tensor, Tensor]:
+    "For entries sorted by row (`n` per row): each one's place within its row, and each row's first entry."
+    start = n.cumsum(0) - n
+    return torch.arange(len(rows), device=rows.device) - start[rows], start
+
+# %% ../nbs/03_heuristics_hf.ipynb #db4d599c
+def _top_p_band(
+    x: Float[Tensor, "b v"],  # contiguous logits
+    probs: Float[Tensor, "b v"],  # their softmax
+    p: Tensor,  # p per row `[b, 1]`
+    m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
+    band,  # `_top_band(x, _GAP)`
+) -> tuple[Tensor, Tensor]:
+    "top-p on each row's band: the kept tokens' flat indices and `ok` `[b]`, where the band provably settles the row."
+    flat, rows, n, top, thr = band
+    ok = (thr.isfinite() & (p < 1)).squeeze(1) & (n <= _BANDCAP) & (n > 0)
+    sel = ok[rows]
+    flat, rows, n = flat[sel], rows[sel], torch.where(ok, n, 0)
+    if not len(flat): return flat, ok & False
+    flat = flat[_desc_key(rows, x.view(-1)[flat]).sort(stable=True).indices]  # rows stay in order
+    q = _fixed(probs.view(-1)[flat])
+    pos, start = _segments(rows, n)
+    excl = q.cumsum(0) - q
+    before = excl - excl[start.clamp_max(len(q) - 1)][rows]  # the mass before each token, within its row
+    keep = (before < _fixed(p, ceil=True).squeeze(1)[rows]) | (pos < m.squeeze(1)[rows])
+    ok &= torch.bincount(rows[keep], minlength=len(x)) < n  # a band token is dropped: the crossing is inside
+    return flat[keep & ok[rows]], ok
+
+# %% ../nbs/03_heuristics_hf.ipynb #ff596fc7
+def _banded(x: Tensor) -> bool:
+    "Whether the candidate band may serve these rows (else the histogram path does)."
+    return _long(x) and x.shape[1] % _BW == 0 and not x.requires_grad and 0 < x.shape[0] <= 1 << 18
+
 # %% ../nbs/03_heuristics_hf.ipynb #b7dce004
 def top_p(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -535,13 +623,15 @@ def top_p(
     check_logits(logits)
     pc = _floats(p, "p", logits, low=0, high=1)
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
-    x, probs = logits, logits.softmax(-1)
-    if bool((pc >= 1).all()): return x.masked_fill(_keep_first(probs == 0, x, m), _NEG)  # p = 1
-    t, drop, ok = _top_p_cut(x, probs, pc)
-    slow = None if bool(ok.all()) else _top_p_solve(x[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
-    out = _keep_from(x, t, out=probs)  # the softmax is no longer needed: its buffer takes the result
-    out[drop] = _NEG
-    if int(m.max()) > 1: out = x.masked_fill(_keep_first(out == _NEG, x, m), _NEG)
+    if not _banded(logits): return _top_p_hist(logits, logits.softmax(-1), pc, m)
+    x = logits.contiguous()
+    band = _top_band(x, _GAP)
+    probs = x.softmax(-1)
+    kept, ok = _top_p_band(x, probs, pc, m, band)
+    if not bool(ok.any()): return _top_p_hist(x, probs, pc, m)
+    slow = None if bool(ok.all()) else _top_p_hist(x[~ok], probs[~ok], pc[~ok], m[~ok])
+    out = probs.fill_(_NEG)  # the softmax buffer takes the result
+    out.view(-1)[kept] = x.view(-1)[kept]
     if slow is not None: out[~ok] = slow
     return out
 
@@ -589,6 +679,71 @@ def _typical_cut(s, probs, p):
     k = (before + pb.cumsum(-1) < p).sum(-1, keepdim=True)
     return vals.gather(1, k.clamp_max(vals.shape[1] - 1)), ok & fits & (k < n).squeeze(1)
 
+# %% ../nbs/03_heuristics_hf.ipynb #19fec97f
+def _keep_where(x: Float[Tensor, "b v"], s: Float[Tensor, "b v"], cut: Float[Tensor, "b 1"]) -> Float[Tensor, "b v"]:
+    "`torch.where(s <= cut, x, -inf)` for rows without NaN, in two cheap passes (overwrites `s`)."
+    d = torch.sub(cut.to(s.dtype), s, out=s)  # >= +0.0 where kept (a - a is +0.0, never -0.0)
+    torch.copysign(torch.tensor(float("inf"), dtype=s.dtype), d, out=d)
+    return torch.minimum(x, d, out=d)
+
+# %% ../nbs/03_heuristics_hf.ipynb #46dcf47e
+def _typical_hist(
+    x: Float[Tensor, "b v"],  # logits
+    pc: Tensor,  # p per row `[b, 1]`
+    m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
+) -> Float[Tensor, "b v"]:
+    "Typical sampling on transformers' float32 scores: a histogram over score bins and an exact resolve of the crossing bin."
+    s, probs = _typical_scores(x)
+    cut, ok = _typical_cut(s, probs, pc)
+    if not bool(ok.all()):  # NaN / inf rows, huge ties: the reference
+        slow = _typical_solve(x[~ok], s[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
+    if m.numel() and int(m.max()) > 1: out = torch.where(_keep_first(s > cut, -s, m), _NEG, x)
+    else: out = _keep_where(x, s, cut)
+    if not bool(ok.all()): out[~ok] = slow
+    return out
+
+# %% ../nbs/03_heuristics_hf.ipynb #e13292ea
+_MARGIN = 1e-4  # typical: no other float64 score this close (+ 4e-6 |top|) to the boundary one
+
+def _typical_ok(band) -> Tensor:
+    "Rows whose band may settle typical sampling `[b]`: extracted, moderate logits, not too many tokens."
+    flat, rows, n, top, thr = band
+    return (thr.isfinite() & (top.abs() <= 64)).squeeze(1) & (n <= _BANDCAP) & (n > 0)
+
+# %% ../nbs/03_heuristics_hf.ipynb #e50af3a3
+def _typical_band(
+    x: Float[Tensor, "b v"],  # contiguous logits
+    probs: Float[Tensor, "b v"],  # their softmax (overwritten)
+    p: Tensor,  # mass per row `[b, 1]`
+    m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
+    band,  # `_top_band(x, _GAP)`
+) -> tuple[Tensor, Tensor]:
+    "Typical sampling on each row's band: the kept tokens' flat indices and `ok` `[b]`, where the band provably settles the row."
+    flat, rows, n, top, thr = band
+    ok, xb, pb = _typical_ok(band), x.view(-1)[flat], probs.view(-1)[flat]
+    c = _rowsum(probs.mul_(x), nan=True).double()  # sum p x = lse - H, the mean logit (-inf tokens: 0 * -inf skipped)
+    mg = _MARGIN + 4e-6 * (top.abs().double() + _GAP)  # > 10x the float32 sums' error (1e-6 sum p |x|)
+    ok &= (c > thr + mg).squeeze(1)  # tokens outside the band score more than c - thr
+    sel = ok[rows]
+    flat, rows, xb, pb, n = flat[sel], rows[sel], xb[sel], pb[sel], torch.where(ok, n, 0)
+    if not len(flat): return flat, ok & False
+    s = (xb.double() - c.squeeze(1)[rows]).abs()
+    key, perm = (rows.double() * 64 + s.clamp_max(63)).sort(stable=True)  # by row, then score (ties: lower id)
+    flat, s, q = flat[perm], s[perm], _fixed(pb[perm])
+    pos, start = _segments(rows, n)
+    incl = q.cumsum(0)
+    upto = incl - (incl - q)[start.clamp_max(len(q) - 1)][rows]  # the mass up to each token, within its row
+    last = torch.bincount(rows[upto < _fixed(p, ceil=True).squeeze(1)[rows]], minlength=len(x))  # before the crossing
+    j = torch.maximum(last, m.squeeze(1) - 1)  # the boundary: the crossing, or the m-th
+    ok &= j < n
+    at = lambda k: (start + k.clamp_max(n - 1).clamp_min(0)).clamp_max(len(q) - 1)
+    kj, mg = key[at(j)], mg.squeeze(1)
+    near = (torch.searchsorted(key, kj - mg) < torch.searchsorted(key, kj)) | \
+           (torch.searchsorted(key, kj + mg, right=True) > torch.searchsorted(key, kj, right=True))
+    ok &= ~near & (s[at(j)] + mg < (c - thr).squeeze(1))  # no other score near the boundary; it is inside the band
+    keep = (s <= s[at(last)][rows]) | (pos < m.squeeze(1)[rows])
+    return flat[keep & ok[rows]], ok
+
 # %% ../nbs/03_heuristics_hf.ipynb #abcb9097
 def typical(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -599,14 +754,17 @@ def typical(
     check_logits(logits)
     pc = _floats(p, "p", logits, low=0, high=1, low_open=True, high_open=True)
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
-    x = logits
-    s, probs = _typical_scores(x)
-    cut, ok = _typical_cut(s, probs, pc)
-    if not bool(ok.all()):  # NaN / inf rows, huge ties: the reference
-        slow = _typical_solve(x[~ok], s[~ok], probs[~ok], pc[~ok], m[~ok], x.shape[1])[0]
-    remove = s > cut
-    out = torch.where(_keep_first(remove, -s, m), _NEG, x)
-    if not bool(ok.all()): out[~ok] = slow
+    if not _banded(logits): return _typical_hist(logits, pc, m)
+    x = logits.contiguous()
+    band = _top_band(x, _GAP)
+    if not bool(_typical_ok(band).any()): return _typical_hist(x, pc, m)  # flat rows: no softmax spent on the band
+    probs = x.softmax(-1)
+    kept, ok = _typical_band(x, probs, pc, m, band)
+    if not bool(ok.any()): return _typical_hist(x, pc, m)
+    slow = None if bool(ok.all()) else _typical_hist(x[~ok], pc[~ok], m[~ok])
+    out = probs.fill_(_NEG)  # the softmax buffer (now the product) takes the result
+    out.view(-1)[kept] = x.view(-1)[kept]
+    if slow is not None: out[~ok] = slow
     return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #433ef52f

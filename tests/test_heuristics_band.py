@@ -52,11 +52,11 @@ def _offborder(a, b, border, x):
 
 def _hist(name):
     "The histogram path alone (the band switched off)."
-    band = H._band
+    band = H._top_band
     def f(x, p, m):
-        H._band = lambda x, gap: band(x, -1.0)  # an empty band: every row falls back
+        H._top_band = lambda x, gap: band(x, -1.0)  # an empty band: every row falls back
         try: return getattr(H, name)(x, p, m)
-        finally: H._band = band
+        finally: H._top_band = band
     return f
 
 
@@ -91,7 +91,7 @@ def test_band_decides_lm_rows():
     x = ROWS
     probs = x.softmax(-1)
     one = torch.ones(len(x), 1, dtype=torch.long)
-    band = H._band(x, H._GAP)
+    band = H._top_band(x, H._GAP)
     ok_p = H._top_p_band(x, probs.clone(), torch.full((len(x), 1), 0.9), one, band)[1]
     ok_t = H._typical_band(x, probs.clone(), torch.full((len(x), 1), 0.9), one, band)[1]
     assert ok_p[:36].float().mean() > 0.7 and ok_t[:36].float().mean() > 0.5
