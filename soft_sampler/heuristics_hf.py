@@ -551,7 +551,8 @@ def _top_band(
     x: Float[Tensor, "b v"],  # contiguous logits, v a multiple of `_BW`
     gap: float,  # the band's width in nats
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    "Tokens within `gap` of their row's top: flat indices (row-major), rows, count per row, top `[b, 1]`, threshold `[b, 1]` (inf: row skipped)."
+    """Tokens within `gap` of their row's top: flat indices (row-major), rows, count per row,
+    top `[b, 1]`, threshold `[b, 1]` (inf: row skipped)."""
     b, v = x.shape
     bm = x.view(b, v // _BW, _BW).amax(-1)  # block maxima
     top = bm.amax(-1, keepdim=True)
@@ -575,7 +576,8 @@ def _desc_key(rows: Tensor, vals: Tensor) -> Tensor:
 _FIX = 2.0 ** 44  # the fixed point's unit is 2^-44
 
 def _fixed(p: Tensor, ceil: bool = False) -> Tensor:
-    "Probabilities as int64 multiples of 2^-44 (rounded down; up if `ceil`: for an integer s, s < p <=> s < _fixed(p, True))."
+    """Probabilities as int64 multiples of 2^-44, rounded down (up if `ceil`:
+    for an integer s, s < p <=> s < _fixed(p, True))."""
     q = p.double() * _FIX
     return (q.ceil() if ceil else q).long()
 
@@ -692,7 +694,8 @@ def _typical_hist(
     pc: Tensor,  # p per row `[b, 1]`
     m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
 ) -> Float[Tensor, "b v"]:
-    "Typical sampling on transformers' float32 scores: a histogram over score bins and an exact resolve of the crossing bin."
+    """Typical sampling on transformers' float32 scores: a histogram over score bins,
+    then an exact resolve of the crossing bin."""
     s, probs = _typical_scores(x)
     cut, ok = _typical_cut(s, probs, pc)
     if not bool(ok.all()):  # NaN / inf rows, huge ties: the reference
@@ -718,7 +721,8 @@ def _typical_band(
     m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
     band,  # `_top_band(x, _GAP)`
 ) -> tuple[Tensor, Tensor]:
-    "Typical sampling on each row's band: the kept tokens' flat indices and `ok` `[b]`, where the band provably settles the row."
+    """Typical sampling on each row's band: the kept tokens' flat indices and `ok` `[b]`,
+    where the band provably settles the row."""
     flat, rows, n, top, thr = band
     ok, xb, pb = _typical_ok(band), x.view(-1)[flat], probs.view(-1)[flat]
     c = _rowsum(probs.mul_(x), nan=True).double()  # sum p x = lse - H, the mean logit (-inf tokens: 0 * -inf skipped)
