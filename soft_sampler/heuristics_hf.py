@@ -816,10 +816,11 @@ def _cutoff(
     fast = t.abs() <= 4e-6 / torch.finfo(logits.dtype).eps  # t's rounding << 1e-5 nats (and t finite, not NaN)
     fast = (fast if ok is None else fast & ok).squeeze(1)
     if bool(fast.all()): return _keep_from(logits, t, out)
-    res, rows = torch.empty_like(logits), ~fast  # huge logits, NaN/inf rows: probability space, as transformers
-    res[rows] = slow(rows)
-    if fast.any(): res[fast] = _keep_from(logits[fast], t[fast])
-    return res
+    rows = ~fast  # huge logits, NaN/inf rows: probability space, as transformers
+    res = slow(rows)  # before `out` (it may be the softmax buffer) is written
+    out = _keep_from(logits, t.masked_fill(rows[:, None], 0), out)  # all rows in one pass (no copies of the fast ones)
+    out[rows] = res
+    return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #548274ce
 def epsilon(
