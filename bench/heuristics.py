@@ -14,8 +14,10 @@ more often than a 1 ms softmax, so wall-clock ratios against the softmax inflate
 count the time other processes hold the core (caches and memory bandwidth are still shared). The header prints
 the load average before and after: compare runs at similar loads.
 
-Each round times each function over a block of back-to-back calls (`--block-ms`, default 10 ms), so each is
-measured in its own steady state. With single calls (`--block-ms 0`) a function runs right after another one
+Each round times each function over a block of back-to-back calls (`--block-ms`, default 10 ms) after one untimed
+call, so each is measured in its own steady state (a 6 ms softmax fills a 10 ms block with a single call: without
+the untimed call it would run right after transformers' warper and pay for its memory, see below; that made the
+anchor swing from 6 to 23 ms). With single calls (`--block-ms 0`) a function runs right after another one
 that allocated and freed tens of MB (transformers' warpers make several vocabulary-sized temporaries): glibc
 hands that memory back to the system, the next large allocations fault their pages in again, and small ops
 meet cold caches. That penalises whichever function comes next, by up to ~0.8 ms at [64, 49152] (with
@@ -120,6 +122,7 @@ def median_ms(fns: list, x: torch.Tensor, rounds: int = 15, block: float = 0.01,
     for _ in range(rounds):
         for f, ts in zip(fns, times):
             n = max(1, int(block / max(statistics.median(ts) if ts else 1e-3, 1e-6)))  # calls filling ~`block` s
+            f(x)  # untimed: the timed calls then run in this function's own steady state (see the docstring)
             t0 = clock()
             for _ in range(n): f(x)
             ts.append((clock() - t0) / n)

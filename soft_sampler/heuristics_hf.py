@@ -350,26 +350,6 @@ def temperature(
     if zero.any(): out[zero] = _greedy(logits[zero])
     return out
 
-# %% ../nbs/03_heuristics_hf.ipynb #f29c45ae
-_HALF = 1 << 11  # bins per sign: a float32's bits >> 20 (sign, exponent, 3 mantissa bits), 1/8 octave each
-_ODD = 0x7F800000 >> 20  # the bin of +-inf within its sign half; NaNs lie there and above
-_KCAP = 4096  # rows whose k-th bin holds more tokens (huge ties) take the full `topk`
-
-def _value_bins(x: Float[Tensor, "b v"]) -> tuple[Tensor, Tensor]:
-    "Each float32 logit's bin (bits >> 20, moved to >= 0, plus row * 2 * `_HALF`) and each row's counts."
-    off = torch.arange(_HALF, x.shape[0] * 2 * _HALF, 2 * _HALF, dtype=torch.int32, device=x.device)[:, None]
-    bins = (x.view(torch.int32) >> 20).add_(off)  # negatives: 0 .. _HALF - 1, larger magnitude higher
-    return bins, torch.bincount(bins.view(-1), minlength=len(x) * 2 * _HALF).view(len(x), 2 * _HALF)
-
-# %% ../nbs/03_heuristics_hf.ipynb #ae81c1e6
-def _kth_bin(hist: Tensor, kk: Tensor) -> tuple[Tensor, Tensor]:
-    "Per row: the bin holding the k-th largest logit (`_value_bins`' numbers) and how many tokens lie above it."
-    cum = torch.cat([hist[:, _HALF:].flip(-1), hist[:, :_HALF]], 1).cumsum(-1)  # bins in descending value order
-    d = torch.searchsorted(cum, kk)  # bins before the one where the count reaches k
-    above = torch.where(d > 0, cum.gather(1, (d - 1).clamp_min(0)), 0)
-    j = torch.where(d < _HALF, 2 * _HALF - 1 - d, d - _HALF)
-    return j + torch.arange(0, hist.numel(), 2 * _HALF, device=hist.device)[:, None], above
-
 # %% ../nbs/03_heuristics_hf.ipynb #14f9c964
 def _flat_nonzero(mask: Tensor) -> Tensor:
     "`mask.view(-1).nonzero()` as a flat index vector, fast when few entries are set: words of 8 bools first."
@@ -378,29 +358,6 @@ def _flat_nonzero(mask: Tensor) -> Tensor:
     words = m.view(torch.int64).nonzero().squeeze(1)  # 8 bools per int64: 1/8 of the entries to scan
     idx = (words[:, None] * 8 + torch.arange(8, device=m.device)).view(-1)
     return idx[m[idx]]
-
-# %% ../nbs/03_heuristics_hf.ipynb #ff3327e4
-def _bin_members(x: Float[Tensor, "b v"], bins: Tensor, j: Tensor) -> tuple[Tensor, Tensor]:
-    "The logits in each row's bin `j`, padded with -inf to `[b, c]` (c <= `_KCAP`), and each bin's count `[b]`."
-    flat = _flat_nonzero(bins == j.to(torch.int32))
-    rows = flat // x.shape[1]
-    n = torch.bincount(rows, minlength=len(x))
-    pos = torch.arange(len(rows), device=x.device) - (n.cumsum(0) - n)[rows]  # place within the row
-    if int(n.max()) > _KCAP: flat, rows, pos = (t[pos < _KCAP] for t in (flat, rows, pos))
-    band = x.new_full((len(x), max(min(int(n.max()), _KCAP), 1)), _NEG)
-    return band.index_put_((rows, pos), x.view(-1)[flat]), n
-
-# %% ../nbs/03_heuristics_hf.ipynb #8001e6fc
-def _kth_largest(x: Float[Tensor, "b v"], kk: Tensor) -> tuple[Tensor, Tensor]:
-    "Each row's k-th largest logit `[b, 1]` by counting (no sort), and ok: False where NaN, `+inf` or a huge bin."
-    bins, hist = _value_bins(x)
-    j, above = _kth_bin(hist, kk)
-    band, n = _bin_members(x, bins, j)
-    r = (kk - above).clamp(1, band.shape[1])  # the k-th largest is the r-th largest of its bin
-    ok = n <= _KCAP
-    odd = (hist[:, _ODD:_HALF].sum(-1) + hist[:, _HALF + _ODD:].sum(-1)) > 0  # inf or NaN (-inf is fine)
-    if bool(odd.any()): ok[odd] &= (x[odd] < float("inf")).all(-1)
-    return band.topk(int(r.max())).values.gather(1, r - 1).masked_fill(~ok[:, None], _NEG), ok
 
 # %% ../nbs/03_heuristics_hf.ipynb #20b7136a
 def _top_k_dense(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
@@ -418,12 +375,25 @@ def _top_k_blocks(x: Float[Tensor, "b v"], kk: Tensor, kmax: int) -> Float[Tenso
     if dense.any(): out[dense] = x[dense].masked_fill(x[dense] < thr[dense], _NEG)
     return out
 
-# %% ../nbs/03_heuristics_hf.ipynb #496f3cf0
-def _top_k_counting(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
-    "Top-k via `_kth_largest` and `_keep_from` (long float32 CPU rows); flagged rows by `_top_k_dense`."
-    t, ok = _kth_largest(x.contiguous(), kk)  # bins and members are read through flat views
-    out = _keep_from(x, t)
-    if not bool(ok.all()): out[~ok] = _top_k_dense(x[~ok], kk[~ok])  # NaN / +inf rows, huge ties
+# %% ../nbs/03_heuristics_hf.ipynb #1ab9a09e
+def _kth_select(
+    buf: Float[Tensor, "b v"],  # a scratch copy of the logits: contiguous, on the CPU (partitioned in place)
+    kk: Tensor,  # k per row `[b, 1]`, 1 <= k <= v
+) -> tuple[Tensor, Tensor]:
+    "Each row's k-th largest value `[b, 1]` by selection (numpy's introselect, no sort), and the rows with a NaN `[b]`."
+    pos = buf.shape[1] - kk  # a row's k-th largest lands here once partitioned; the values after it are >= it
+    a = buf.numpy()
+    a.partition(np.unique(pos.numpy()), axis=-1)
+    nan = np.isnan(a[:, int(pos.min()):]).any(-1)  # NaN ranks above every number: a row's NaNs lie past its `pos`
+    return buf.gather(1, pos), torch.from_numpy(nan)
+
+# %% ../nbs/03_heuristics_hf.ipynb #1262e3e9
+def _top_k_select(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
+    "Top-k via `_kth_select` and `_keep_from` into one buffer (long float32 CPU rows); NaN rows by `_top_k_dense`."
+    out = torch.empty_like(x, memory_format=torch.contiguous_format).copy_(x)
+    t, nan = _kth_select(out, kk)
+    out = _keep_from(x, t.masked_fill(nan[:, None], 0), out=out)  # overwrites the partitioned copy row by row
+    if bool(nan.any()): out[nan] = _top_k_dense(x[nan], kk[nan])
     return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #2657dcc4
@@ -438,7 +408,7 @@ def top_k(
     if not len(kk): return logits.clone()  # an empty batch
     if _blocks_ok(logits, kmax := int(kk.max())): return _top_k_blocks(logits, kk, kmax)
     if not _long(logits) or logits.requires_grad: return _top_k_dense(logits, kk)
-    return _top_k_counting(logits, kk)  # float32 rows on the CPU, no autograd (`_keep_from` writes out=)
+    return _top_k_select(logits, kk)  # float32 rows on the CPU, no autograd (numpy reads them)
 
 # %% ../nbs/03_heuristics_hf.ipynb #d5ec2405
 def _excl_cumsum(pc: Tensor) -> Tensor:
