@@ -25,6 +25,28 @@ def _col(
     "`value` as a column `[1 or batch, 1]` in the logits' dtype, to broadcast against `[batch, vocab]`."
     return torch.as_tensor(value, dtype=logits.dtype, device=logits.device).reshape(-1, 1)
 
+# %% ../nbs/03_heuristics_hf.ipynb #cd484abd
+def _checked(
+    value: float | Tensor,  # the parameter: a number or per-row values `[batch]`
+    logits: Tensor,  # the logits it applies to
+    name: str,  # the parameter's name, for the error message
+    low: float,  # smallest allowed value
+    high: float = math.inf,  # largest allowed value
+    open_ends: str = "",  # which ends are excluded: "l", "h" or "lh"
+    integer: bool = False,  # whole numbers only
+) -> Tensor:
+    "`_col(value, logits)`, refusing by name a wrong batch size, NaN and values outside the range."
+    try: c = _col(value, logits)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"`{name}` must be a real number (or per-row values), got {type(value).__name__} {value!r:.60}")
+    if c.shape[0] not in (1, logits.shape[0]):
+        raise ValueError(f"`{name}` must be a number or [batch]=[{logits.shape[0]}] values, got {c.shape[0]}")
+    ok = (c > low if "l" in open_ends else c >= low) & (c < high if "h" in open_ends else c <= high)
+    if not bool((ok & (c == c.round()) if integer else ok).all()):
+        rng = f"{'(' if 'l' in open_ends else '['}{low}, {high}{')' if 'h' in open_ends else ']'}"
+        raise ValueError(f"`{name}` must be {'an integer' if integer else 'a number'} in {rng}, got {value!r:.60}")
+    return c
+
 # %% ../nbs/03_heuristics_hf.ipynb #099e3cbb
 def _first(
     key: Float[Tensor, "batch vocab"],  # what to rank by, largest first
@@ -32,7 +54,7 @@ def _first(
 ) -> Tensor:
     "Mask of each row's `m` largest entries of `key`, ties in increasing token order (a stable sort)."
     rank = key.sort(dim=-1, descending=True, stable=True).indices.argsort(-1)
-    return rank < torch.as_tensor(m, device=key.device).reshape(-1, 1)
+    return rank < _checked(m, key, "min_tokens_to_keep", 1, integer=True)
 
 # %% ../nbs/03_heuristics_hf.ipynb #5937bd12
 def rule_temperature(
@@ -40,7 +62,7 @@ def rule_temperature(
     t: float | Tensor,  # temperature >= 0 (number or `[batch]`); 0 = greedy
 ) -> Float[Tensor, "batch vocab"]:
     "`logits / t` (removed tokens stay `-inf`); `t = 0` keeps only the first argmax."
-    tc = _col(t, logits)
+    tc = _checked(t, logits, "t", 0)
     out = (logits / tc.masked_fill(tc == 0, 1)).masked_fill(logits == _NEG, _NEG)
     return torch.where(tc == 0, logits.masked_fill(~_first(logits, 1), _NEG), out)
 
@@ -51,7 +73,9 @@ def rule_top_k(
     min_tokens_to_keep: int | Tensor = 1,  # k is raised to at least this
 ) -> Float[Tensor, "batch vocab"]:
     "Keep every logit at least the k-th largest (ties with it kept)."
-    kk = torch.maximum(_col(k, logits), _col(min_tokens_to_keep, logits)).long().clamp_max(logits.shape[1])
+    kk = torch.maximum(_checked(k, logits, "k", 1, integer=True),
+                       _checked(min_tokens_to_keep, logits, "min_tokens_to_keep", 1, integer=True))
+    kk = kk.long().clamp_max(logits.shape[1])
     kth = logits.sort(-1, descending=True).values.gather(1, kk.expand(len(logits), 1) - 1)
     return logits.masked_fill(logits < kth, _NEG)
 
@@ -64,7 +88,7 @@ def rule_top_p(
     "Keep the most likely tokens while the mass before each is below `p` (and the `min_tokens_to_keep` first)."
     idx = logits.sort(dim=-1, descending=True, stable=True).indices
     ps = logits.softmax(-1).gather(1, idx).double()
-    pc = _col(p, logits).double()
+    pc = _checked(p, logits, "p", 0, 1).double()
     keep = ((ps.cumsum(-1) - ps < pc) | (pc >= 1)) & (ps > 0)
     keep = torch.zeros_like(keep).scatter_(1, idx, keep) | _first(logits, min_tokens_to_keep)
     return logits.masked_fill(~keep, _NEG)
@@ -76,7 +100,7 @@ def rule_min_p(
     min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens
 ) -> Float[Tensor, "batch vocab"]:
     "Keep tokens with `p_i >= p max_j p_j`, i.e. `l_i >= max_j l_j + log p` (and the `min_tokens_to_keep` first)."
-    cut = logits.amax(-1, keepdim=True) + _col(p, logits).log()
+    cut = logits.amax(-1, keepdim=True) + _checked(p, logits, "p", 0, 1).log()
     return logits.masked_fill((logits < cut) & ~_first(logits, min_tokens_to_keep), _NEG)
 
 # %% ../nbs/03_heuristics_hf.ipynb #4de88350
@@ -86,12 +110,23 @@ def rule_typical(
     min_tokens_to_keep: int | Tensor = 1,  # always keep this many tokens closest to the entropy
 ) -> Float[Tensor, "batch vocab"]:
     "Sort by `|-log p_i - H|`, keep the first tokens until their mass reaches `p` (ties with the last kept)."
+    pc = _checked(p, logits, "p", 0, 1, "lh")
     lp = logits.log_softmax(-1)
     s = (-lp - (-(lp * lp.exp()).nansum(-1, keepdim=True))).abs()
     ss, idx = s.sort(dim=-1, stable=True)
-    last = (lp.exp().gather(1, idx).double().cumsum(-1) < _col(p, logits)).sum(-1, keepdim=True)
+    last = (lp.exp().gather(1, idx).double().cumsum(-1) < pc).sum(-1, keepdim=True)
     remove = s > ss.gather(1, last.clamp_max(s.shape[1] - 1))
     return logits.masked_fill(remove & ~_first(-s, min_tokens_to_keep), _NEG)
+
+# %% ../nbs/03_heuristics_hf.ipynb #2a6d51aa
+def _drop_below(
+    logits: Float[Tensor, "batch vocab"],  # next-token logits
+    cut: Float[Tensor, "batch 1"],  # probability cut-off per row (or one for all)
+    min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens (and their ties)
+) -> Float[Tensor, "batch vocab"]:
+    "Remove tokens with probability below `cut` unless `rule_top_k(logits, min_tokens_to_keep)` keeps them."
+    small = logits.softmax(-1) < cut
+    return logits.masked_fill(small & (rule_top_k(logits, min_tokens_to_keep) == _NEG), _NEG)
 
 # %% ../nbs/03_heuristics_hf.ipynb #b364fe7a
 def rule_epsilon(
@@ -100,8 +135,7 @@ def rule_epsilon(
     min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens (and their ties)
 ) -> Float[Tensor, "batch vocab"]:
     "Remove tokens with probability below `eps` unless `rule_top_k(logits, min_tokens_to_keep)` keeps them."
-    small = logits.softmax(-1) < _col(eps, logits)
-    return logits.masked_fill(small & (rule_top_k(logits, min_tokens_to_keep) == _NEG), _NEG)
+    return _drop_below(logits, _checked(eps, logits, "eps", 0, 1, "lh"), min_tokens_to_keep)
 
 # %% ../nbs/03_heuristics_hf.ipynb #a5c6d7a8
 def rule_eta(
@@ -109,11 +143,11 @@ def rule_eta(
     eps: float | Tensor,  # epsilon in (0, 1) (number or `[batch]`)
     min_tokens_to_keep: int | Tensor = 1,  # always keep this many most likely tokens (and their ties)
 ) -> Float[Tensor, "batch vocab"]:
-    "`rule_epsilon` with the cut-off `min(eps, sqrt(eps) exp(-H))`, H the row's entropy."
+    "ε (`rule_epsilon`) with the cut-off `min(eps, sqrt(eps) exp(-H))`, H the row's entropy."
     lp = logits.log_softmax(-1)
-    e = _col(eps, logits)
-    return rule_epsilon(logits, torch.minimum(e, e.sqrt() * (lp.exp() * lp).nansum(-1, keepdim=True).exp()),
-                        min_tokens_to_keep)
+    e = _checked(eps, logits, "eps", 0, 1, "lh")
+    return _drop_below(logits, torch.minimum(e, e.sqrt() * (lp.exp() * lp).nansum(-1, keepdim=True).exp()),
+                       min_tokens_to_keep)
 
 # %% ../nbs/03_heuristics_hf.ipynb #ddf91b95
 def rule_top_h(
@@ -122,9 +156,12 @@ def rule_top_h(
     top_n: int | None = 100,  # tokens considered (transformers: 100); None = the whole vocabulary
 ) -> Float[Tensor, "batch vocab"]:
     "Keep the most likely tokens while their entropy terms sum to at most `h` times the entropy."
+    hc = _checked(h, logits, "h", 0, 1, "l")
+    if top_n is not None and (isinstance(top_n, bool) or not isinstance(top_n, int) or top_n < 1):
+        raise ValueError(f"`top_n` must be a positive integer or None, got {top_n!r}")
     idx = logits.sort(dim=-1, descending=True, stable=True).indices[:, :top_n]
     d = torch.distributions.Categorical(logits=logits.gather(1, idx), validate_args=False)
-    keep = (-d.probs * d.probs.log()).cumsum(-1) <= d.entropy()[:, None] * _col(h, logits)
+    keep = (-d.probs * d.probs.log()).cumsum(-1) <= d.entropy()[:, None] * hc
     keep[:, 0] = True
     return logits.masked_fill(~torch.zeros_like(logits, dtype=torch.bool).scatter_(1, idx, keep), _NEG)
 
