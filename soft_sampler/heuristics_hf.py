@@ -387,15 +387,6 @@ def temperature(
     if zero.any(): out[zero] = _greedy(logits[zero])
     return out
 
-# %% ../nbs/03_heuristics_hf.ipynb #14f9c964
-def _flat_nonzero(mask: Tensor) -> Tensor:
-    "`mask.view(-1).nonzero()` as a flat index vector, fast when few entries are set: words of 8 bools first."
-    m = mask.reshape(-1)
-    if m.numel() % 8 or m.is_cuda or m.storage_offset() % 8: return m.nonzero().squeeze(1)
-    words = m.view(torch.int64).nonzero().squeeze(1)  # 8 bools per int64: 1/8 of the entries to scan
-    idx = (words[:, None] * 8 + torch.arange(8, device=m.device)).view(-1)
-    return idx[m[idx]]
-
 # %% ../nbs/03_heuristics_hf.ipynb #20b7136a
 def _top_k_dense(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
     "Every logit below the `topk` k-th value (`kk`: `[b, 1]`) set to -inf: the reference, any dtype or device."
@@ -498,6 +489,15 @@ def _crossing_bin(bins, probs, p, descending: bool):
     f = _FINE - 1 - f if descending else f  # else the mass never reaches p (rounding, NaN rows): ok is False
     j = (c * _FINE + f.clamp(0, _FINE - 1)) + torch.arange(b, device=probs.device)[:, None] * _NBINS
     return j.to(torch.int32), before, ok & fine_ok
+
+# %% ../nbs/03_heuristics_hf.ipynb #14f9c964
+def _flat_nonzero(mask: Tensor) -> Tensor:
+    "`mask.view(-1).nonzero()` as a flat index vector, fast when few entries are set: words of 8 bools first."
+    m = mask.reshape(-1)
+    if m.numel() % 8 or m.is_cuda or m.storage_offset() % 8: return m.nonzero().squeeze(1)
+    words = m.view(torch.int64).nonzero().squeeze(1)  # 8 bools per int64: 1/8 of the entries to scan
+    idx = (words[:, None] * 8 + torch.arange(8, device=m.device)).view(-1)
+    return idx[m[idx]]
 
 # %% ../nbs/03_heuristics_hf.ipynb #8aa61023
 def _band(bins, j, key, probs, descending: bool):
