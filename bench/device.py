@@ -148,7 +148,7 @@ def soft(res: dict, model, tok) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="device.json")
+    ap.add_argument("--out", default="device.json")  # bench/device.sh passes $OUT/device.json; device.json is git-ignored
     ap.add_argument("--only", default="", help="comma-separated sections")
     ap.add_argument("--dry", action="store_true", help="run every section on the CPU, tiny sizes (a check of the script)")
     a = ap.parse_args(argv)
