@@ -573,6 +573,9 @@ def _top_band(
     hits = bm >= top - gap
     banded = top.isfinite() & (hits.sum(-1, keepdim=True) * 2 <= bm.shape[1])  # else flat, NaN, +-inf: skipped
     thr = torch.where(banded, top - gap, float("inf"))
+    if not bool(banded.any()):  # every row flat (or NaN/inf): nothing to extract
+        none = torch.zeros(0, dtype=torch.long, device=x.device)
+        return none, none, torch.zeros(b, dtype=torch.long, device=x.device), top, thr
     hit = (hits & banded).view(-1).nonzero().squeeze(1)
     i = _flat_nonzero(x.view(-1, _BW)[hit] >= thr.view(-1)[hit // bm.shape[1]][:, None])  # within the hit blocks
     flat = hit[i // _BW] * _BW + i % _BW
