@@ -505,6 +505,25 @@ def _flat_eq(
     if a.device.type != "cpu": return _flat_nonzero(a == j)
     return torch.from_numpy(np.flatnonzero(a.numpy() == j.numpy()))
 
+# %% ../nbs/03_heuristics_hf.ipynb #72d1f6eb
+def _ord32(vals: Tensor) -> Tensor:
+    "float32 values as int64 keys in the int32 range, monotone in the value (signed zeros equal, NaN largest)."
+    bits = (vals + 0.0).view(torch.int32).long()  # -0.0 + 0.0 = +0.0
+    return torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).masked_fill_(vals.isnan(), 0x7FFFFFFF)
+
+# %% ../nbs/03_heuristics_hf.ipynb #29917817
+def _sort_rows(
+    keys: Float[Tensor, "b c"],  # short rows to sort
+    descending: bool,
+) -> tuple[Tensor, Tensor]:
+    "`torch.sort(keys, dim=-1, descending=descending, stable=True)`: values and permutation (float32 CPU: numpy)."
+    if keys.device.type != "cpu" or keys.dtype != torch.float32:
+        return torch.sort(keys, dim=-1, descending=descending, stable=True)
+    o = _ord32(keys)
+    packed = ((~o if descending else o) << 32) | torch.arange(keys.shape[1])  # the value's order, then the place
+    perm = torch.from_numpy(np.sort(packed.numpy(), -1)) & 0xFFFFFFFF
+    return keys.gather(1, perm), perm
+
 # %% ../nbs/03_heuristics_hf.ipynb #8aa61023
 def _band(bins, j, key, probs, descending: bool):
     "Tokens of each row's bin `j`, padded to `[b, c]`, sorted by `key` (ties by id): keys, probs, cols, count, fits."
@@ -521,7 +540,7 @@ def _band(bins, j, key, probs, descending: bool):
     lin = rows * c + pos  # flat places in `[b, c]`: `scatter_` and `index_select` are 3-4x cheaper than 2-D indexing
     put = lambda fill, src: src.new_full((b * c,), fill).scatter_(0, lin, src).view(b, c)
     keys = put(_NEG if descending else float("inf"), key.reshape(-1).index_select(0, flat))
-    keys, perm = torch.sort(keys, dim=-1, descending=descending, stable=True)
+    keys, perm = _sort_rows(keys, descending)
     ps = put(0.0, probs.reshape(-1).index_select(0, flat)).gather(1, perm).double()
     return keys, ps, put(0, cols).gather(1, perm), n[:, None], fits
 
@@ -585,9 +604,7 @@ def _top_band(
 # %% ../nbs/03_heuristics_hf.ipynb #06b653bf
 def _desc_key(rows: Tensor, vals: Tensor) -> Tensor:
     "int64 keys ordering by row, then float32 value descending (signed zeros equal)."
-    bits = (vals + 0.0).view(torch.int32).long()  # -0.0 + 0.0 = +0.0
-    ordk = torch.where(bits >= 0, bits, bits ^ 0x7FFFFFFF)  # monotone in the value, as a signed int32
-    return (rows << 32) + (0x7FFFFFFF - ordk)
+    return (rows << 32) + (0x7FFFFFFF - _ord32(vals))
 
 # %% ../nbs/03_heuristics_hf.ipynb #c7495a71
 _FIX = 2.0 ** 44  # the fixed point's unit is 2^-44
