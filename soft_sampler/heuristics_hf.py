@@ -424,6 +424,30 @@ def _top_k_select(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
     if bool(nan.any()): out[nan] = _top_k_dense(x[nan], kk[nan])
     return out
 
+# %% ../nbs/03_heuristics_hf.ipynb #1519ed70
+_STRIDE = 32  # top-k: every 32nd logit samples the row
+
+def _kth_sampled(
+    x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU (not modified)
+    kk: Tensor,  # k per row `[b, 1]`, 1 <= k <= v
+) -> tuple[Tensor, Tensor]:
+    "Each row's k-th largest value `[b, 1]` from the tokens above a sampled threshold, and `ok` `[b]` where it is exact."
+    b, v = x.shape
+    s = x[:, ::_STRIDE].contiguous()
+    kf = kk.double() / _STRIDE
+    j = (kf + 3 * kf.sqrt() + 3).ceil().long()  # the sample's rank whose value >= k tokens reach, but for strange rows
+    lo = _kth_select(s, j.clamp_max(s.shape[1]))[0]
+    ok = ((j <= s.shape[1]) & lo.isfinite()).squeeze(1) & ~x.sum(-1).isnan()  # NaN (or +inf with -inf): full selection
+    a, x_lo = x.numpy(), torch.where(ok[:, None], lo, float("inf")).numpy()
+    flat = np.flatnonzero(a >= x_lo)  # row-major: row by row, each row's tokens in order
+    n = np.bincount(flat // v, minlength=b)
+    ok &= torch.from_numpy(n >= kk.squeeze(1).numpy())  # every token >= the k-th is among the candidates
+    c = max(int(n.max()), 1)
+    place = np.arange(len(flat)) + np.repeat(np.arange(b) * c - (np.cumsum(n) - n), n)  # row * c + place in the row
+    vals = x.view(-1).index_select(0, torch.from_numpy(flat))
+    cand = x.new_full((b * c,), _NEG).scatter_(0, torch.from_numpy(place), vals).view(b, c)
+    return _kth_select(cand, kk.clamp_max(c))[0], ok
+
 # %% ../nbs/03_heuristics_hf.ipynb #2657dcc4
 def top_k(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -436,7 +460,12 @@ def top_k(
     if not len(kk): return logits.clone()  # an empty batch
     if _blocks_ok(logits, kmax := int(kk.max())): return _top_k_blocks(logits, kk, kmax)
     if not _long(logits) or logits.requires_grad: return _top_k_dense(logits, kk)
-    return _top_k_select(logits, kk)  # float32 rows on the CPU, no autograd (numpy reads them)
+    if 8 * kmax > logits.shape[1]: return _top_k_select(logits, kk)  # float32 rows on the CPU, no autograd
+    x = logits.contiguous()
+    t, ok = _kth_sampled(x, kk)
+    out = _keep_from(x, t.masked_fill(~ok[:, None], 0))
+    if not bool(ok.all()): out[~ok] = _top_k_select(x[~ok], kk[~ok])
+    return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #d5ec2405
 def _excl_cumsum(pc: Tensor) -> Tensor:
