@@ -425,28 +425,29 @@ def _top_k_select(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
     return out
 
 # %% ../nbs/03_heuristics_hf.ipynb #1519ed70
-_STRIDE = 32  # top-k: every 32nd logit samples the row
+_SPAN, _TAKE = 128, 4  # top-k: the first 4 logits of every 128 sample the row (1/8 of its cache lines)
 
 def _kth_sampled(
-    x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU (not modified)
+    x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU, v >= _SPAN (not modified)
     kk: Tensor,  # k per row `[b, 1]`, 1 <= k <= v
 ) -> tuple[Tensor, Tensor]:
     "Each row's k-th largest value `[b, 1]` from the tokens above a sampled threshold, and `ok` `[b]` where it is exact."
     b, v = x.shape
-    s = x[:, ::_STRIDE].contiguous()
-    kf = kk.double() / _STRIDE
+    s = x[:, : v - v % _SPAN].view(b, -1, _SPAN)[:, :, :_TAKE].reshape(b, -1)
+    kf = kk.double() * (s.shape[1] / v)  # the sample's share of the k largest
     j = (kf + 3 * kf.sqrt() + 3).ceil().long()  # the sample's rank whose value >= k tokens reach, but for strange rows
     lo = _kth_select(s, j.clamp_max(s.shape[1]))[0]
-    ok = ((j <= s.shape[1]) & lo.isfinite()).squeeze(1) & ~x.sum(-1).isnan()  # NaN (or +inf with -inf): full selection
-    a, x_lo = x.numpy(), torch.where(ok[:, None], lo, float("inf")).numpy()
-    flat = np.flatnonzero(a >= x_lo)  # row-major: row by row, each row's tokens in order
+    ok = ((j <= s.shape[1]) & lo.isfinite()).squeeze(1)
+    a = x.numpy()
+    flat = np.flatnonzero(~(a < torch.where(ok[:, None], lo, float("inf")).numpy()))  # row-major; NaN tokens pass
     n = np.bincount(flat // v, minlength=b)
     ok &= torch.from_numpy(n >= kk.squeeze(1).numpy())  # every token >= the k-th is among the candidates
     c = max(int(n.max()), 1)
     place = np.arange(len(flat)) + np.repeat(np.arange(b) * c - (np.cumsum(n) - n), n)  # row * c + place in the row
     vals = x.view(-1).index_select(0, torch.from_numpy(flat))
     cand = x.new_full((b * c,), _NEG).scatter_(0, torch.from_numpy(place), vals).view(b, c)
-    return _kth_select(cand, kk.clamp_max(c))[0], ok
+    kth, nan = _kth_select(cand, kk.clamp_max(c))  # NaN ranks above every number, as in `topk`
+    return kth, ok & ~nan  # rows with NaN: the threshold pass would drop the NaNs that transformers keeps
 
 # %% ../nbs/03_heuristics_hf.ipynb #2657dcc4
 def top_k(
@@ -496,6 +497,9 @@ def _bins(
     "Each entry's bin, monotone in `key`, plus the row times `_NBINS` (one flat `bincount` serves every row)."
     key = key.float().nan_to_num(0.0) if key.dtype != torch.float32 or bool(key[:, :1].isnan().any()) else key
     off = torch.arange(0, key.shape[0] * _NBINS, _NBINS, dtype=torch.int32, device=key.device)[:, None]
+    if per_nat is None and key.device.type == "cpu":  # numpy's integer shift and add: ~30% faster than torch's
+        out = np.right_shift(key.detach().contiguous().numpy().view(np.int32), _SHIFT)
+        return torch.from_numpy(np.add(out, off.numpy(), out=out))
     if per_nat is None: return (key.view(torch.int32) >> _SHIFT).add_(off)
     return key.mul(per_nat).clamp_(max=_NBINS - 1).to(torch.int32).add_(off)  # floor(per_nat * key), capped
 
