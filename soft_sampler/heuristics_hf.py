@@ -439,7 +439,8 @@ def _kth_sampled(
     lo = _kth_select(s, j.clamp_max(s.shape[1]))[0]
     ok = ((j <= s.shape[1]) & lo.isfinite()).squeeze(1)
     a = x.numpy()
-    flat = np.flatnonzero(~(a < torch.where(ok[:, None], lo, float("inf")).numpy()))  # row-major; NaN tokens pass
+    passed = np.less(a, torch.where(ok[:, None], lo, float("inf")).numpy())
+    flat = np.flatnonzero(np.logical_not(passed, out=passed))  # row-major; NaN tokens pass
     n = np.bincount(flat // v, minlength=b)
     ok &= torch.from_numpy(n >= kk.squeeze(1).numpy())  # every token >= the k-th is among the candidates
     c = max(int(n.max()), 1)
