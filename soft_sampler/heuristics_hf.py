@@ -431,11 +431,11 @@ def _kth_sampled(
     x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU, v >= _SPAN (not modified)
     kk: Tensor,  # k per row `[b, 1]`, 1 <= k <= v
 ) -> tuple[Tensor, Tensor]:
-    "Each row's k-th largest value `[b, 1]` from the tokens above a sampled threshold, and `ok` `[b]` where it is exact."
+    "Each row's k-th largest value `[b, 1]`, found among the tokens above a sampled threshold; `ok` `[b]` where exact."
     b, v = x.shape
     s = x[:, : v - v % _SPAN].view(b, -1, _SPAN)[:, :, :_TAKE].reshape(b, -1)
     kf = kk.double() * (s.shape[1] / v)  # the sample's share of the k largest
-    j = (kf + 3 * kf.sqrt() + 3).ceil().long()  # the sample's rank whose value >= k tokens reach, but for strange rows
+    j = (kf + 3 * kf.sqrt() + 3).ceil().long()  # a sample rank that >= k tokens reach (3 sd)
     lo = _kth_select(s, j.clamp_max(s.shape[1]))[0]
     ok = ((j <= s.shape[1]) & lo.isfinite()).squeeze(1)
     a = x.numpy()
