@@ -482,7 +482,9 @@ def _kill_group(proc: subprocess.Popen, term_wait: float) -> None:
 @patch
 def stop(self: ServerProcess) -> None:
     "Stop the process group (SIGTERM, SIGKILL after `term_wait` s, then any child left), close the log, clean up."
-    if getattr(self, "proc", None) is not None: _kill_group(self.proc, self.term_wait)
+    if getattr(self, "proc", None) is not None:
+        _kill_group(self.proc, self.term_wait)
+        if self.proc.stdin: self.proc.stdin.close()  # the watchdog's pipe
     if getattr(self, "log", None) is not None: self.log.close()
     self.cleanup()
 
@@ -499,14 +501,29 @@ def _wait_ready(self: ServerProcess) -> bool:
         time.sleep(self.poll)
     return False
 
+# %% ../nbs/11_remote.ipynb #7d1e0a02
+_WATCHDOG = """import os, signal, subprocess, sys, threading, time
+p = subprocess.Popen(sys.argv[1:], stdin=subprocess.DEVNULL)
+signal.signal(signal.SIGTERM, lambda *a: None)  # a group SIGTERM is for the server; we exit when it does
+def orphaned():  # EOF: the parent closed the pipe or died, however it died
+    while os.read(0, 4096): pass
+    os.killpg(0, signal.SIGTERM)
+    time.sleep(10)
+    os.killpg(0, signal.SIGKILL)
+threading.Thread(target=orphaned, daemon=True).start()
+code = p.wait()
+if code < 0: signal.signal(-code, signal.SIG_DFL); os.kill(os.getpid(), -code)
+os._exit(code)  # not sys.exit: the reading thread must not hold up the interpreter's shutdown
+"""  # run as `python -c _WATCHDOG COMMAND...`, stdin a pipe from the parent
+
 # %% ../nbs/11_remote.ipynb #01f0572f
 @patch
 def start(self: ServerProcess):
     "Start the process (its own process group) and wait until `/health` answers 200; else stop it and raise."
     self.log = self.open_log()
-    self.proc = subprocess.Popen(list(map(str, self.command())), stdout=self.log, stderr=subprocess.STDOUT,
-                                 env=self.env(), start_new_session=True)
-    atexit.register(self.stop)  # never leave an orphaned server behind
+    self.proc = subprocess.Popen([sys.executable, "-c", _WATCHDOG, *map(str, self.command())], stdin=subprocess.PIPE,
+                                 stdout=self.log, stderr=subprocess.STDOUT, env=self.env(), start_new_session=True)
+    atexit.register(self.stop)  # a normal exit stops it at once; the watchdog covers a killed parent
     if self._wait_ready(): return self
     tail = Path(self.log.name).read_text()[-2000:]
     self.stop()
