@@ -408,12 +408,16 @@ def _at(t: Tensor, i: Tensor) -> Tensor:
     "`t[i]` for a 1-D integer index `i` along dim 0, by `index_select` (4-7x cheaper than `t[i]` on the CPU)."
     return t.index_select(0, i)
 
+
+# %% ../nbs/03_heuristics_hf.ipynb #9c4e2a04
 def _pick(t: Tensor, mask: Tensor) -> Tensor:
     "`t[mask]` for a 1-D `t` and a boolean `mask`, by `masked_select` (~3x cheaper on the CPU)."
     return t.masked_select(mask)
 
+
+# %% ../nbs/03_heuristics_hf.ipynb #9c4e2a06
 def _idx(mask: Tensor) -> Tensor:
-    "The positions where a 1-D boolean `mask` holds, as an int64 index."
+    "The positions where a 1-D boolean `mask` holds, as an int64 index (`_at(t, _idx(mask))` is `t[mask]`)."
     return mask.nonzero().squeeze(1)
 
 
@@ -646,7 +650,8 @@ def _top_band(
         none = torch.zeros(0, dtype=torch.long, device=x.device)
         return none, none, torch.zeros(b, dtype=torch.long, device=x.device), top, thr
     hit = (hits & banded).view(-1).nonzero().squeeze(1)
-    i = _flat_nonzero(_at(x.view(-1, _BW), hit) >= _at(thr.view(-1), hit // bm.shape[1])[:, None])  # within the hit blocks
+    within = _at(x.view(-1, _BW), hit) >= _at(thr.view(-1), hit // bm.shape[1])[:, None]  # in the hit blocks
+    i = _flat_nonzero(within)
     flat = hit[i // _BW] * _BW + i % _BW
     rows = flat // v
     return flat, rows, torch.bincount(rows, minlength=b), top, thr
@@ -824,7 +829,8 @@ def _typical_band(
     pos, start = _segments(rows, n)
     incl = q.cumsum(0)
     upto = incl - _at(_at(incl - q, start.clamp_max(len(q) - 1)), rows)  # the mass up to each token, within its row
-    last = torch.bincount(_pick(rows, upto < _at(_fixed(p, ceil=True).squeeze(1), rows)), minlength=len(x))  # before the crossing
+    below = upto < _at(_fixed(p, ceil=True).squeeze(1), rows)
+    last = torch.bincount(_pick(rows, below), minlength=len(x))  # tokens before the crossing
     j = torch.maximum(last, m.squeeze(1) - 1)  # the boundary: the crossing, or the m-th
     ok &= j < n
     at = lambda k: (start + k.clamp_max(n - 1).clamp_min(0)).clamp_max(len(q) - 1)
