@@ -512,7 +512,10 @@ def orphaned():  # EOF: the parent closed the pipe or died, however it died
     os.killpg(0, signal.SIGKILL)
 threading.Thread(target=orphaned, daemon=True).start()
 code = p.wait()
-if code < 0: signal.signal(-code, signal.SIG_DFL); os.kill(os.getpid(), -code)
+if code < 0:  # killed by a signal: die by the same one
+    try: signal.signal(-code, signal.SIG_DFL)
+    except (OSError, ValueError): pass  # SIGKILL and SIGSTOP keep their default anyway
+    os.kill(os.getpid(), -code)
 os._exit(code)  # not sys.exit: the reading thread must not hold up the interpreter's shutdown
 """  # run as `python -c _WATCHDOG COMMAND...`, stdin a pipe from the parent
 
