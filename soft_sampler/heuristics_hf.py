@@ -546,7 +546,7 @@ def _crossing_bin(bins, probs, p, descending: bool):
 # %% ../nbs/03_heuristics_hf.ipynb #14f9c964
 def _flat_nonzero(mask: Tensor) -> Tensor:
     "`mask.view(-1).nonzero()` as a flat index vector (row-major); on the CPU numpy's vectorised `flatnonzero`."
-    if mask.device.type != "cpu": return mask.reshape(-1).nonzero().squeeze(1)
+    if mask.device.type != "cpu": return _idx(mask.reshape(-1))
     return torch.from_numpy(np.flatnonzero(mask.numpy()))
 
 # %% ../nbs/03_heuristics_hf.ipynb #bed12c70
@@ -588,7 +588,7 @@ def _band(bins, j, key, probs, descending: bool):
     c = max(int(torch.where(fits, n, 0).max()) if b else 1, 1)
     pos = torch.arange(len(rows), device=key.device) - _at(n.cumsum(0) - n, rows)  # place within the row
     if not bool(fits.all()):  # rows past `_CAP` keep their first c tokens (their results are not used)
-        sel = (pos < c).nonzero().squeeze(1)
+        sel = _idx(pos < c)
         flat, rows, cols, pos = _at(flat, sel), _at(rows, sel), _at(cols, sel), _at(pos, sel)
     lin = rows * c + pos  # flat places in `[b, c]`: `scatter_` and `index_select` are 3-4x cheaper than 2-D indexing
     put = lambda fill, src: src.new_full((b * c,), fill).scatter_(0, lin, src).view(b, c)
@@ -649,7 +649,7 @@ def _top_band(
     if not bool(banded.any()):  # every row flat (or NaN/inf): nothing to extract
         none = torch.zeros(0, dtype=torch.long, device=x.device)
         return none, none, torch.zeros(b, dtype=torch.long, device=x.device), top, thr
-    hit = (hits & banded).view(-1).nonzero().squeeze(1)
+    hit = _idx((hits & banded).view(-1))
     within = _at(x.view(-1, _BW), hit) >= _at(thr.view(-1), hit // bm.shape[1])[:, None]  # in the hit blocks
     i = _flat_nonzero(within)
     flat = hit[i // _BW] * _BW + i % _BW
