@@ -4,7 +4,7 @@
 
 # %% ../nbs/03_heuristics_hf.ipynb #a99a0c7c
 from __future__ import annotations
-import functools, math
+import functools, math, os
 import numpy as np
 import torch
 from torch import Tensor
@@ -421,6 +421,129 @@ def _idx(mask: Tensor) -> Tensor:
     return mask.nonzero().squeeze(1)
 
 
+# %% ../nbs/03_heuristics_hf.ipynb #k0a2
+try:
+    import numba
+except ImportError:  # optional: the torch paths do the same work, slower
+    numba = None
+_NUMBA = numba is not None and os.environ.get("SOFT_SAMPLER_NUMBA", "1") != "0"
+
+def _jit(f):
+    "`f` compiled by numba (no GIL, no bounds checks, cached beside the module where it has a file), or `f` itself."
+    if numba is None: return f
+    try: return numba.njit(cache=True, nogil=True, boundscheck=False)(f)
+    except RuntimeError: return numba.njit(nogil=True, boundscheck=False)(f)  # no file to cache beside (a notebook)
+
+def _compiled(x: Tensor) -> bool:
+    "Whether the compiled kernels serve `x`: non-empty float32 rows on the CPU, no autograd, numba enabled."
+    return (_NUMBA and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+            and x.dim() == 2 and x.numel() > 0)
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k0a5
+_KSH = 17  # bins of 1/64 octave: a non-negative float32's bits >> 17
+_KNB = 1 << (31 - _KSH)  # every non-negative bit pattern (inf and NaN too) has its bin below this
+_KP1 = (0x3F800000 >> _KSH) + 1  # probabilities (<= 1) lie in the bins below this
+_KG = 64  # bins per group: the crossing is found among the group sums, then in its group
+
+@_jit
+def _k_hist(h, bits, sh, w):
+    "`h`: one row's mass `w` (float32) per bin `bits >> sh` of the non-negative int32 `bits` (each below `len(h)`)."
+    h[:] = 0.0
+    for i in range(bits.shape[0]): h[bits[i] >> sh] += w[i]
+
+@_jit
+def _k_cross(h, p, down):
+    "The bin where the mass, from the top bin (`down`) or from bin 0, reaches `p`, and the mass before it (-1: never)."
+    w = h.shape[0]
+    ng, cum = (w + _KG - 1) // _KG, 0.0
+    for q in range(ng):
+        g = ng - 1 - q if down else q
+        a, z = g * _KG, min(g * _KG + _KG, w)
+        s = h[a:z].sum()
+        if cum + s >= p:
+            for q2 in range(z - a):
+                j = z - 1 - q2 if down else a + q2
+                if cum + h[j] >= p: return j, cum
+                cum += h[j]
+            return -1, cum  # rounding: the group's bins fell short of its sum
+        cum += s
+    return -1, cum
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k0a8
+_KCAP = 4096  # a crossing bin with more tokens (huge ties) leaves the row to the torch path
+_KCH, _KSUB = 256, 16  # chunks counted vectorised; a hit chunk counted by sub-chunks; hit sub-chunks compacted
+
+@_jit
+def _k_split(bits, sh, j, up, x, out, cols):
+    """One pass over a row: `out` = `x` where the bin (bits >> sh) is past `j` (above it if `up`, else below), else
+    -inf; the columns of bin `j` into `cols` (room for `_KCAP + _KSUB`). Returns how many (> _KCAP: too many, and the
+    row is left part written)."""
+    v, n, neg = bits.shape[0], 0, np.float32(-np.inf)
+    for i0 in range(0, v, _KCH):
+        sb, sx, so = bits[i0:i0 + _KCH], x[i0:i0 + _KCH], out[i0:i0 + _KCH]
+        m, c = sb.shape[0], 0
+        for i in range(m): c += (sb[i] >> sh) == j
+        if c:
+            if n + c > _KCAP: return _KCAP + 1
+            for s0 in range(0, m, _KSUB):
+                tb, cs = sb[s0:s0 + _KSUB], 0
+                for i in range(tb.shape[0]): cs += (tb[i] >> sh) == j
+                if cs:
+                    for i in range(tb.shape[0]):
+                        cols[n] = i0 + s0 + i
+                        n += (tb[i] >> sh) == j
+        if up:
+            for i in range(m): so[i] = sx[i] if (sb[i] >> sh) > j else neg
+        else:
+            for i in range(m): so[i] = sx[i] if (sb[i] >> sh) < j else neg
+    return n
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k0b2
+_KSUBBITS = 8  # the crossing bin's tokens are split into 256 sub-bins by the next 8 bits
+
+@_jit
+def _k_ord(b):
+    "A float32's bits (int64; the caller maps -0.0 to 0) as a key monotone in its value."
+    return b if b >= 0 else b ^ 0x7FFFFFFF
+
+@_jit
+def _k_sub(b, sh):
+    "The sub-bin of `b` within its bin `b >> sh`: the next `_KSUBBITS` bits."
+    return (b >> (sh - _KSUBBITS)) & ((1 << _KSUBBITS) - 1)
+
+@_jit
+def _k_resolve(bb, sh, sk, ws, n, before, p, down, idx):
+    """The crossing among a band of `n` tokens: bin keys `bb` (bins `bb >> sh`), sort keys `sk` (< 2^51, ascending),
+    masses `ws`, the mass `before` the band. Returns the crossing sub-bin `jj` (-1: none; the band's tokens in earlier
+    sub-bins are kept, in later ones dropped), its tokens' band places in order in `idx[:m]`, m, and the crossing
+    token's place k in it."""
+    hs = np.zeros(1 << _KSUBBITS)
+    for q in range(n): hs[_k_sub(bb[q], sh)] += ws[q]
+    acc, jj = before, -1
+    for q in range(1 << _KSUBBITS):
+        t = (1 << _KSUBBITS) - 1 - q if down else q
+        if acc + hs[t] >= p:
+            jj = t
+            break
+        acc += hs[t]
+    m = 0
+    for q in range(n):
+        if _k_sub(bb[q], sh) == jj:
+            idx[m] = (sk[q] << 12) | q  # the key above the place (< _KCAP = 2^12): ties by place, i.e. by id
+            m += 1
+    srt = np.sort(idx[:m])
+    k = 0
+    while k < m:
+        acc += np.float64(ws[srt[k] & 0xFFF])
+        if not acc < p: break
+        k += 1
+    for q in range(m): idx[q] = srt[q] & 0xFFF
+    return jj, m, k
+
+
 # %% ../nbs/03_heuristics_hf.ipynb #1ab9a09e
 def _kth_select(
     buf: Float[Tensor, "b v"],  # a scratch copy of the logits: contiguous, on the CPU (partitioned in place)
@@ -468,6 +591,74 @@ def _kth_sampled(
     kth, nan = _kth_select(cand, kk.clamp_max(c))  # NaN ranks above every number, as in `topk`
     return kth, ok & ~nan  # rows with NaN: the threshold pass would drop the NaNs that transformers keeps
 
+# %% ../nbs/03_heuristics_hf.ipynb #k1a2
+@_jit
+def _k_key(a, i):
+    "The order key of `a[i]` (float32, not NaN): int64, monotone in the value, signed zeros equal."
+    return _k_ord(np.int64(a[i:i + 1].view(np.int32)[0])) if a[i] != 0 else 0
+
+@_jit
+def _k_kth(a, k, h, tmp):
+    "The k-th largest of `a` (float32, no NaN; 1 <= k <= len(a)), via 8192 bins of the order key (`h`, `tmp`: scratch)."
+    h[:] = 0
+    for i in range(a.shape[0]): h[(_k_key(a, i) >> 19) + 4096] += 1
+    cum, j = 0, 8191
+    while cum + h[j] < k:
+        cum += h[j]
+        j -= 1
+    n = 0
+    for i in range(a.shape[0]):
+        tmp[n] = a[i]
+        n += (_k_key(a, i) >> 19) + 4096 == j
+    return np.sort(tmp[:n])[n - (k - cum)]
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k1a4
+@_jit
+def _top_k_rows(x, kk, out, ok):
+    "top-k per row (ties with the k-th kept) into `out`; `ok[r]` False where row r (a NaN) is left to the torch path."
+    b, v = x.shape
+    ns = (v // _SPAN) * _TAKE  # the sample: the first _TAKE of every _SPAN logits
+    samp, cand = np.empty(max(ns, 1), np.float32), np.empty(v + _KCH, np.float32)
+    tmp, h, neg = np.empty(v, np.float32), np.zeros(8192, np.int64), np.float32(-np.inf)
+    for r in range(b):
+        xr, orow, nan = x[r], out[r], 0
+        for i in range(v): nan += xr[i] != xr[i]
+        ok[r] = nan == 0
+        if nan: continue
+        k, lo, n = min(kk[r], v), neg, 0
+        if k < v and ns >= 64:
+            for c in range(ns // _TAKE):
+                for q in range(_TAKE): samp[_TAKE * c + q] = xr[_SPAN * c + q]
+            kf = k * (ns / v)
+            js = int(np.ceil(kf + 3 * np.sqrt(kf) + 3))  # a sample rank that >= k tokens reach (3 sd)
+            if js <= ns: lo = _k_kth(samp[:ns], js, h, tmp)
+        if lo > neg:
+            for i0 in range(0, v, _KCH):
+                seg, c = xr[i0:i0 + _KCH], 0
+                for i in range(seg.shape[0]): c += seg[i] >= lo
+                if c:
+                    for i in range(seg.shape[0]):
+                        cand[n] = seg[i]
+                        n += seg[i] >= lo
+        if n < k:  # no sample, or too few reached its threshold: the whole row
+            cand[:v] = xr
+            n = v
+        t = _k_kth(cand[:n], k, h, tmp)
+        for i in range(v): orow[i] = xr[i] if xr[i] >= t else neg
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k1a6
+def _top_k_compiled(x: Float[Tensor, "b v"], kk: Tensor) -> Float[Tensor, "b v"]:
+    "Top-k by `_top_k_rows` (contiguous float32 CPU rows); its NaN rows by `_top_k_select`."
+    out, ok = torch.empty_like(x), np.zeros(len(x), np.bool_)
+    _top_k_rows(x.numpy(), kk.reshape(-1).contiguous().numpy(), out.numpy(), ok)
+    if not ok.all():
+        r = torch.from_numpy(np.flatnonzero(~ok))
+        out.index_copy_(0, r, _top_k_select(_at(x, r), _at(kk, r)))
+    return out
+
+
 # %% ../nbs/03_heuristics_hf.ipynb #2657dcc4
 def top_k(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -483,6 +674,7 @@ def top_k(
     # float32 rows on the CPU, no autograd; k above V/8: the candidates would be most of the row, select it whole
     if 8 * kmax > logits.shape[1]: return _top_k_select(logits, kk)
     x = logits.contiguous()
+    if _compiled(x): return _top_k_compiled(x, kk)
     t, ok = _kth_sampled(x, kk)
     out = _keep_from(x, t.masked_fill(~ok[:, None], 0))
     if not bool(ok.all()): out.index_copy_(0, r := _idx(~ok), _top_k_select(_at(x, r), _at(kk, r)))
@@ -704,6 +896,51 @@ def _banded(x: Tensor) -> bool:
     "Whether the candidate band may serve these rows (else the histogram path does)."
     return _long(x) and x.shape[1] % _BW == 0 and not x.requires_grad and 0 < x.shape[0] <= 1 << 18
 
+# %% ../nbs/03_heuristics_hf.ipynb #k2a2
+@_jit
+def _top_p_rows(x, probs, p, out, ok):
+    "top-p per row into `out` (not `probs`); `ok[r]` False: row r (NaN, huge ties, p >= 1) is left to the torch path."
+    b, v = x.shape
+    h, cols = np.zeros(_KP1), np.empty(_KCAP + _KSUB, np.int64)
+    bb, ws = np.empty(_KCAP, np.int32), np.empty(_KCAP, np.float32)
+    sk, idx = np.empty(_KCAP, np.int64), np.empty(_KCAP, np.int64)
+    for r in range(b):
+        xr, pr, orow = x[r], probs[r], out[r]
+        pb, bad = pr.view(np.int32), 0
+        ok[r] = False
+        for i in range(v): bad += pb[i] > 0x3F800000  # NaN (or above 1)
+        if bad or not p[r] < 1.0: continue
+        _k_hist(h, pb, _KSH, pr)
+        j, before = _k_cross(h, p[r], True)
+        n = _k_split(pb, _KSH, j, True, xr, orow, cols) if j >= 0 else 0
+        if n == 0 or n > _KCAP: continue
+        for q in range(n):  # the band: bin bits, masses, logits as keys (descending)
+            bb[q], ws[q], sk[q] = pb[cols[q]], pr[cols[q]], 0x7FFFFFFF - _k_key(xr, cols[q])
+        jj, m, k = _k_resolve(bb, _KSH, sk, ws, n, before, p[r], True, idx)
+        if k >= m: continue
+        for q in range(n):  # sub-bins above the crossing one are kept
+            if _k_sub(bb[q], _KSH) > jj: orow[cols[q]] = xr[cols[q]]
+        for q in range(k + 1): orow[cols[idx[q]]] = xr[cols[idx[q]]]  # its tokens up to the crossing token
+        ok[r] = True
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k2a3
+def _top_p_compiled(
+    x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU
+    probs: Float[Tensor, "b v"],  # their softmax
+    pc: Tensor,  # p per row `[b, 1]`
+    m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
+) -> Float[Tensor, "b v"]:
+    "top-p by `_top_p_rows`; the rows it leaves by `_top_p_hist`."
+    out, ok = torch.empty_like(x), np.zeros(len(x), np.bool_)
+    _top_p_rows(x.numpy(), probs.numpy(), pc.double().reshape(-1).numpy(), out.numpy(), ok)
+    if int(m.max()) > 1: out = x.masked_fill(_keep_first(out == _NEG, x, m), _NEG)
+    if not ok.all():
+        r = torch.from_numpy(np.flatnonzero(~ok))
+        out.index_copy_(0, r, _top_p_hist(_at(x, r), _at(probs, r), _at(pc, r), _at(m, r)))
+    return out
+
+
 # %% ../nbs/03_heuristics_hf.ipynb #b7dce004
 def top_p(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -714,6 +951,7 @@ def top_p(
     check_logits(logits)
     pc = _floats(p, "p", logits, low=0, high=1)
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
+    if _compiled(logits): return _top_p_compiled(x := logits.contiguous(), x.softmax(-1), pc, m)
     if not _banded(logits): return _top_p_hist(logits, logits.softmax(-1), pc, m)
     x = logits.contiguous()
     band = _top_band(x, _GAP)
@@ -841,6 +1079,59 @@ def _typical_band(
     keep = (s <= _at(_at(s, at(last)), rows)) | (pos < _at(m.squeeze(1), rows))
     return _pick(flat, keep & _at(ok, rows)), ok
 
+# %% ../nbs/03_heuristics_hf.ipynb #k3a2
+_KU = 8  # typical: bins of the key floor(2^18 s) >> 8, 2^-10 nat wide; 16384 of them (_KNB) hold scores below 16
+
+@_jit
+def _typical_rows(x, lp, probs, e, p, out, ok):
+    "Typical sampling per row on the scores |lp - e| (float32) into `out`; `ok[r]` False: row r is left to torch."
+    b, v = x.shape
+    h, cols, s = np.zeros(_KNB), np.empty(_KCAP + _KSUB, np.int64), np.empty(v, np.float32)
+    u, bb, ws = np.empty(v, np.int32), np.empty(_KCAP, np.int32), np.empty(_KCAP, np.float32)
+    sk, idx, sb, top = np.empty(_KCAP, np.int64), np.empty(_KCAP, np.int64), s.view(np.int32), (_KNB << _KU) - 1
+    for r in range(b):
+        xr, lr, pr, er, orow = x[r], lp[r], probs[r], e[r], out[r]
+        ok[r] = False
+        if er != er: continue
+        for i in range(v):
+            s[i] = np.abs(lr[i] - er)
+            q = s[i] * np.float32(1 << 18)
+            u[i] = np.int32(q) if q < top else top  # NaN and large scores: the last bin
+        _k_hist(h, u, _KU, pr)
+        if np.isnan(h.sum()): continue  # a NaN probability
+        j, before = _k_cross(h, p[r], False)
+        n = _k_split(u, _KU, j, False, xr, orow, cols) if j >= 0 else 0
+        if n == 0 or n > _KCAP: continue
+        for q in range(n): bb[q], ws[q], sk[q] = u[cols[q]], pr[cols[q]], sb[cols[q]]  # scores' bits: the sort keys
+        jj, m, k = _k_resolve(bb, _KU, sk, ws, n, before, p[r], False, idx)
+        if k >= m: continue
+        cut = s[cols[idx[k]]]
+        for q in range(n):  # kept: sub-bins below the crossing one, and scores up to the cut within it
+            c = cols[q]
+            if _k_sub(bb[q], _KU) < jj or (_k_sub(bb[q], _KU) == jj and s[c] <= cut): orow[c] = xr[c]
+        ok[r] = True
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k3a3
+def _typical_compiled(
+    x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU
+    pc: Tensor,  # p per row `[b, 1]`
+    m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
+) -> Float[Tensor, "b v"]:
+    "Typical sampling by `_typical_rows`; the rows it leaves (and rows with m > 1) by `_typical_hist`."
+    lp = torch.log_softmax(x, -1)
+    probs = lp.exp()
+    out = torch.mul(lp, probs)  # the entropy's terms; then the result
+    e, ok = _rowsum(out, nan=True), np.zeros(len(x), np.bool_)
+    _typical_rows(x.numpy(), lp.numpy(), probs.numpy(), e.reshape(-1).numpy(), pc.double().reshape(-1).numpy(),
+                  out.numpy(), ok)
+    ok &= (m == 1).reshape(-1).numpy()
+    if not ok.all():
+        r = torch.from_numpy(np.flatnonzero(~ok))
+        out.index_copy_(0, r, _typical_hist(_at(x, r), _at(pc, r), _at(m, r)))
+    return out
+
+
 # %% ../nbs/03_heuristics_hf.ipynb #abcb9097
 def typical(
     logits: Float[Tensor, "batch vocab"],  # next-token logits (not modified)
@@ -851,15 +1142,16 @@ def typical(
     check_logits(logits)
     pc = _floats(p, "p", logits, low=0, high=1, low_open=True, high_open=True)
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
-    if not _banded(logits): return _typical_hist(logits, pc, m)
+    whole = _typical_compiled if _compiled(logits) else _typical_hist  # the path over whole rows
     x = logits.contiguous()
+    if not _banded(x): return whole(x, pc, m)
     band = _top_band(x, _GAP)
-    if not bool(_typical_ok(band).any()): return _typical_hist(x, pc, m)  # flat rows: no softmax spent on the band
+    if not bool(_typical_ok(band).any()): return whole(x, pc, m)  # flat rows: no softmax spent on the band
     probs = x.softmax(-1)
     kept, ok = _typical_band(x, probs, pc, m, band)
-    if not bool(ok.any()): return _typical_hist(x, pc, m)
+    if not bool(ok.any()): return whole(x, pc, m)
     r = None if bool(ok.all()) else _idx(~ok)
-    slow = None if r is None else _typical_hist(_at(x, r), _at(pc, r), _at(m, r))
+    slow = None if r is None else whole(_at(x, r), _at(pc, r), _at(m, r))
     out = probs.fill_(_NEG)  # the softmax buffer (now the product) takes the result
     out.view(-1).index_copy_(0, kept, _at(x.view(-1), kept))
     if slow is not None: out.index_copy_(0, r, slow)
