@@ -622,30 +622,30 @@ def _top_k_rows(x, kk, out, ok):
     samp, cand = np.empty(max(ns, 1), np.float32), np.empty(v + _KCH, np.float32)
     tmp, h, neg = np.empty(v, np.float32), np.zeros(8192, np.int64), np.float32(-np.inf)
     for r in range(b):
-        xr, orow, nan = x[r], out[r], 0
-        for i in range(v): nan += xr[i] != xr[i]
-        ok[r] = nan == 0
-        if nan: continue
-        k, lo, n = min(kk[r], v), neg, 0
+        xr, orow = x[r], out[r]
+        k, lo, n, ok[r] = min(kk[r], v), neg, 0, False
         if k < v and ns >= 64:
             for c in range(ns // _TAKE):
                 for q in range(_TAKE): samp[_TAKE * c + q] = xr[_SPAN * c + q]
             kf = k * (ns / v)
             js = int(np.ceil(kf + 3 * np.sqrt(kf) + 3))  # a sample rank that >= k tokens reach (3 sd)
-            if js <= ns: lo = _k_kth(samp[:ns], js, h, tmp)
-        if lo > neg:
+            if js <= ns and not np.isnan(samp[:ns].sum()): lo = _k_kth(samp[:ns], js, h, tmp)
+        if lo > neg:  # NaN passes `not x < lo`: a row's NaNs show among its candidates (no NaN pass over the row)
             for i0 in range(0, v, _KCH):
                 seg, c = xr[i0:i0 + _KCH], 0
-                for i in range(seg.shape[0]): c += seg[i] >= lo
+                for i in range(seg.shape[0]): c += not seg[i] < lo
                 if c:
                     for i in range(seg.shape[0]):
                         cand[n] = seg[i]
-                        n += seg[i] >= lo
+                        n += not seg[i] < lo
+            if np.isnan(cand[:n].sum()): continue  # candidates are > -inf: a NaN sum means a NaN
         if n < k:  # no sample, or too few reached its threshold: the whole row
-            cand[:v] = xr
-            n = v
+            cand[:v], n, nan = xr, v, 0
+            for i in range(v): nan += xr[i] != xr[i]
+            if nan: continue
         t = _k_kth(cand[:n], k, h, tmp)
         for i in range(v): orow[i] = xr[i] if xr[i] >= t else neg
+        ok[r] = True
 
 
 # %% ../nbs/03_heuristics_hf.ipynb #k1a6
@@ -1121,8 +1121,10 @@ def _typical_compiled(
     "Typical sampling by `_typical_rows`; the rows it leaves (and rows with m > 1) by `_typical_hist`."
     lp = torch.log_softmax(x, -1)
     probs = lp.exp()
-    out = torch.mul(lp, probs)  # the entropy's terms; then the result
-    e, ok = _rowsum(out, nan=True), np.zeros(len(x), np.bool_)
+    e, buf, ok = x.new_empty(len(x), 1), x.new_empty(min(len(x), 8), x.shape[1]), np.zeros(len(x), np.bool_)
+    for i in range(0, len(x), 8):  # the entropy's terms, 8 rows at a time (they stay cached); `_rowsum`: the same bits
+        e[i:i + 8] = _rowsum(torch.mul(lp[i:i + 8], probs[i:i + 8], out=buf[:len(lp[i:i + 8])]), nan=True)
+    out = lp  # each row's scores are taken before the row is written
     _typical_rows(x.numpy(), lp.numpy(), probs.numpy(), e.reshape(-1).numpy(), pc.double().reshape(-1).numpy(),
                   out.numpy(), ok)
     ok &= (m == 1).reshape(-1).numpy()
