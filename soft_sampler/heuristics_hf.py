@@ -354,20 +354,68 @@ def _keep_from(
     for a, o, b in zip(x.unbind(0), out.unbind(0), below): torch.threshold(a, b, _NEG, out=o)
     return out
 
+# %% ../nbs/03_heuristics_hf.ipynb #k0a2
+try:
+    import numba
+except ImportError:  # optional: the torch paths do the same work, slower
+    numba = None
+_NUMBA = numba is not None and os.environ.get("SOFT_SAMPLER_NUMBA", "1") != "0"
+
+def _jit(f):
+    """`f` compiled by numba (no GIL, no bounds checks, IEEE division: x / 0 is inf, not ZeroDivisionError), or `f`
+    itself. Cached beside the module (numba recompiles when the file changes); in a notebook, not cached: numba's
+    notebook cache keys on the cell alone, and would serve a kernel compiled under other options."""
+    if numba is None: return f
+    cache = os.path.isfile(f.__code__.co_filename)
+    return numba.njit(cache=cache, nogil=True, boundscheck=False, error_model="numpy")(f)
+
+def _compiled(x: Tensor) -> bool:
+    "Whether the compiled kernels serve `x`: non-empty float32 rows on the CPU, no autograd, numba enabled."
+    return (_NUMBA and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
+            and x.dim() == 2 and x.numel() > 0)
+
+
 # %% ../nbs/03_heuristics_hf.ipynb #446b5984
 def _greedy(logits: Float[Tensor, "b v"]) -> Float[Tensor, "b v"]:
     "Keep only each row's first argmax, with its logit; all -inf rows stay all -inf."
     i = logits.argmax(-1, keepdim=True)
     return logits.new_full(logits.shape, _NEG).scatter_(1, i, logits.gather(1, i))
 
+# %% ../nbs/03_heuristics_hf.ipynb #k4a2
+@_jit
+def _divide_rows(x, t, out, bad):
+    "`out` = `x / t` per row (`t`: float32 `[b]`); `bad[r]`: row r's maximum is not finite (+inf, NaN, all -inf)."
+    b, v = x.shape
+    inf = np.float32(np.inf)
+    for r in range(b):
+        xr, orow, tr, n, neg = x[r], out[r], t[r], 0, 0
+        for i in range(v):
+            o = xr[i] / tr
+            orow[i] = o
+            n += (o == inf) | (o != o)
+            neg += o == -inf
+        bad[r] = n > 0 or neg == v
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k4a4
+def _divide_checked(x: Float[Tensor, "b v"], t: float | Tensor) -> tuple[Tensor, Tensor]:
+    "`x / t` and the rows whose maximum is not finite `[b]`: one compiled pass on float32 CPU rows, else torch's two."
+    if not _compiled(x) or not (isinstance(t, Tensor) or t <= torch.finfo(torch.float32).max):  # t: a float32
+        out = x / t
+        return out, ~torch.isfinite(out.amax(-1))
+    x, tt = x.contiguous(), (t.reshape(-1).float() if isinstance(t, Tensor) else torch.full((len(x),), t)).contiguous()
+    out, bad = torch.empty_like(x), np.zeros(len(x), np.bool_)
+    _divide_rows(x.numpy(), tt.numpy(), out.numpy(), bad)
+    return out, torch.from_numpy(bad)
+
+
 # %% ../nbs/03_heuristics_hf.ipynb #4d22c309
 def _divide(logits: Float[Tensor, "b v"], t: float | Tensor) -> Float[Tensor, "b v"]:
     "`logits / t` for t > 0 (number or `[b, 1]`): removed tokens stay -inf (t = inf: flat), no overflow in the dtype."
     wide = lambda x, t: cast_logits((x.double() / t).masked_fill(x == _NEG, _NEG), x.dtype)
     if logits.dtype not in (torch.float32, torch.float64): return wide(logits, t)  # half: computed in float64
-    out = logits / t
-    if not isinstance(t, Tensor) and 1 <= t <= torch.finfo(logits.dtype).max: return out  # |l / t| <= |l|: no overflow
-    bad = ~torch.isfinite(out.amax(-1))  # rows that over/underflowed, or -inf / inf (row by row: batch-independent)
+    if not isinstance(t, Tensor) and 1 <= t <= torch.finfo(logits.dtype).max: return logits / t  # |l / t| <= |l|
+    out, bad = _divide_checked(logits, t)  # rows that overflowed, or -inf / inf (row by row: batch-independent)
     if bool(bad.any()): out[bad] = wide(logits[bad], t[bad].double() if isinstance(t, Tensor) else t)
     return out
 
@@ -419,25 +467,6 @@ def _pick(t: Tensor, mask: Tensor) -> Tensor:
 def _idx(mask: Tensor) -> Tensor:
     "The positions where a 1-D boolean `mask` holds, as an int64 index (`_at(t, _idx(mask))` is `t[mask]`)."
     return mask.nonzero().squeeze(1)
-
-
-# %% ../nbs/03_heuristics_hf.ipynb #k0a2
-try:
-    import numba
-except ImportError:  # optional: the torch paths do the same work, slower
-    numba = None
-_NUMBA = numba is not None and os.environ.get("SOFT_SAMPLER_NUMBA", "1") != "0"
-
-def _jit(f):
-    "`f` compiled by numba (no GIL, no bounds checks, cached beside the module where it has a file), or `f` itself."
-    if numba is None: return f
-    try: return numba.njit(cache=True, nogil=True, boundscheck=False)(f)
-    except RuntimeError: return numba.njit(nogil=True, boundscheck=False)(f)  # no file to cache beside (a notebook)
-
-def _compiled(x: Tensor) -> bool:
-    "Whether the compiled kernels serve `x`: non-empty float32 rows on the CPU, no autograd, numba enabled."
-    return (_NUMBA and x.device.type == "cpu" and x.dtype == torch.float32 and not x.requires_grad
-            and x.dim() == 2 and x.numel() > 0)
 
 
 # %% ../nbs/03_heuristics_hf.ipynb #k0a5
