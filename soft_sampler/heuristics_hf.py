@@ -1175,7 +1175,7 @@ def typical(
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     whole = _typical_compiled if _compiled(logits) else _typical_hist  # the path over whole rows
     x = logits.contiguous()
-    if not _banded(x): return whole(x, pc, m)
+    if not _banded(x) or (whole is _typical_compiled and len(x) < 4): return whole(x, pc, m)  # few rows: see above
     band = _top_band(x, _GAP)
     if not bool(_typical_ok(band).any()): return whole(x, pc, m)  # flat rows: no softmax spent on the band
     probs = x.softmax(-1)
