@@ -1109,15 +1109,15 @@ def _typical_band(
     return _pick(flat, keep & _at(ok, rows)), ok
 
 # %% ../nbs/03_heuristics_hf.ipynb #k3a2
-_KU = 8  # typical: bins of the key floor(2^18 s) >> 8, 2^-10 nat wide; 16384 of them (_KNB) hold scores below 16
+_KU, _KTB = 11, 2048  # typical: bins of the key floor(2^18 s) >> 11, 2^-7 nat wide; 2048 (16 KB) hold scores below 16
 
 @_jit
 def _typical_rows(x, lp, probs, e, p, out, ok):
     "Typical sampling per row on the scores |lp - e| (float32) into `out`; `ok[r]` False: row r is left to torch."
     b, v = x.shape
-    h, cols, s = np.zeros(_KNB), np.empty(_KCAP + _KSUB, np.int64), np.empty(v, np.float32)
+    h, cols, s = np.zeros(_KTB + 8), np.empty(_KCAP + _KSUB, np.int64), np.empty(v, np.float32)
     u, bb, ws = np.empty(v, np.int32), np.empty(_KCAP, np.int32), np.empty(_KCAP, np.float32)
-    sk, idx, sb, top = np.empty(_KCAP, np.int64), np.empty(_KCAP, np.int64), s.view(np.int32), (_KNB << _KU) - 1
+    sk, idx, sb, top = np.empty(_KCAP, np.int64), np.empty(_KCAP, np.int64), s.view(np.int32), (_KTB << _KU) - 1
     for r in range(b):
         xr, lr, pr, er, orow = x[r], lp[r], probs[r], e[r], out[r]
         ok[r] = False
@@ -1125,11 +1125,12 @@ def _typical_rows(x, lp, probs, e, p, out, ok):
         for i in range(v):
             s[i] = np.abs(lr[i] - er)
             q = s[i] * np.float32(1 << 18)
-            u[i] = np.int32(q) if q < top else top  # NaN and large scores: the last bin
+            u[i] = np.int32(q) if q < top else (_KTB + (i & 7)) << _KU  # NaN, 16 nats or more: 8 bins past the last
         _k_hist(h, u, _KU, pr)
         if np.isnan(h.sum()): continue  # a NaN probability
         j, before = _k_cross(h, p[r], False)
-        n = _k_split(u, _KU, j, False, xr, orow, cols) if j >= 0 else 0
+        if j < 0 or j >= _KTB: continue  # no crossing, or among the far scores
+        n = _k_split(u, _KU, j, False, xr, orow, cols)
         if n == 0 or n > _KCAP: continue
         for q in range(n): bb[q], ws[q], sk[q] = u[cols[q]], pr[cols[q]], sb[cols[q]]  # scores' bits: the sort keys
         jj, m, k = _k_resolve(bb, _KU, sk, ws, n, before, p[r], False, idx)
@@ -1142,20 +1143,24 @@ def _typical_rows(x, lp, probs, e, p, out, ok):
 
 
 # %% ../nbs/03_heuristics_hf.ipynb #k3a3
+_KROWS = 4  # typical: rows per step (their log p, p and entropy terms stay cached for the kernel)
+
 def _typical_compiled(
     x: Float[Tensor, "b v"],  # contiguous float32 logits on the CPU
     pc: Tensor,  # p per row `[b, 1]`
     m: Tensor,  # min_tokens_to_keep per row `[b, 1]`
 ) -> Float[Tensor, "b v"]:
-    "Typical sampling by `_typical_rows`; the rows it leaves (and rows with m > 1) by `_typical_hist`."
-    lp = torch.log_softmax(x, -1)
-    probs = lp.exp()
-    e, buf, ok = x.new_empty(len(x), 1), x.new_empty(min(len(x), 8), x.shape[1]), np.zeros(len(x), np.bool_)
-    for i in range(0, len(x), 8):  # the entropy's terms, 8 rows at a time (they stay cached); `_rowsum`: the same bits
-        e[i:i + 8] = _rowsum(torch.mul(lp[i:i + 8], probs[i:i + 8], out=buf[:len(lp[i:i + 8])]), nan=True)
-    out = lp  # each row's scores are taken before the row is written
-    _typical_rows(x.numpy(), lp.numpy(), probs.numpy(), e.reshape(-1).numpy(), pc.double().reshape(-1).numpy(),
-                  out.numpy(), ok)
+    "Typical sampling by `_typical_rows`, `_KROWS` rows a step; the rows it leaves (and m > 1) by `_typical_hist`."
+    b, v = x.shape
+    out, ok, pn = torch.empty_like(x), np.zeros(b, np.bool_), pc.double().reshape(-1).numpy()
+    probs, prod = x.new_empty(min(b, _KROWS), v), x.new_empty(min(b, _KROWS), v)
+    for i in range(0, b, _KROWS):
+        xs = x[i:i + _KROWS]
+        lp = torch.log_softmax(xs, -1)  # row by row: the same bits as over the whole batch
+        ps = torch.exp(lp, out=probs[:len(xs)])
+        e = _rowsum(torch.mul(lp, ps, out=prod[:len(xs)]), nan=True)  # `_rowsum`: the same bits for any row count
+        _typical_rows(xs.numpy(), lp.numpy(), ps.numpy(), e.reshape(-1).numpy(), pn[i:i + _KROWS],
+                      out[i:i + _KROWS].numpy(), ok[i:i + _KROWS])
     ok &= (m == 1).reshape(-1).numpy()
     if not ok.all():
         r = torch.from_numpy(np.flatnonzero(~ok))
@@ -1175,7 +1180,7 @@ def typical(
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     whole = _typical_compiled if _compiled(logits) else _typical_hist  # the path over whole rows
     x = logits.contiguous()
-    if not _banded(x) or (whole is _typical_compiled and len(x) < 4): return whole(x, pc, m)  # few rows: see above
+    if not _banded(x) or (whole is _typical_compiled and len(x) <= 8): return whole(x, pc, m)  # few rows: see above
     band = _top_band(x, _GAP)
     if not bool(_typical_ok(band).any()): return whole(x, pc, m)  # flat rows: no softmax spent on the band
     probs = x.softmax(-1)
