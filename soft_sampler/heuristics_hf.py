@@ -627,19 +627,35 @@ def _k_key(a, i):
     return _k_ord(np.int64(a[i:i + 1].view(np.int32)[0])) if a[i] != 0 else 0
 
 @_jit
+def _k_bin(b):
+    "The bin among 8192 of a float32 with bits `b` (int32): its order key's top 13 bits, monotone in the value."
+    return ((b ^ ((b >> 31) & 0x7FFFFFFF)) >> 19) + 4096
+
+@_jit
 def _k_kth(a, k, h, tmp):
     "The k-th largest of `a` (float32, no NaN; 1 <= k <= len(a)), via 8192 bins of the order key (`h`, `tmp`: scratch)."
+    ab, top = a.view(np.int32), 0
     h[:] = 0
-    for i in range(a.shape[0]): h[(_k_key(a, i) >> 19) + 4096] += 1
-    cum, j = 0, 8191
+    for i in range(a.shape[0]):
+        q = _k_bin(ab[i])  # -0.0 lies one bin below +0.0: the zero returned may differ, not its value
+        h[q] += 1
+        top = max(top, q)
+    cum, j = 0, top
     while cum + h[j] < k:
         cum += h[j]
         j -= 1
     n = 0
     for i in range(a.shape[0]):
         tmp[n] = a[i]
-        n += (_k_key(a, i) >> 19) + 4096 == j
+        n += _k_bin(ab[i]) == j
     return np.sort(tmp[:n])[n - (k - cum)]
+
+@_jit
+def _k_atleast(a, t):
+    "How many of `a` are at least `t` (NaN counts: it is not below `t`)."
+    c = 0
+    for i in range(a.shape[0]): c += not a[i] < t
+    return c
 
 
 # %% ../nbs/03_heuristics_hf.ipynb #k1a4
@@ -649,30 +665,42 @@ def _top_k_rows(x, kk, out, ok):
     b, v = x.shape
     ns = (v // _SPAN) * _TAKE  # the sample: the first _TAKE of every _SPAN logits
     samp, cand = np.empty(max(ns, 1), np.float32), np.empty(v + _KCH, np.float32)
-    tmp, h, neg = np.empty(v, np.float32), np.zeros(8192, np.int64), np.float32(-np.inf)
+    tmp, h = np.empty(v, np.float32), np.zeros(8192, np.int64)
+    neg, inf = np.float32(-np.inf), np.float32(np.inf)
     for r in range(b):
         xr, orow = x[r], out[r]
-        k, lo, n, ok[r] = min(kk[r], v), neg, 0, False
+        k, lo, hi, ok[r] = min(kk[r], v), neg, inf, False
         if k < v and ns >= 64:
             for c in range(ns // _TAKE):
                 for q in range(_TAKE): samp[_TAKE * c + q] = xr[_SPAN * c + q]
             kf = k * (ns / v)
-            js = int(np.ceil(kf + 3 * np.sqrt(kf) + 3))  # a sample rank that >= k tokens reach (3 sd)
-            if js <= ns and not np.isnan(samp[:ns].sum()): lo = _k_kth(samp[:ns], js, h, tmp)
-        if lo > neg:  # NaN passes `not x < lo`: a row's NaNs show among its candidates (no NaN pass over the row)
-            for i0 in range(0, v, _KCH):
-                seg, c = xr[i0:i0 + _KCH], 0
-                for i in range(seg.shape[0]): c += not seg[i] < lo
-                if c:
-                    for i in range(seg.shape[0]):
-                        cand[n] = seg[i]
-                        n += not seg[i] < lo
-            if np.isnan(cand[:n].sum()): continue  # candidates are > -inf: a NaN sum means a NaN
-        if n < k:  # no sample, or too few reached its threshold: the whole row
-            cand[:v], n, nan = xr, v, 0
-            for i in range(v): nan += xr[i] != xr[i]
-            if nan: continue
-        t = _k_kth(cand[:n], k, h, tmp)
+            jl, jh = int(np.ceil(kf + 3 * np.sqrt(kf) + 3)), int(np.floor(kf - 3 * np.sqrt(kf) - 3))  # 3 sd
+            if jl <= ns and not np.isnan(samp[:ns].sum()):
+                lo = _k_kth(samp[:ns], jl, h, tmp)
+                if jh >= 1: hi = _k_kth(samp[:ns], jh, h, tmp)
+        cl, ch, nan = 0, 0, 0
+        for i in range(v):  # tokens at or above each threshold, and NaN
+            cl += not xr[i] < lo
+            ch += not xr[i] < hi
+            nan += xr[i] != xr[i]
+        if nan: continue
+        if not ch < k <= cl: lo, hi, cl, ch = neg, inf, v, _k_atleast(xr, inf)  # the sample missed: the whole row
+        for _ in range(8):  # narrow the bracket [lo, hi) by counting
+            if cl - ch <= 16 or lo == neg or hi == inf: break
+            t = np.float32(lo + (hi - lo) * ((cl - k + 0.5) / (cl - ch)))  # where k - 0.5 tokens would reach
+            if not lo < t < hi: break
+            c = _k_atleast(xr, t)
+            if c >= k: lo, cl = t, c
+            else: hi, ch = t, c
+        n = 0
+        for i0 in range(0, v, _KCH):  # the bracket's tokens: a chunk counted vectorised, compacted if it holds some
+            seg, c = xr[i0:i0 + _KCH], 0
+            for i in range(seg.shape[0]): c += (not seg[i] < lo) & (seg[i] < hi)
+            if c:
+                for i in range(seg.shape[0]):
+                    cand[n] = seg[i]
+                    n += (not seg[i] < lo) & (seg[i] < hi)
+        t = _k_kth(cand[:n], k - ch, h, tmp) if ch < k else inf  # ch tokens lie above the bracket (k of +inf: inf)
         for i in range(v): orow[i] = xr[i] if xr[i] >= t else neg
         ok[r] = True
 
@@ -1115,16 +1143,15 @@ _KU, _KTB = 11, 2048  # typical: bins of the key floor(2^18 s) >> 11, 2^-7 nat w
 def _typical_rows(x, lp, probs, e, p, out, ok):
     "Typical sampling per row on the scores |lp - e| (float32) into `out`; `ok[r]` False: row r is left to torch."
     b, v = x.shape
-    h, cols, s = np.zeros(_KTB + 8), np.empty(_KCAP + _KSUB, np.int64), np.empty(v, np.float32)
-    u, bb, ws = np.empty(v, np.int32), np.empty(_KCAP, np.int32), np.empty(_KCAP, np.float32)
-    sk, idx, sb, top = np.empty(_KCAP, np.int64), np.empty(_KCAP, np.int64), s.view(np.int32), (_KTB << _KU) - 1
+    h, cols, u = np.zeros(_KTB + 8), np.empty(_KCAP + _KSUB, np.int64), np.empty(v, np.int32)
+    bb, ws, sc = np.empty(_KCAP, np.int32), np.empty(_KCAP, np.float32), np.empty(_KCAP, np.float32)
+    sk, idx, sb, top = np.empty(_KCAP, np.int64), np.empty(_KCAP, np.int64), sc.view(np.int32), (_KTB << _KU) - 1
     for r in range(b):
         xr, lr, pr, er, orow = x[r], lp[r], probs[r], e[r], out[r]
         ok[r] = False
         if er != er: continue
         for i in range(v):
-            s[i] = np.abs(lr[i] - er)
-            q = s[i] * np.float32(1 << 18)
+            q = np.abs(lr[i] - er) * np.float32(1 << 18)
             u[i] = np.int32(q) if q < top else (_KTB + (i & 7)) << _KU  # NaN, 16 nats or more: 8 bins past the last
         _k_hist(h, u, _KU, pr)
         if np.isnan(h.sum()): continue  # a NaN probability
@@ -1132,13 +1159,14 @@ def _typical_rows(x, lp, probs, e, p, out, ok):
         if j < 0 or j >= _KTB: continue  # no crossing, or among the far scores
         n = _k_split(u, _KU, j, False, xr, orow, cols)
         if n == 0 or n > _KCAP: continue
-        for q in range(n): bb[q], ws[q], sk[q] = u[cols[q]], pr[cols[q]], sb[cols[q]]  # scores' bits: the sort keys
+        for q in range(n):  # the crossing bin: keys, masses, scores (the same bits again), their bits as sort keys
+            bb[q], ws[q], sc[q] = u[cols[q]], pr[cols[q]], np.abs(lr[cols[q]] - er)
+            sk[q] = sb[q]
         jj, m, k = _k_resolve(bb, _KU, sk, ws, n, before, p[r], False, idx)
         if k >= m: continue
-        cut = s[cols[idx[k]]]
+        cut = sc[idx[k]]
         for q in range(n):  # kept: sub-bins below the crossing one, and scores up to the cut within it
-            c = cols[q]
-            if _k_sub(bb[q], _KU) < jj or (_k_sub(bb[q], _KU) == jj and s[c] <= cut): orow[c] = xr[c]
+            if _k_sub(bb[q], _KU) < jj or (_k_sub(bb[q], _KU) == jj and sc[q] <= cut): orow[cols[q]] = xr[cols[q]]
         ok[r] = True
 
 
@@ -1154,18 +1182,29 @@ def _typical_compiled(
     b, v = x.shape
     out, ok, pn = torch.empty_like(x), np.zeros(b, np.bool_), pc.double().reshape(-1).numpy()
     probs, prod = x.new_empty(min(b, _KROWS), v), x.new_empty(min(b, _KROWS), v)
+    xn, on, pbn = x.numpy(), out.numpy(), probs.numpy()
     for i in range(0, b, _KROWS):
         xs = x[i:i + _KROWS]
         lp = torch.log_softmax(xs, -1)  # row by row: the same bits as over the whole batch
         ps = torch.exp(lp, out=probs[:len(xs)])
         e = _rowsum(torch.mul(lp, ps, out=prod[:len(xs)]), nan=True)  # `_rowsum`: the same bits for any row count
-        _typical_rows(xs.numpy(), lp.numpy(), ps.numpy(), e.reshape(-1).numpy(), pn[i:i + _KROWS],
-                      out[i:i + _KROWS].numpy(), ok[i:i + _KROWS])
+        j = i + len(xs)
+        _typical_rows(xn[i:j], lp.numpy(), pbn[:len(xs)], e.numpy()[:, 0], pn[i:j], on[i:j], ok[i:j])
     ok &= (m == 1).reshape(-1).numpy()
     if not ok.all():
         r = torch.from_numpy(np.flatnonzero(~ok))
         out.index_copy_(0, r, _typical_hist(_at(x, r), _at(pc, r), _at(m, r)))
     return out
+
+
+# %% ../nbs/03_heuristics_hf.ipynb #k3b1
+def _too_flat(x: Float[Tensor, "b v"]) -> bool:
+    """Whether, by the sample (`_TAKE` of every `_SPAN` logits), every row's band is useless: over 2% of the tokens lie
+    within `_GAP` of the top (the band skips a row whose block maxima mostly do, past 1.1% at random places)."""
+    b, v = x.shape
+    s = x[:, : v - v % _SPAN].view(b, -1, _SPAN)[:, :, :_TAKE].reshape(b, -1)
+    near = (s >= s.amax(-1, keepdim=True) - _GAP).sum(-1)  # a NaN row counts none: never too flat
+    return bool((near > 0.02 * s.shape[1]).all())
 
 
 # %% ../nbs/03_heuristics_hf.ipynb #abcb9097
@@ -1180,7 +1219,9 @@ def typical(
     m = _ints(min_tokens_to_keep, "min_tokens_to_keep", logits)
     whole = _typical_compiled if _compiled(logits) else _typical_hist  # the path over whole rows
     x = logits.contiguous()
-    if not _banded(x) or (whole is _typical_compiled and len(x) <= 8): return whole(x, pc, m)  # few rows: see above
+    small = whole is _typical_compiled and x.numel() <= 1 << 19  # see above
+    if not _banded(x) or small: return whole(x, pc, m)
+    if whole is _typical_compiled and _too_flat(x): return whole(x, pc, m)  # the sample says: no row's band serves
     band = _top_band(x, _GAP)
     if not bool(_typical_ok(band).any()): return whole(x, pc, m)  # flat rows: no softmax spent on the band
     probs = x.softmax(-1)

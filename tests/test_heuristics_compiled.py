@@ -73,6 +73,33 @@ def test_compiled_top_k_equals_torch_path(seed):
             assert torch.equal(a.nan_to_num(), b.nan_to_num()), (k, m)
 
 
+def long_rows(seed: int) -> torch.Tensor:
+    "Long rows against top-k's sample and bracket: +inf outside the sample, ties, masks, rows the sample misreads."
+    g = torch.Generator().manual_seed(seed)
+    v = [8192, 9000, 20000, 49152][seed % 4]
+    z = lambda: torch.randn(v, generator=g)
+    rows = [z() * 3, -1.1 * (torch.randperm(v, generator=g).float() + 1).log() + 0.5 * z(), (z() * 2).round(),
+            z().masked_fill(torch.rand(v, generator=g) < 0.9, NEG), torch.full((v,), 1.5), z().sort(descending=True).values]
+    r = z(); r[torch.arange(v) % H._SPAN < H._TAKE] = 10.0; rows.append(r)  # the sample sees only the tens
+    for n in (1, 3, 40):  # +inf tokens, outside the sample
+        r = z(); r[torch.randperm(v, generator=g)[:n] | 7] = float("inf"); rows.append(r)
+    return torch.stack(rows)
+
+
+@needs_numba
+@pytest.mark.parametrize("seed", range(12))
+def test_compiled_top_k_kernel(seed):
+    "`_top_k_compiled` (its bracket narrowed by counting) against `topk`, k from 1 to the vocabulary, per row."
+    x = long_rows(seed)
+    g = torch.Generator().manual_seed(seed)
+    for hi in (2, 5, 60, 1000, x.shape[1] // 8, x.shape[1]):
+        kk = torch.randint(1, hi + 1, (len(x), 1), generator=g)
+        ref = torch.stack([r.masked_fill(r < r.topk(int(k)).values[-1], NEG) for r, k in zip(x, kk)])
+        assert torch.equal(H._top_k_compiled(x, kk), ref), hi
+        if 16 < hi <= x.shape[1] // 8:  # top_k's own range for the kernel
+            assert torch.equal(top_k(x, kk[:, 0]), torch_path(top_k, x, kk[:, 0]))
+
+
 @needs_numba
 @pytest.mark.parametrize("seed", range(36))
 @pytest.mark.parametrize("name", ["top_p", "typical"])
