@@ -388,13 +388,13 @@ def _divide_rows(x, t, out, bad):
     b, v = x.shape
     inf = np.float32(np.inf)
     for r in range(b):
-        xr, orow, tr, n, neg = x[r], out[r], t[r], 0, 0
-        for i in range(v):
+        xr, orow, tr, up, neg = x[r], out[r], t[r], False, True
+        for i in range(v):  # boolean reductions: they vectorise more cheaply than counts
             o = xr[i] / tr
             orow[i] = o
-            n += (o == inf) | (o != o)
-            neg += o == -inf
-        bad[r] = n > 0 or neg == v
+            up |= (o == inf) | (o != o)
+            neg &= o == -inf
+        bad[r] = up or neg
 
 
 # %% ../nbs/03_heuristics_hf.ipynb #k4a4
@@ -403,9 +403,10 @@ def _divide_checked(x: Float[Tensor, "b v"], t: float | Tensor) -> tuple[Tensor,
     if not _compiled(x) or not (isinstance(t, Tensor) or t <= torch.finfo(torch.float32).max):  # t: a float32
         out = x / t
         return out, ~torch.isfinite(out.amax(-1))
-    x, tt = x.contiguous(), (t.reshape(-1).float() if isinstance(t, Tensor) else torch.full((len(x),), t)).contiguous()
+    tt = t.reshape(-1).float().contiguous().numpy() if isinstance(t, Tensor) else np.full(len(x), t, np.float32)
+    x = x.contiguous()
     out, bad = torch.empty_like(x), np.zeros(len(x), np.bool_)
-    _divide_rows(x.numpy(), tt.numpy(), out.numpy(), bad)
+    _divide_rows(x.numpy(), tt, out.numpy(), bad)
     return out, torch.from_numpy(bad)
 
 
