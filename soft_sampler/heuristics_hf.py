@@ -472,7 +472,6 @@ def _idx(mask: Tensor) -> Tensor:
 
 # %% ../nbs/03_heuristics_hf.ipynb #k0a5
 _KSH = 17  # bins of 1/64 octave: a non-negative float32's bits >> 17
-_KNB = 1 << (31 - _KSH)  # every non-negative bit pattern (inf and NaN too) has its bin below this
 _KP1 = (0x3F800000 >> _KSH) + 1  # probabilities (<= 1) lie in the bins below this
 _KG = 64  # bins per group: the crossing is found among the group sums, then in its group
 
